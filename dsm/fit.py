@@ -1,0 +1,69 @@
+"""Fit a model in-process on samples from a callable: the toys, the demo and the tests.
+
+The Ray Train loop (dsm.train) calls the same :func:`dsm.step.train_step`; this module is
+the single-process counterpart, with a progress bar, a cosine learning-rate decay, an
+optional weight EMA, and a stop after too many non-finite steps in a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from dsm.noise import TSampler
+from dsm.step import train_step
+
+
+class NonFiniteTraining(RuntimeError):
+    """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the EMA model when ema_decay is set, else the trained one
+    losses: list[float]
+    skipped: int
+
+
+def fit(model: nn.Module, loss_fn, sample_data: Callable[[int, torch.Generator], torch.Tensor],
+        sampler: TSampler, *, steps: int, batch_size: int = 512, lr: float = 1e-3,
+        final_lr_fraction: float = 0.01, ema_decay: float | None = None, seed: int = 0,
+        max_grad_norm: float | None = None, max_bad_steps: int = 10, progress: bool = True,
+        desc: str = "fit") -> FitResult:
+    """Train ``model`` for ``steps`` steps of Adam on fresh batches ``sample_data(B, gen)``.
+
+    lr decays from ``lr`` to ``lr * final_lr_fraction`` on a cosine. Returns the EMA copy
+    of the model when ``ema_decay`` is given (the raw model keeps training state).
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * final_lr_fraction)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
+    losses, skipped, bad_run = [], 0, 0
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
+    for i in bar:
+        x = sample_data(batch_size, gen)
+        res = train_step(model, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
+                         max_grad_norm=max_grad_norm, ema=ema)
+        if not res.finite:
+            skipped += 1
+            bad_run += 1
+            if bad_run >= max_bad_steps:
+                raise NonFiniteTraining(
+                    f"{bad_run} non-finite steps in a row (last at step {i}); lower the learning "
+                    f"rate, raise t_min, or set max_grad_norm")
+            continue
+        bad_run = 0
+        losses.append(res.loss)
+        if i % 100 == 0:
+            bar.set_postfix(loss=f"{res.loss:.4f}")
+    out = ema.module if ema is not None else model
+    out.eval()
+    return FitResult(out, losses, skipped)

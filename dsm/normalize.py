@@ -1,0 +1,146 @@
+"""log Z of a trained energy, from the near-Gaussian limit at large t.
+
+At t much larger than the data variance, ``p(., t) ~ N(mu, Sigma + t I)``. Two estimators
+of ``log Z = log int exp(-U(y, t)) dy`` use held-out x and ``y = x + sqrt(t) z``:
+
+plain
+    ``log Z = H_gauss(t) - E[U(y, t)]``, with ``H_gauss = 1/2 sum_i log(2 pi e (lambda_i + t))``.
+    Its per-sample spread is that of ``U``, about sqrt(d/2) nats.
+paired (control variate)
+    ``log Z = E[-U(y, t) - log q_t(y)]`` with ``q_t = N(mu, diag(var) + t I)``. The same
+    expectation up to ``KL(p_t || q_t) = O(1/t^2)``, but ``-U - log q_t`` is nearly constant
+    in y, so its variance is far lower.
+
+Here lambda_i / var are the per-dimension variances of the held-out data (the diagonal of
+Sigma, which gives the ``tr(Sigma) / (2t)`` correction of H_gauss to first order).
+Estimates at several large t should agree if TSM has made Z constant in t; a spread beyond
+the standard errors means mass is not conserved (:func:`log_z_agreement`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import torch
+
+from dsm.energy import Energy
+from dsm.noise import bcast
+from dsm.seeding import default_keys, keyed_normal
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class DataMoments:
+    """Per-dimension mean and variance of held-out data, both (d,) float64."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "DataMoments":
+        x = x.flatten(1).double()
+        if x.shape[0] < 2:
+            raise ValueError("need at least 2 held-out examples to estimate data moments")
+        return cls(x.mean(0), x.var(0))
+
+    def log_q(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log N(y; mean, diag(var) + t I), (B,) float64."""
+        v = self.var[None] + t.double()[:, None]
+        dev = y.flatten(1).double() - self.mean[None]
+        return -0.5 * (dev.square() / v + LOG_2PI + v.log()).sum(1)
+
+    def entropy(self, t: float) -> float:
+        """H_gauss(t) = 1/2 sum_i log(2 pi e (var_i + t)) in nats."""
+        return float(0.5 * (LOG_2PI + 1 + torch.log(self.var + t)).sum())
+
+
+@dataclass(frozen=True)
+class LogZ:
+    """A log Z estimate in nats with its standard error, at noise variance ``t``."""
+
+    value: float
+    stderr: float
+    t: float
+    n: int
+    method: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _energies(model: Energy, x: torch.Tensor, t: float, keys, salt: str, batch_size: int):
+    """U(y, t) (float64) and y for y = x + sqrt(t) z, z seeded per key, in batches."""
+    us, ys = [], []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size]
+        z = keyed_normal(keys[i:i + batch_size], tuple(xb.shape[1:]), salt=salt, dtype=xb.dtype, device=xb.device)
+        tb = torch.full((xb.shape[0],), t, dtype=xb.dtype, device=xb.device)
+        yb = xb + bcast(tb.sqrt(), xb) * z
+        with torch.no_grad():
+            us.append(model.energy(yb, tb).double())
+        ys.append(yb)
+    return torch.cat(us), torch.cat(ys)
+
+
+def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["paired", "plain"] = "paired",
+                   moments: DataMoments | None = None, keys: Sequence | None = None, salt: str = "log_z",
+                   batch_size: int = 1024) -> LogZ:
+    """Estimate log Z at noise variance ``t`` from held-out clean data ``x`` (B, *event_shape).
+
+    The noise of example i is seeded from ``keys[i]`` (default: its row index).
+    """
+    if not t > 0:
+        raise ValueError(f"log Z needs a noise variance t > 0, got {t}")
+    if method not in ("paired", "plain"):
+        raise ValueError(f"method must be 'paired' or 'plain', got {method!r}")
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("need at least 2 held-out examples to estimate log Z with an error")
+    model.check_inputs(x, torch.zeros(n, dtype=x.dtype, device=x.device))
+    moments = moments or DataMoments.of(x)
+    keys = list(keys) if keys is not None else default_keys(n)
+    u, y = _energies(model, x, t, keys, salt, batch_size)
+    tt = torch.full((n,), t, dtype=torch.float64)
+    vals = -u - moments.log_q(y, tt) if method == "paired" else moments.entropy(t) - u
+    if not torch.isfinite(vals).all():
+        raise ValueError(f"non-finite energies at t={t:g}: the model returned NaN/Inf")
+    return LogZ(float(vals.mean()), float(vals.std() / math.sqrt(n)), float(t), n, method)
+
+
+@dataclass(frozen=True)
+class LogZAgreement:
+    """log Z at several large t. ``chi2`` is the spread against the weighted mean, in units of
+    the standard errors (about ``len(estimates) - 1`` when Z is constant in t)."""
+
+    estimates: list[LogZ]
+    weighted_mean: float
+    chi2: float
+    max_abs_diff: float
+
+    @property
+    def consistent(self) -> bool:
+        """True unless the spread is beyond what the errors allow (chi2 p < 0.001, roughly)."""
+        k = len(self.estimates) - 1
+        return self.chi2 <= k + 3.1 * math.sqrt(2 * k) + 4.0
+
+
+def log_z_agreement(model: Energy, x: torch.Tensor, ts: Sequence[float], **kwargs) -> LogZAgreement:
+    """The several-large-t diagnostic: paired log Z at each of ``ts`` (same data, same z)."""
+    if len(ts) < 2:
+        raise ValueError("the agreement diagnostic needs at least two noise levels")
+    est = [estimate_log_z(model, x, t, **kwargs) for t in ts]
+    w = torch.tensor([1 / max(e.stderr, 1e-12) ** 2 for e in est], dtype=torch.float64)
+    v = torch.tensor([e.value for e in est], dtype=torch.float64)
+    mean = float((w * v).sum() / w.sum())
+    chi2 = float((w * (v - mean).square()).sum())
+    return LogZAgreement(est, mean, chi2, float(v.max() - v.min()))
+
+
+def normalize(model: Energy, x: torch.Tensor, t: float, **kwargs) -> LogZ:
+    """Estimate log Z at ``t`` (paired) and store it in ``model.log_z``; returns the estimate."""
+    est = estimate_log_z(model, x, t, **kwargs)
+    model.log_z.fill_(est.value)
+    return est

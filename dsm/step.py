@@ -1,0 +1,67 @@
+"""One optimization step, shared by the in-process fitter and the Ray Train loop.
+
+The step samples the noise itself (t from a sampler, z standard normal), so callers hand it
+clean data only. Non-finite losses or gradients are detected and the update is skipped, so
+that one bad batch never reaches the weights; the caller counts skips and decides when to
+stop. Under DDP, pass ``all_finite`` (an all-reduce) so that every rank skips together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from dsm.losses import LossTerms
+from dsm.noise import TSampler
+
+
+@dataclass
+class StepResult:
+    """What one step did. loss: batch mean (nan when non-finite); terms: detached (B,)."""
+
+    loss: float
+    terms: LossTerms
+    t: torch.Tensor
+    finite: bool
+    grad_norm: float
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[..., LossTerms],
+               x: torch.Tensor, sampler: TSampler, *, generator: torch.Generator | None = None,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+               max_grad_norm: float | None = None, ema: torch.optim.swa_utils.AveragedModel | None = None,
+               all_finite: Callable[[bool], bool] | None = None) -> StepResult:
+    """Sample (t, z), compute ``loss_fn(model, x, t, z)``, backpropagate once, update.
+
+    x: (B, *event_shape) clean data. Double backpropagation happens inside the loss
+    (``autograd.grad(create_graph=True)``); here there is one plain ``backward()``, which is
+    what DDP supports.
+    """
+    model.train()
+    n = x.shape[0]
+    t = sampler(n, generator=generator, device=x.device).to(x.dtype)
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    terms = loss_fn(model, x, t, z)
+    loss = terms.total.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else math.inf)
+    finite = bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm))
+    if all_finite is not None:
+        finite = all_finite(finite)
+    if finite:
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    detached = LossTerms(terms.total.detach(), terms.dsm.detach(),
+                         None if terms.tsm is None else terms.tsm.detach())
+    return StepResult(float(loss.detach()) if finite else math.nan, detached, t.detach(), finite, float(grad_norm))

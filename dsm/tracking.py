@@ -1,0 +1,40 @@
+"""MLflow defaults: a SQLite store under the workspace unless MLFLOW_TRACKING_URI is set.
+
+The file store is in maintenance mode and raises, so the embedded default is SQLite; every
+experiment gets an explicit artifact_location under the workspace, or artifacts would land
+in ./mlruns of whatever directory the process runs in (design.md section 8).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_WORKSPACE = "dsm-runs"
+
+
+def workspace_dir(workspace: str | Path | None = None) -> Path:
+    """The workspace folder: the argument, else $DSM_WORKSPACE, else ./dsm-runs; created."""
+    p = Path(workspace or os.environ.get("DSM_WORKSPACE", DEFAULT_WORKSPACE)).resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def tracking_uri(workspace: str | Path | None = None) -> str:
+    """$MLFLOW_TRACKING_URI if set, else ``sqlite:///<workspace>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_dir(workspace) / 'mlflow.db'}"
+
+
+def use_experiment(name: str, workspace: str | Path | None = None) -> str:
+    """Point MLflow at the tracking URI and select (creating if needed) experiment ``name``."""
+    import mlflow  # imported here: the math core and `dsm --help` should not pay for it
+
+    mlflow.set_tracking_uri(tracking_uri(workspace))
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        artifacts = (workspace_dir(workspace) / "artifacts" / name).as_uri()
+        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id

@@ -1,0 +1,79 @@
+"""Unit conversions for log-probabilities, in one place.
+
+log p is in nats per image unless a name says otherwise; d is the number of dimensions.
+
+- nats/dim  = log p / d
+- bits/dim  = -log p / (d ln 2)            (an NLL: lower is better)
+- dB/dim    = 10 log10(p) / d = 10 log p / (d ln 10)
+- 8-bit NLL = 8 - log p / (d ln 2)         for densities on [0, 1]^d of 8-bit images: the
+  density on [0, 256)^d is p / 256^d. This is the paper's "continuous, estimate" convention
+  (it treats [0, 1] as 256 levels; with x = k/255 the exact offset would be log2(255)).
+  Evaluated at dequantized points x = (k + u)/256, u ~ U[0, 1)^d, it is instead an upper
+  bound on the discrete NLL (the "dequantized" convention).
+
+Every reported NLL names its convention with one of :data:`CONVENTIONS`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2 = math.log(2.0)
+LN10 = math.log(10.0)
+BITS_PER_PIXEL = 8
+
+CONVENTIONS = {
+    "continuous": "8 - log p(x)/(d ln 2) with x = k/255 in [0,1] (paper's continuous estimate)",
+    "dequantized": "8 - E_u log p((k+u)/256)/(d ln 2), u ~ U[0,1)^d (bound on the discrete NLL)",
+    "plain": "-log p(x)/(d ln 2) (non-image data)",
+}
+
+
+def nats_per_dim(logp, d: int):
+    return logp / d
+
+
+def bits_per_dim(logp, d: int):
+    """NLL in bits/dim of a log-density in nats (the 'plain' convention)."""
+    return -logp / (d * LN2)
+
+
+def logp_from_bits_per_dim(bpd, d: int):
+    return -bpd * d * LN2
+
+
+def db_per_dim(logp, d: int):
+    """log p in dB/dim: 10 log10(p) / d."""
+    return 10 * logp / (d * LN10)
+
+
+def logp_from_db_per_dim(db, d: int):
+    return db * d * LN10 / 10
+
+
+def nll_bpd_8bit(logp, d: int):
+    """8-bit NLL in bits/dim of a density on [0, 1]^d: ``8 - log p / (d ln 2)``."""
+    return BITS_PER_PIXEL + bits_per_dim(logp, d)
+
+
+def logp_from_nll_bpd_8bit(bpd, d: int):
+    return logp_from_bits_per_dim(bpd - BITS_PER_PIXEL, d)
+
+
+def dequantize(k: torch.Tensor, generator: torch.Generator | None = None,
+               u: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform dequantization of 8-bit values: ``(k + u) / 256`` with ``u ~ U[0, 1)``, float32."""
+    if k.dtype != torch.uint8:
+        raise ValueError(f"dequantize expects uint8 pixel values, got {k.dtype}")
+    if u is None:
+        u = torch.rand(k.shape, generator=generator)
+    return (k.float() + u) / 256.0
+
+
+def to_unit_interval(k: torch.Tensor) -> torch.Tensor:
+    """8-bit values to [0, 1]: ``k / 255`` (the 'continuous' convention's inputs)."""
+    if k.dtype != torch.uint8:
+        raise ValueError(f"to_unit_interval expects uint8 pixel values, got {k.dtype}")
+    return k.float() / 255.0
