@@ -39,6 +39,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        if isinstance(value, str):
+            try:  # PyYAML (YAML 1.1) reads 1e-4 as a string; people mean a number
+                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+            except ValueError:
+                pass
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -75,4 +80,4 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     except ValidationError as e:
         lines = [f"  {'.'.join(map(str, err['loc'])) or '<root>'}: {err['msg']}" for err in e.errors()]
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid {cls.__name__} config{where}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid {cls.__name__}{where}:\n" + "\n".join(lines)) from None

@@ -76,6 +76,8 @@ def ode_log_prob(model: Energy, x: torch.Tensor, *, prior: DataMoments, t_end: f
         raise ValueError(f"steps must be >= 1, got {steps}")
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
+    if trace == "hutchinson" and n_probes < 2:
+        raise ValueError(f"n_probes must be >= 2 so that the Hutchinson estimate has an error bar, got {n_probes}")
     n = x.shape[0]
     model.check_inputs(x, torch.zeros(n, dtype=x.dtype, device=x.device))
     probes = None

@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dsm.cli import main
+from dsm.config import load_config
+from dsm.demo import DemoConfig
+
+
+def test_demo_runs_end_to_end_and_logs_to_mlflow(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ws = tmp_path / "ws"
+    rc = main(["demo", "--quiet", "steps=30", "n_test=200", "ode_points=2", "ode_steps=8", "width=32",
+               f"workspace={ws}"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "log Z at t=1000" in out and "PF-ODE check" in out and "MLflow run" in out
+    metrics = json.loads((ws / "demo" / "metrics.json").read_text())
+    assert metrics["log_z_stderr"] > 0 and metrics["ode_nfe"] == 17
+    assert (ws / "demo" / "demo.png").stat().st_size > 10_000
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["demo"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.metrics["log_z"] == pytest.approx(metrics["log_z"])
+    assert run.data.params["steps"] == "30"
+    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert arts == ["demo.png"]
+    assert str(ws) in run.info.artifact_uri  # artifacts under the workspace, not ./mlruns
+
+
+def test_bad_demo_config_fails_fast_naming_the_field():
+    r = subprocess.run([sys.executable, "-m", "dsm.cli", "demo", "stpes=3"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "stpes: Extra inputs are not permitted" in r.stderr
+    with pytest.raises(Exception, match="t_min .* must be < t_max"):
+        load_config(DemoConfig, None, ["t_min=10", "t_max=1"])
+    with pytest.raises(Exception, match="t_sampler 'cosine' unknown"):
+        load_config(DemoConfig, None, ["t_sampler=cosine"])
+
+
+def test_cli_help_lists_subcommands():
+    r = subprocess.run([sys.executable, "-m", "dsm.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "demo" in r.stdout and "ui" in r.stdout
