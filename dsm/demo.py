@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Literal
-
 import torch
 from pydantic import Field, model_validator
 
 from dsm import deff, losses, models, noise, normalize, ode, toy, units
 from dsm.config import StrictModel
-from dsm.energy import ENERGY_FORMS
+from dsm.energy import EnergyForm
 from dsm.fit import fit
 
 
@@ -28,7 +26,7 @@ class DemoConfig(StrictModel):
     dim: int = Field(2, ge=1, le=512, description="dimension of the mixture")
     components: int = Field(4, ge=1)
     mixture_seed: int = 0
-    form: Literal[tuple(ENERGY_FORMS)] = "inner+c"  # type: ignore[valid-type]
+    form: EnergyForm = "inner+c"
     width: int = Field(256, ge=1)
     depth: int = Field(3, ge=1)
     steps: int = Field(2000, ge=1)

@@ -15,12 +15,19 @@ Three parameterizations of a learned energy (design.md section 2):
     ``inner`` plus a learned scalar ``c(t)``; lifts the ``U(0, t) = 0`` constraint, which
     distorts low-dimensional toys whose mass sits near the origin.
 ``scalar``
-    a direct scalar head: ``U = 1/2 ||y~||^2 + d * h(y~, t)``.
+    a direct scalar head: ``U = 1/2 ||y~||^2 + d * h(y~, t)`` (y~ = c_in y).
 
-Here ``y~ = y / sqrt(sigma_data^2 + t)`` when ``sigma_data`` is given (input
-preconditioning, so the backbone sees O(1) inputs at every noise level; it is linear in y,
-so a homogeneous backbone stays homogeneous), and ``y~ = y`` otherwise. Scalar outputs are
-multiplied by d so that the network predicts nats per dimension.
+Scalings (``scaling=``), with c_in, c_out per example and ``U_inner = c_out/2 <y, f(c_in y, t)>``:
+
+``variance``  c_in = c_out = 1/sqrt(sigma_data^2 + t): the backbone sees O(1) inputs at every
+              noise level (EDM's c_in); the MLP default.
+``inverse_t`` c_in = 1, c_out = 1/max(t, t_floor): f predicts the noise residual y - D, as a
+              bias-free denoiser does; the UNet default. The floor keeps U(x, 0) defined.
+``none``      c_in = c_out = 1: the network output is the score itself.
+
+All three are linear in y, so a homogeneous backbone gives a degree-2 homogeneous U. The
+scalar form's Gaussian reference is ``c_in c_out / 2 ||y||^2``. Scalar outputs are multiplied
+by d so that the network predicts nats per dimension.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from dsm.validate import check_batch, check_finite
 
 EnergyForm = Literal["inner", "inner+c", "scalar"]
 ENERGY_FORMS: tuple[str, ...] = ("inner", "inner+c", "scalar")
+Scaling = Literal["none", "variance", "inverse_t"]
+SCALINGS: tuple[str, ...] = ("none", "variance", "inverse_t")
 
 
 @dataclass
@@ -94,14 +103,7 @@ class Energy(nn.Module):
         Without it, everything returned is detached.
         """
         self.check_inputs(y, t)
-        with torch.enable_grad():
-            y_in = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
-            t_in = t if (create_graph and t.requires_grad) else t.detach().requires_grad_(True)
-            u = self.energy(y_in, t_in)
-            gy, gt = torch.autograd.grad(u.sum(), (y_in, t_in), create_graph=create_graph)
-        if not create_graph:
-            u, gy, gt = u.detach(), gy.detach(), gt.detach()
-        return Scores(u, gy, gt)
+        return autograd_scores(self, y, t, create_graph)
 
     def denoise(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``D(y, t) = y - t grad_y U``: the posterior mean E[x | y] if U is exact."""
@@ -115,6 +117,36 @@ class Energy(nn.Module):
             return -self.energy(x, t0).double() - self.log_z
 
 
+def autograd_scores(energy_fn, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False) -> Scores:
+    """Scores of ``energy_fn(y, t) -> (B,)`` from one ``autograd.grad`` call (see Energy.scores)."""
+    with torch.enable_grad():
+        y_in = y if (create_graph and y.requires_grad) else y.detach().requires_grad_(True)
+        t_in = t if (create_graph and t.requires_grad) else t.detach().requires_grad_(True)
+        u = energy_fn(y_in, t_in)
+        gy, gt = torch.autograd.grad(u.sum(), (y_in, t_in), create_graph=create_graph)
+    if not create_graph:
+        u, gy, gt = u.detach(), gy.detach(), gt.detach()
+    return Scores(u, gy, gt)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def compute_scores(model: nn.Module, y: torch.Tensor, t: torch.Tensor, create_graph: bool = False) -> Scores:
+    """``model.scores`` for an :class:`Energy`, also when it is wrapped in DDP.
+
+    Under DDP the energy must go through the wrapper's forward (``Energy.forward`` is the
+    energy) so that gradients are all-reduced in the one ``backward()`` that follows.
+    """
+    inner = unwrap(model)
+    if inner is model:
+        return model.scores(y, t, create_graph)
+    inner.check_inputs(y, t)
+    return autograd_scores(model, y, t, create_graph)
+
+
 class EnergyModel(Energy):
     """A learned energy built from any backbone ``f(y, t)``.
 
@@ -122,49 +154,74 @@ class EnergyModel(Energy):
         (B,) / (B, 1) for ``scalar``.
     form: one of :data:`ENERGY_FORMS`.
     c_net: maps t (B,) to (B,); required by ``inner+c`` (the learned c(t), in nats/dim).
-    sigma_data: data std for input preconditioning, or None for none.
+    scaling: one of :data:`SCALINGS` (module docstring); ``variance`` needs ``sigma_data``.
+    t_floor: noise variance below which ``inverse_t`` stops growing (the training t_min).
     """
 
     def __init__(self, backbone: nn.Module, event_shape: tuple[int, ...], form: EnergyForm = "inner",
-                 c_net: nn.Module | None = None, sigma_data: float | None = None):
+                 c_net: nn.Module | None = None, sigma_data: float | None = None,
+                 scaling: Scaling | None = None, t_floor: float = 0.0):
         super().__init__(event_shape)
         if form not in ENERGY_FORMS:
             raise ValueError(f"energy form must be one of {ENERGY_FORMS}, got {form!r}")
         if form == "inner+c" and c_net is None:
             raise ValueError("energy form 'inner+c' needs a c_net (the learned scalar c(t))")
-        if sigma_data is not None and not sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
-        self.backbone, self.form, self.c_net, self.sigma_data = backbone, form, c_net, sigma_data
-
-    def precondition(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``y~ = y / sqrt(sigma_data^2 + t)`` (or ``y`` without preconditioning)."""
-        if self.sigma_data is None:
-            return y
-        return y * bcast(torch.rsqrt(self.sigma_data**2 + t), y)
+        self.scaling = _check_scaling(scaling, sigma_data, t_floor)
+        self.backbone, self.form, self.c_net = backbone, form, c_net
+        self.sigma_data, self.t_floor = sigma_data, float(t_floor)
 
     def energy(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        yt = self.precondition(y, t)
+        c_in, c_out = _input_output_scales(self.scaling, self.sigma_data, self.t_floor, t)
         d = self.dim
+        yt = y * bcast(c_in, y)
+        yy = y.flatten(1)
         if self.form == "scalar":
             h = self.backbone(yt, t).reshape(y.shape[0])
-            return 0.5 * yt.flatten(1).square().sum(1) + d * h
+            return 0.5 * c_in * c_out * yy.square().sum(1) + d * h
         f = self.backbone(yt, t)
-        u = 0.5 * (yt.flatten(1) * f.flatten(1)).sum(1)
+        u = 0.5 * c_out * (yy * f.flatten(1)).sum(1)
         if self.form == "inner+c":
             u = u + d * self.c_net(t).reshape(y.shape[0])
         return u
 
 
-class ScoreModel(nn.Module):
-    """The score-network baseline: ``s(y, t) = f(y~, t) / sqrt(sigma_data^2 + t)``.
+def _check_scaling(scaling, sigma_data, t_floor) -> str:
+    if scaling is None:  # default: precondition when a data scale is known
+        scaling = "variance" if sigma_data is not None else "none"
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    if scaling == "variance" and not (sigma_data is not None and sigma_data > 0):
+        raise ValueError(f"scaling 'variance' needs sigma_data > 0, got {sigma_data}")
+    if scaling == "inverse_t" and not t_floor > 0:
+        raise ValueError(f"scaling 'inverse_t' needs t_floor > 0 (the training t_min), got {t_floor}")
+    return scaling
 
-    Same backbone and preconditioning as :class:`EnergyModel`, but the score is the network
-    output itself (not a gradient), so it needs no double backpropagation and has no energy.
+
+def _input_output_scales(scaling: str, sigma_data, t_floor: float, t: torch.Tensor):
+    """Per-example (c_in, c_out), each (B,)."""
+    if scaling == "variance":
+        c = torch.rsqrt(sigma_data**2 + t.clamp_min(t_floor))
+        return c, c
+    one = torch.ones_like(t)
+    if scaling == "inverse_t":
+        return one, 1 / t.clamp_min(t_floor)
+    return one, one
+
+
+class ScoreModel(nn.Module):
+    """The score-network baseline: ``s(y, t) = c_out f(c_in y, t)``.
+
+    Same backbone and scalings as :class:`EnergyModel`, but the score is the network output
+    itself (not a gradient), so it needs no double backpropagation and has no energy. With
+    ``inverse_t``, ``D = y - t s = y - f`` for t >= t_floor: f is the noise residual.
     """
 
-    def __init__(self, backbone: nn.Module, event_shape: tuple[int, ...], sigma_data: float | None = None):
+    def __init__(self, backbone: nn.Module, event_shape: tuple[int, ...], sigma_data: float | None = None,
+                 scaling: Scaling | None = None, t_floor: float = 0.0):
         super().__init__()
-        self.backbone, self.event_shape, self.sigma_data = backbone, tuple(event_shape), sigma_data
+        self.scaling = _check_scaling(scaling, sigma_data, t_floor)
+        self.backbone, self.event_shape = backbone, tuple(event_shape)
+        self.sigma_data, self.t_floor = sigma_data, float(t_floor)
 
     @property
     def dim(self) -> int:
@@ -174,10 +231,11 @@ class ScoreModel(nn.Module):
         """Estimate of grad_y U = -grad_y log p(y, t), shape of ``y``."""
         check_batch(y, self.event_shape, "y")
         check_t(t, batch=y.shape[0], allow_zero=True)
-        if self.sigma_data is None:
-            return self.backbone(y, t)
-        c = bcast(torch.rsqrt(self.sigma_data**2 + t), y)
-        return c * self.backbone(c * y, t)
+        c_in, c_out = _input_output_scales(self.scaling, self.sigma_data, self.t_floor, t)
+        return bcast(c_out, y) * self.backbone(y * bcast(c_in, y), t)
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.score(y, t)
 
     def denoise(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``D = y - t s(y, t)``."""

@@ -14,11 +14,11 @@ terms are ``||D - x||^2/(d t)`` and ``(q/d)^2``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from dsm.energy import Energy, ScoreModel
+from dsm.energy import Energy, ScoreModel, compute_scores, unwrap
 from dsm.noise import bcast
 
 
@@ -28,8 +28,7 @@ class LossTerms:
 
     total: torch.Tensor
     dsm: torch.Tensor
-    tsm: torch.Tensor = field(default=None)  # None for the score-network baseline
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    tsm: torch.Tensor | None = None  # None for the score-network baseline
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,12 @@ class DualScoreMatching:
             raise ValueError(f"tsm_weight (lambda) must be >= 0, got {self.tsm_weight}")
 
     def __call__(self, model: Energy, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> LossTerms:
-        """x, z: (B, *event_shape); t: (B,) variances > 0. Returns per-example terms."""
-        d = model.dim
+        """x, z: (B, *event_shape); t: (B,) variances > 0. Returns per-example terms.
+
+        ``model`` is an :class:`Energy`, or one wrapped in DistributedDataParallel."""
+        d = unwrap(model).dim
         y = x + bcast(t.sqrt(), x) * z
-        s = model.scores(y, t, create_graph=torch.is_grad_enabled())
+        s = compute_scores(model, y, t, create_graph=torch.is_grad_enabled())
         r = (bcast(t, y) * s.grad_y - bcast(t.sqrt(), y) * z).flatten(1).square().sum(1)  # t^2 l_DSM
         dsm = r * t ** (self.dsm_exponent - 2) / d**self.dsm_exponent
         tsm = torch.zeros_like(dsm)
@@ -67,8 +68,8 @@ class Denoising:
 
     def __call__(self, model: ScoreModel, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> LossTerms:
         y = x + bcast(t.sqrt(), x) * z
-        r = (model.denoise(y, t) - x).flatten(1).square().sum(1)
-        dsm = r / (model.dim * t)
+        r = (y - bcast(t, y) * model(y, t) - x).flatten(1).square().sum(1)  # D = y - t s; DDP-safe
+        dsm = r / (unwrap(model).dim * t)
         return LossTerms(total=dsm, dsm=dsm)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dsm.energy import EnergyForm, EnergyModel, ScoreModel
 from dsm.nets.mlp import MLP, TimeScalar
+from dsm.nets.unet import UNet, unet_config
 
 
 def mlp_energy(dim: int, *, form: EnergyForm = "inner+c", t_min: float, t_max: float,
@@ -14,7 +15,7 @@ def mlp_energy(dim: int, *, form: EnergyForm = "inner+c", t_min: float, t_max: f
     backbone = MLP(dim, out, t_min=t_min, t_max=t_max, width=width, depth=depth, embedding=embedding,
                    homogeneous=homogeneous, activation=activation)
     c_net = TimeScalar(t_min=t_min, t_max=t_max, embedding=embedding) if form == "inner+c" else None
-    return EnergyModel(backbone, (dim,), form=form, c_net=c_net, sigma_data=sigma_data)
+    return EnergyModel(backbone, (dim,), form=form, c_net=c_net, sigma_data=sigma_data, t_floor=0.0)
 
 
 def mlp_score_model(dim: int, *, t_min: float, t_max: float, width: int = 256, depth: int = 3,
@@ -24,3 +25,28 @@ def mlp_score_model(dim: int, *, t_min: float, t_max: float, width: int = 256, d
     backbone = MLP(dim, dim, t_min=t_min, t_max=t_max, width=width, depth=depth, embedding=embedding,
                    homogeneous=homogeneous, activation=activation)
     return ScoreModel(backbone, (dim,), sigma_data=sigma_data)
+
+
+def unet_energy(channels: int, image_size: int, preset: str = "small", *, form: EnergyForm = "inner",
+                scaling: str = "none", **overrides) -> EnergyModel:
+    """The image energy U = c_out/2 <y, f(c_in y, t)> on a bias-free UNet (the paper's form).
+
+    overrides: :class:`dsm.nets.unet.UNetConfig` fields (t_min, activation, base_width, ...).
+    The default scaling ``none`` is the paper's: the UNet output is the score s_theta itself.
+    ``inverse_t`` (f predicts the noise residual y - D) made early TSM losses explode at
+    t = 1e-9 (U grows like 1/t); see docs/unet.md.
+    """
+    cfg = unet_config(preset, channels=channels, image_size=image_size, **overrides)
+    c_net = TimeScalar(t_min=cfg.t_min, t_max=cfg.t_max, embedding=cfg.embedding) if form == "inner+c" else None
+    if form == "scalar":
+        raise ValueError("the UNet is a vector-valued backbone: use form 'inner' or 'inner+c'")
+    return EnergyModel(UNet(cfg), (channels, image_size, image_size), form=form, c_net=c_net,
+                       scaling=scaling, sigma_data=0.5 if scaling == "variance" else None, t_floor=cfg.t_min)
+
+
+def unet_score_model(channels: int, image_size: int, preset: str = "small", *, scaling: str = "none",
+                     **overrides) -> ScoreModel:
+    """The score-network baseline on the same UNet: D = y - t f(y, t)."""
+    cfg = unet_config(preset, channels=channels, image_size=image_size, **overrides)
+    return ScoreModel(UNet(cfg), (channels, image_size, image_size), scaling=scaling,
+                      sigma_data=0.5 if scaling == "variance" else None, t_floor=cfg.t_min)

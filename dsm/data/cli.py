@@ -1,0 +1,203 @@
+"""``dsm data``: prepare the built-in data sets, convert yours, verify shards, list what exists.
+
+Registered into the top-level parser by :func:`register`. Handlers import their heavy
+dependencies themselves and return an exit code: 0 ok, 1 verification found problems,
+2 bad input (the message names the file or option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def _fails_cleanly(cmd: str) -> Callable:
+    """Bad input (a corrupt file, an existing output, a wrong option) -> message on stderr, exit 2."""
+
+    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(fn)
+        def run(args: argparse.Namespace) -> int:
+            import pickle
+
+            from dsm.config import ConfigError
+
+            try:
+                return fn(args)
+            except ConfigError:
+                raise  # dsm.cli.main prints it and returns 2
+            except (ValueError, FileExistsError, FileNotFoundError, pickle.UnpicklingError) as e:
+                print(f"dsm data {cmd}: {e}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _validate(cls, data: dict):
+    from pydantic import ValidationError
+
+    from dsm.config import ConfigError
+
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  --{'-'.join(map(str, err['loc'])).replace('_', '-') or '?'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid options:\n" + "\n".join(lines)) from None
+
+
+def _summary(manifests: dict) -> None:
+    for split, m in manifests.items():
+        c, h, w = m.shape
+        print(f"{split}: {m.num_samples} samples of {c}x{h}x{w} in {len(m.shards)} shards")
+
+
+@_fails_cleanly("prepare")
+def _prepare(args: argparse.Namespace) -> int:
+    from dsm.data.sources import PrepareConfig, get_dataset, prepare
+
+    get_dataset(args.name)  # unknown names fail before anything else
+    data = {k: v for k, v in dict(splits=args.splits, size=args.size, gray=args.gray, seed=args.seed,
+                                   first=args.first, last=args.last, shard_size=args.shard_size, src=args.src,
+                                   patch=args.patch, count=args.count, test_count=args.test_count,
+                                   test_photos=args.test_photos).items() if v is not None}
+    cfg = _validate(PrepareConfig, data)
+    if args.out:
+        out = Path(args.out)
+    else:
+        from dsm.tracking import workspace_dir
+
+        out = workspace_dir(args.workspace) / "data" / args.name
+    manifests = prepare(args.name, out, cfg, overwrite=args.force, progress=not args.quiet)
+    _summary(manifests)
+    print(f"wrote {out}")
+    return 0
+
+
+@_fails_cleanly("convert")
+def _convert(args: argparse.Namespace) -> int:
+    from dsm.data import convert
+
+    if args.kind == "imagenet64":
+        manifests = convert.convert_imagenet64(args.src, args.out, size=args.size, gray=bool(args.gray),
+                                               splits=tuple(args.splits) if args.splits else None,
+                                               shard_size=args.shard_size, overwrite=args.force,
+                                               progress=not args.quiet)
+    else:
+        if args.size is None:
+            from dsm.config import ConfigError
+
+            raise ConfigError("convert folder needs --size (the output side in pixels, e.g. --size 64)")
+        m = convert.convert_folder(args.src, args.out, size=args.size, split=args.split, gray=bool(args.gray),
+                                   crop=args.crop, seed=args.seed, shard_size=args.shard_size,
+                                   workers=args.workers, skip_bad=args.skip_bad, overwrite=args.force,
+                                   progress=not args.quiet)
+        manifests = {m.split: m}
+    _summary(manifests)
+    print(f"wrote {args.out}")
+    return 0
+
+
+@_fails_cleanly("verify")
+def _verify(args: argparse.Namespace) -> int:
+    from dsm.data.shards import Manifest
+    from dsm.data.verify import split_folders, verify
+
+    problems = verify(args.dir, decode=not args.quick, progress=not args.quiet)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.dir}", file=sys.stderr)
+        return 1
+    for folder in split_folders(args.dir):
+        m = Manifest.load(folder)
+        print(f"ok {folder}: {m.num_samples} samples in {len(m.shards)} shards"
+              + (" (hashes and sizes only)" if args.quick else ""))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from dsm.data.sources import DATASETS
+
+    for name, ds in DATASETS.items():
+        print(f"{name:14s} {ds.description}")
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add ``dsm data ...`` to the top-level subcommands."""
+    data = sub.add_parser("data", help="prepare, convert and verify WebDataset shards",
+                          description="Prepare the built-in data sets, convert ImageNet64 or an image folder "
+                                      "to WebDataset shards with a manifest, and verify shards. See docs/data.md.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--size", type=int, help="output side in pixels (box down-sampling)")
+        p.add_argument("--gray", action="store_true", default=None, help="convert to grayscale (BT.601 luma)")
+        p.add_argument("--shard-size", type=int, help="samples per shard (default: up to 2000, at least 16 shards)")
+        p.add_argument("--force", action="store_true", help="replace existing shards of the same split")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    lst = dsub.add_parser("list", help="list the built-in data sets")
+    lst.set_defaults(func=_list)
+
+    prep = dsub.add_parser("prepare", help="write a built-in data set as shards (offline)",
+                           description="Write a built-in data set (digits, fashion-mnist, mnist, patches) as "
+                                       "WebDataset shards: OUT/<split>/manifest.json and OUT/<split>/*.tar.")
+    prep.add_argument("name", help="data set name (dsm data list)")
+    prep.add_argument("--out", help="output folder (default <workspace>/data/NAME)")
+    prep.add_argument("--workspace", help="workspace folder (default $DSM_WORKSPACE or ./dsm-runs)")
+    prep.add_argument("--splits", type=_csv, help="comma-separated: train,test (default both)")
+    prep.add_argument("--seed", type=int, help="shuffle (and patch positions) seed, default 0")
+    sub_ = prep.add_mutually_exclusive_group()
+    sub_.add_argument("--first", type=int, metavar="N", help="keep the first N training samples (after the shuffle)")
+    sub_.add_argument("--last", type=int, metavar="N", help="keep the last N training samples (disjoint from "
+                                                            "--first N when 2N <= the training set size)")
+    prep.add_argument("--src", help="source file/folder when not installed where expected "
+                                    "(fashion-mnist: IDX folder; mnist: mnist.pkl.gz)")
+    prep.add_argument("--patch", type=int, help="patches: crop side in photo pixels (default 32)")
+    prep.add_argument("--count", type=int, help="patches: number of training patches (default 10000)")
+    prep.add_argument("--test-count", type=int, help="patches: number of test patches (default count/5)")
+    prep.add_argument("--test-photos", type=_csv, help="patches: comma-separated photos held out for test")
+    common(prep)
+    prep.set_defaults(func=_prepare)
+
+    conv = dsub.add_parser("convert", help="convert ImageNet64 batches or an image folder to shards")
+    csub = conv.add_subparsers(dest="kind", required=True, metavar="KIND")
+    inet = csub.add_parser("imagenet64", help="the official downsampled ImageNet (pickled or .npz batches)",
+                           description="Convert train_data_batch_1..10 and val_data (pickled dicts with 'data' "
+                                       "uint8 (N, 12288) planar CHW and 'labels' 1..1000, or .npz) to "
+                                       "OUT/train and OUT/val. Labels are stored 0-based.")
+    inet.add_argument("src", help="folder holding the batch files")
+    inet.add_argument("out", help="output folder")
+    inet.add_argument("--splits", type=_csv, help="comma-separated: train,val (default both)")
+    common(inet)
+    inet.set_defaults(func=_convert)
+    fold = csub.add_parser("folder", help="an ImageNet-style folder of JPEG/PNG images, class = sub-folder",
+                           description="Convert SRC/<class>/*.{jpg,jpeg,png} to OUT/<split>, each image "
+                                       "center-cropped and box-downsampled to --size.")
+    fold.add_argument("src", help="image folder")
+    fold.add_argument("out", help="output folder")
+    fold.add_argument("--split", default="train", help="split name (default train)")
+    fold.add_argument("--crop", choices=["center", "none"], default="center",
+                      help="center: central square first; none: squash the whole image")
+    fold.add_argument("--seed", type=int, default=0, help="file order shuffle seed")
+    fold.add_argument("--workers", type=int, help="decoding processes (default min(8, CPUs))")
+    fold.add_argument("--skip-bad", action="store_true", help="warn about unreadable images instead of stopping")
+    common(fold)
+    fold.set_defaults(func=_convert)
+
+    ver = dsub.add_parser("verify", help="check shards against their manifest; list every problem",
+                          description="Check a split folder (or every split folder under DIR) against its "
+                                      "manifest: hashes, sizes, counts, image shapes, keys. Exit 1 on problems.")
+    ver.add_argument("dir", help="split folder, or a folder of split folders")
+    ver.add_argument("--quick", action="store_true", help="sizes and hashes only, no decoding")
+    ver.add_argument("--quiet", action="store_true", help="no progress bar")
+    ver.set_defaults(func=_verify)

@@ -1,0 +1,96 @@
+"""Check shards against their manifest and report every problem with its file name.
+
+For one split folder: the manifest parses; every listed shard exists with the recorded size
+and sha256; each shard reads to the end as a tar with the recorded number of samples; each
+sample has a PNG that decodes to the manifest's (C, H, W), an integer label and valid JSON;
+keys are unique across the split; no unlisted ``.tar`` or leftover temporary file lies
+beside them. ``decode=False`` stops after sizes and hashes (fast: no PNG decoding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsm.data.shards import MANIFEST, Manifest, ShardError, iter_shard, sha256_file
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, and the file it is in."""
+
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+def split_folders(path: str | Path) -> list[Path]:
+    """``path`` if it holds a manifest, else its sub-folders that do (sorted); [] if none."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return [path]
+    return sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
+
+
+def verify_split(folder: str | Path, *, decode: bool = True, progress: bool = False) -> list[Problem]:
+    """Every problem found in one split folder (empty list: all good)."""
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    try:
+        m = Manifest.load(folder)
+    except ShardError as e:
+        return [Problem(e.path, str(e).removeprefix(f"{e.path}: "))]
+    problems: list[Problem] = []
+    listed = {s.file for s in m.shards}
+    if len(listed) != len(m.shards):
+        problems.append(Problem(str(folder / MANIFEST), "a shard is listed more than once"))
+    for p in sorted(folder.glob("*.tar")):
+        if p.name not in listed:
+            problems.append(Problem(str(p), f"not listed in {MANIFEST}"))
+    for p in sorted(folder.glob(".*.tmp-*")):
+        problems.append(Problem(str(p), "left over from an unfinished write"))
+    keys: dict[str, str] = {}
+    for info in tqdm(m.shards, desc=f"verify {folder}", unit="shard", disable=not progress, leave=False):
+        path = folder / info.file
+        if not path.is_file():
+            problems.append(Problem(str(path), f"listed in {MANIFEST} but missing"))
+            continue
+        size = path.stat().st_size
+        if size != info.bytes:
+            problems.append(Problem(str(path), f"{size} bytes, the manifest says {info.bytes}"))
+        digest = sha256_file(path)
+        if digest != info.sha256:
+            problems.append(Problem(str(path), f"sha256 {digest[:16]}... does not match the manifest's "
+                                               f"{info.sha256[:16]}..."))
+        if not decode:
+            continue
+
+        def bad_sample(e: ShardError) -> None:
+            problems.append(Problem(e.path, str(e).removeprefix(f"{e.path}: ")))
+
+        try:
+            for s in iter_shard(path, expected_samples=info.samples, shape=m.shape, with_meta=True,
+                                on_sample_error=bad_sample):
+                if s.key in keys:
+                    problems.append(Problem(str(path), f"key {s.key!r} also occurs in {keys[s.key]}"))
+                keys[s.key] = info.file
+                if s.meta is None:
+                    problems.append(Problem(str(path), f"sample {s.key!r} has no .json"))
+                if m.classes is not None and not -1 <= s.label < len(m.classes):
+                    problems.append(Problem(str(path), f"sample {s.key!r}: label {s.label} is outside the "
+                                                       f"{len(m.classes)} classes"))
+        except ShardError as e:
+            problems.append(Problem(e.path, str(e).removeprefix(f"{e.path}: ")))
+    return problems
+
+
+def verify(path: str | Path, *, decode: bool = True, progress: bool = False) -> list[Problem]:
+    """Verify a split folder, or every split folder under ``path``."""
+    folders = split_folders(path)
+    if not folders:
+        return [Problem(str(path), f"no {MANIFEST} here or in its sub-folders (not a shard folder, "
+                                   "or an unfinished write)")]
+    return [p for f in folders for p in verify_split(f, decode=decode, progress=progress)]

@@ -1,0 +1,216 @@
+"""A bias-free UNet score backbone f(y, t) for images, homogeneous in y.
+
+The paper's design (design.md section 3):
+
+- ``scales`` encoder blocks, a middle block and ``scales`` decoder blocks; block s has
+  ``base_width * 2**s`` channels (64/128/256, 512 in the middle for the paper).
+- Each block is ``convs_per_block`` x (conv, normalization, nonlinearity). Encoder blocks
+  after the first, and the middle block, start with a strided 2x2 convolution; the middle
+  block and decoder blocks after the first end with a 2x2 transposed convolution; decoder
+  blocks take the concatenation of the upsampled path and the encoder features.
+- The last layer is a plain 3x3 convolution to the image channels (no norm, no nonlinearity).
+- No biases anywhere in the y-path. Normalization is per sample and per channel (or per
+  group of channels): centre, divide by the std, rescale by the RMS of the stds across
+  channels (so the layer is degree-1 homogeneous up to its epsilon), times a learned gain,
+  times ``1 + e(t)`` where e(t) is a linear map of the shared time embedding.
+- The time embedding is sinusoidal (``linear``: the paper's embedding of t itself; ``log``:
+  of log t), followed by a 2-layer MLP to ``emb_dim`` features.
+
+With ``activation="relu"`` the whole network satisfies f(a y, t) = a f(y, t) for a > 0 (up to
+the normalization epsilon); with GELU only approximately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dsm.nets.embedding import make_time_embedding
+from dsm.nets.mlp import make_activation
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the UNet. ``channels``: 1 (gray) or 3 (colour); ``image_size``: H = W."""
+
+    channels: int = 3
+    image_size: int = 64
+    base_width: int = 64
+    scales: int = 3
+    convs_per_block: int = 3
+    kernel_size: int = 3
+    activation: str = "gelu"
+    embedding: str = "linear"
+    n_freq: int = 32
+    emb_dim: int = 256
+    group_size: int = 1
+    eps: float = 1e-5
+    t_min: float = 1e-9
+    t_max: float = 1e3
+
+    def __post_init__(self):
+        if self.channels < 1 or self.image_size < 1 or self.base_width < 1:
+            raise ValueError(f"channels, image_size and base_width must be >= 1: {self}")
+        if self.scales < 0:
+            raise ValueError(f"scales must be >= 0, got {self.scales}")
+        if self.convs_per_block < 2:
+            raise ValueError(f"convs_per_block must be >= 2 (the middle block needs a down- and an "
+                             f"up-sampling convolution), got {self.convs_per_block}")
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd to keep the image size, got {self.kernel_size}")
+        factor = 2**self.scales  # scales - 1 encoder downsamplings, then one into the middle block
+        if self.image_size % factor:
+            ok = [s for s in range(self.scales + 1) if self.image_size % 2**s == 0]
+            size = -(-self.image_size // factor) * factor
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2**scales = {factor}: use scales <= {max(ok)} "
+                f"for this size, or pad/resize the images to {size} for scales={self.scales}")
+        if self.group_size == 1 and self.image_size // factor < 2:
+            raise ValueError(
+                f"image_size {self.image_size} with scales={self.scales} leaves a 1x1 middle block, where "
+                f"per-channel normalization has no variance: use scales <= "
+                f"{max(s for s in range(self.scales + 1) if self.image_size // 2**s >= 2)} or group_size > 1")
+        width = self.base_width * 2**self.scales
+        if width % self.group_size or self.base_width % self.group_size:
+            raise ValueError(f"group_size {self.group_size} must divide every block's channel count")
+
+
+PRESETS: dict[str, dict] = {
+    # The paper's network: 8,649,856 parameters for colour 64x64, 8,647,552 for grayscale.
+    "paper": dict(base_width=64, scales=3, convs_per_block=3, embedding="linear", n_freq=32, emb_dim=256),
+    # CPU-sized networks for 8x8 to 28x28 data.
+    "small": dict(base_width=32, scales=2, convs_per_block=2, embedding="log", n_freq=16, emb_dim=128),
+    "tiny": dict(base_width=16, scales=1, convs_per_block=2, embedding="log", n_freq=8, emb_dim=64),
+}
+
+
+def unet_config(preset: str = "small", **overrides) -> UNetConfig:
+    """A :class:`UNetConfig` from a named preset, with field overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown UNet preset {preset!r}; known: {sorted(PRESETS)}")
+    return UNetConfig(**{**PRESETS[preset], **overrides})
+
+
+class HomogeneousNorm(nn.Module):
+    """Per-sample, per-group normalization that is degree-1 homogeneous in its input.
+
+    x (B, C, H, W) -> centre and divide by the std of each group, multiply by the RMS of the
+    group stds (the input's overall scale), then by a learned gain and ``1 + e(t)``.
+
+    The epsilon is *relative* to the mean group variance m: ``sqrt(m / (var + eps m))``. An
+    absolute epsilon breaks homogeneity exactly where it matters (tiny inputs at small t)
+    and, with activations shrinking through depth, drove variances into denormals and then
+    to 0, where sqrt has an infinite gradient (NaN losses, and 4x slower steps on CPU).
+    An all-zero input (m = 0) maps to exactly 0, with a finite gradient.
+    """
+
+    def __init__(self, channels: int, emb_dim: int, group_size: int = 1, eps: float = 1e-5):
+        super().__init__()
+        self.channels, self.groups, self.eps = channels, channels // group_size, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.cond = nn.Linear(emb_dim, channels)
+        nn.init.zeros_(self.cond.weight)
+        nn.init.zeros_(self.cond.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        xg = x.reshape(b, self.groups, -1)
+        var, mean = torch.var_mean(xg, dim=2, unbiased=False, keepdim=True)
+        m = var.mean(dim=1, keepdim=True)
+        # where() keeps the m = 0 branch out of the gradient (a plain guard overflows there)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        factor = torch.sqrt(m / (var + self.eps * m))  # degree 0 in x: the output scales with x
+        x = ((xg - mean) * factor).reshape(b, c, h, w)
+        gain = self.weight * (1 + self.cond(emb))  # (B, C)
+        return x * gain[:, :, None, None]
+
+
+class _Layer(nn.Module):
+    """conv -> HomogeneousNorm -> nonlinearity."""
+
+    def __init__(self, conv: nn.Module, channels: int, cfg: UNetConfig):
+        super().__init__()
+        self.conv = conv
+        self.norm = HomogeneousNorm(channels, cfg.emb_dim, cfg.group_size, cfg.eps)
+        self.act = make_activation(cfg.activation)
+
+    def forward(self, x, emb):
+        return self.act(self.norm(self.conv(x), emb))
+
+
+class UNet(nn.Module):
+    """f(y, t): (B, C, H, W), (B,) -> (B, C, H, W). See the module docstring."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        k, pad = cfg.kernel_size, cfg.kernel_size // 2
+        conv = lambda a, b: nn.Conv2d(a, b, k, padding=pad, bias=False)  # noqa: E731
+        down = lambda a, b: nn.Conv2d(a, b, 2, stride=2, bias=False)  # noqa: E731
+        up = lambda a, b: nn.ConvTranspose2d(a, b, 2, stride=2, bias=False)  # noqa: E731
+        width = lambda s: cfg.base_width * 2**s  # noqa: E731
+        n = cfg.convs_per_block
+
+        self.embed = make_time_embedding(cfg.embedding, cfg.t_min, cfg.t_max, cfg.n_freq)
+        self.time_mlp = nn.Sequential(nn.Linear(self.embed.n_features, cfg.emb_dim), nn.GELU(),
+                                      nn.Linear(cfg.emb_dim, cfg.emb_dim))
+
+        def block(layers):
+            return nn.ModuleList(_Layer(c, ch, cfg) for c, ch in layers)
+
+        # Every block has n = convs_per_block convolutions, the first/last of which may be a
+        # down/up-sampling one; scale 0 of the decoder ends with the plain output convolution.
+        self.encoder = nn.ModuleList()
+        ch = cfg.channels
+        for s in range(cfg.scales):
+            layers = [(down(ch, width(s)) if s > 0 else conv(ch, width(s)), width(s))]
+            layers += [(conv(width(s), width(s)), width(s)) for _ in range(n - 1)]
+            self.encoder.append(block(layers))
+            ch = width(s)
+        s = cfg.scales
+        out_mid = width(s - 1) if s > 0 else width(s)
+        layers = [(down(ch, width(s)) if s > 0 else conv(ch, width(s)), width(s))]
+        layers += [(conv(width(s), width(s)), width(s)) for _ in range(n - 2)]
+        layers += [((up if s > 0 else conv)(width(s), out_mid), out_mid)]
+        self.middle = block(layers)
+        ch = out_mid
+        self.decoder = nn.ModuleList()
+        for s in range(cfg.scales - 1, -1, -1):
+            ch *= 2  # concatenated skip
+            layers = [(conv(ch, width(s)), width(s))]
+            layers += [(conv(width(s), width(s)), width(s)) for _ in range(n - 2)]
+            if s > 0:
+                layers.append((up(width(s), width(s - 1)), width(s - 1)))
+            self.decoder.append(block(layers))
+            ch = width(s - 1) if s > 0 else width(s)
+        self.out = conv(ch, cfg.channels)
+        for mod in self.modules():
+            if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
+                # He init keeps the signal's scale through conv + nonlinearity
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+        # f = 0 at init: D = y, and the loss starts near 1 at every noise level
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.time_mlp(self.embed(t).to(y.dtype))
+        h, skips = y, []
+        for blk in self.encoder:
+            for layer in blk:
+                h = layer(h, emb)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb)
+        for blk, skip in zip(self.decoder, reversed(skips)):
+            h = torch.cat([h, skip], dim=1)
+            for layer in blk:
+                h = layer(h, emb)
+        return self.out(h)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["UNet", "UNetConfig", "HomogeneousNorm", "PRESETS", "unet_config", "count_parameters"]

@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dsm import losses, models
+from dsm.energy import EnergyModel
+from dsm.nets.unet import PRESETS, UNet, count_parameters, unet_config
+
+
+def _perturbed(module, scale=0.05, seed=0):
+    """Move every parameter off its initial value (the output conv and gains start at 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+@pytest.mark.parametrize("channels,count", [(3, 8_649_856), (1, 8_647_552)])
+def test_paper_preset_has_the_published_size(channels, count):
+    assert count_parameters(UNet(unet_config("paper", channels=channels, image_size=64))) == count
+
+
+def test_image_size_must_fit_the_depth():
+    with pytest.raises(ValueError, match=r"image_size 28 is not divisible by 2\*\*scales = 8: use scales <= 2 .* 32"):
+        unet_config("paper", image_size=28)
+    with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
+        unet_config("huge")
+    unet_config("paper", image_size=28, scales=2)  # the suggested fix works
+    with pytest.raises(ValueError, match="1x1 middle block.*use scales <= 2"):
+        unet_config("paper", image_size=8)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("scaling", ["none", "inverse_t", "variance"])
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_energy_vanishes_at_zero(preset, scaling, activation):
+    m = _perturbed(models.unet_energy(1, 16, preset, scaling=scaling, activation=activation))
+    t = torch.logspace(-12, 4, 5)
+    assert (m.energy(torch.zeros(5, 1, 16, 16), t) == 0).all()
+    s = m.scores(torch.zeros(5, 1, 16, 16), t)  # a black image has finite scores too
+    assert torch.isfinite(s.grad_y).all() and torch.isfinite(s.grad_t).all()
+
+
+def test_relu_unet_is_homogeneous():
+    torch.manual_seed(0)
+    net = _perturbed(UNet(unet_config("small", channels=1, image_size=8, activation="relu"))).double()
+    m = EnergyModel(net, (1, 8, 8), form="inner", scaling="none").double()
+    y = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    t = torch.logspace(-3, 2, 4, dtype=torch.float64)
+    for a in (0.01, 0.5, 7.0):
+        assert torch.allclose(net(a * y, t), a * net(y, t), rtol=1e-6, atol=1e-12)
+        assert torch.allclose(m.energy(a * y, t), a**2 * m.energy(y, t), rtol=1e-6)
+
+
+def test_gelu_unet_homogeneity_is_measured(capsys):
+    torch.manual_seed(0)
+    net = _perturbed(UNet(unet_config("small", channels=1, image_size=8))).double()
+    y, t = torch.rand(16, 1, 8, 8, dtype=torch.float64), torch.full((16,), 0.1, dtype=torch.float64)
+    with torch.no_grad():
+        devs = {a: float((net(a * y, t) - a * net(y, t)).norm() / (a * net(y, t)).norm()) for a in (0.5, 2.0, 10.0)}
+    with capsys.disabled():
+        print("\nGELU UNet: relative deviation from homogeneity ||f(ay) - a f(y)|| / ||a f(y)||: "
+              + ", ".join(f"a={a:g}: {d:.3g}" for a, d in devs.items()))
+    assert all(math.isfinite(d) for d in devs.values()) and devs[2.0] > 0  # reported, not bounded
+
+
+@pytest.mark.parametrize("scaling", ["none", "inverse_t"])
+def test_scores_match_finite_differences(scaling):
+    torch.manual_seed(1)
+    m = _perturbed(models.unet_energy(1, 8, "tiny", scaling=scaling, form="inner+c", t_min=1e-3)).double()
+    g = torch.Generator().manual_seed(2)
+    y = torch.rand(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.3, 5.0], dtype=torch.float64)
+    s = m.scores(y, t)
+    v = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    eps = 1e-6
+    fd = (m.energy(y + eps * v, t) - m.energy(y - eps * v, t)) / (2 * eps)
+    assert torch.allclose((s.grad_y * v).flatten(1).sum(1), fd, rtol=1e-5, atol=1e-7)
+    h = 1e-6 * t
+    fd_t = (m.energy(y, t + h) - m.energy(y, t - h)) / (2 * h)
+    assert torch.allclose(s.grad_t, fd_t, rtol=1e-4, atol=1e-6)
+
+
+def test_score_baseline_shares_the_backbone():
+    torch.manual_seed(0)
+    sm = _perturbed(models.unet_score_model(1, 8, "tiny"))
+    y, t = torch.rand(2, 1, 8, 8), torch.tensor([0.1, 1.0])
+    assert torch.allclose(sm.denoise(y, t), y - t[:, None, None, None] * sm.backbone(y, t), atol=1e-6)
+    e = models.unet_energy(1, 8, "tiny")
+    assert count_parameters(sm.backbone) == count_parameters(e.backbone)
+
+
+# ---------------------------------------------------------------- DDP (real processes)
+def _global_batch():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(8, 1, 8, 8, generator=g, dtype=torch.float64)
+    t = torch.exp(torch.empty(8, dtype=torch.float64).uniform_(math.log(1e-3), math.log(10), generator=g))
+    z = torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64)
+    return x, t, z
+
+
+def _model():
+    torch.manual_seed(0)
+    return _perturbed(models.unet_energy(1, 8, "tiny", t_min=1e-3)).double()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str):
+    torch.set_num_threads(1)  # two processes on two cores (design.md section 8)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(_model())
+        x, t, z = _global_batch()
+        shard = slice(rank * 4, rank * 4 + 4)
+        loss = losses.DualScoreMatching()(model, x[shard], t[shard], z[shard]).total.mean()
+        loss.backward()  # one plain backward; the input gradients used create_graph=True
+        if rank == 0:
+            torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process(tmp_path):
+    out = tmp_path / "grads.pt"
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "rendezvous"), str(out)), nprocs=2,
+                       start_method="spawn", join=True)
+    ddp = torch.load(out)
+    model = _model()
+    x, t, z = _global_batch()
+    losses.DualScoreMatching()(model, x, t, z).total.mean().backward()
+    single = {n: p.grad for n, p in model.named_parameters()}
+    assert single.keys() == ddp.keys()
+    for n, g in single.items():
+        assert g is not None and ddp[n] is not None, n
+        assert torch.allclose(ddp[n], g, rtol=1e-9, atol=1e-12), n
+    assert any(g.abs().sum() > 0 for g in single.values())
