@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dsm.nets.activations import FastGELU
 from dsm.nets.embedding import make_time_embedding
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": FastGELU, "silu": nn.SiLU}
 
 
 def make_activation(name: str) -> nn.Module:

@@ -116,15 +116,18 @@ class HomogeneousNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        xg = x.reshape(b, self.groups, -1)
-        var, mean = torch.var_mean(xg, dim=2, unbiased=False, keepdim=True)
+        var, mean = torch.var_mean(x.reshape(b, self.groups, -1), dim=2, unbiased=False)  # (B, G)
         m = var.mean(dim=1, keepdim=True)
         # where() keeps the m = 0 branch out of the gradient (a plain guard overflows there)
         m = torch.where(m > 0, m, torch.ones_like(m))
         factor = torch.sqrt(m / (var + self.eps * m))  # degree 0 in x: the output scales with x
-        x = ((xg - mean) * factor).reshape(b, c, h, w)
-        gain = self.weight * (1 + self.cond(emb))  # (B, C)
-        return x * gain[:, :, None, None]
+        if self.groups != c:
+            factor, mean = (v.repeat_interleave(c // self.groups, dim=1) for v in (factor, mean))
+        # All per-(sample, channel) coefficients are combined first, so the full-size tensor
+        # sees one fused multiply-add: this halves the elementwise work, which dominates the
+        # double backward on CPU (docs/benchmarks.md).
+        coef = factor * self.weight * (1 + self.cond(emb))  # (B, C)
+        return torch.addcmul((-mean * coef)[:, :, None, None], x, coef[:, :, None, None])
 
 
 class _Layer(nn.Module):
