@@ -22,8 +22,9 @@ Scalings (``scaling=``), with c_in, c_out per example and ``U_inner = c_out/2 <y
 ``variance``  c_in = c_out = 1/sqrt(sigma_data^2 + t): the backbone sees O(1) inputs at every
               noise level (EDM's c_in); the MLP default.
 ``inverse_t`` c_in = 1, c_out = 1/max(t, t_floor): f predicts the noise residual y - D, as a
-              bias-free denoiser does; the UNet default. The floor keeps U(x, 0) defined.
-``none``      c_in = c_out = 1: the network output is the score itself.
+              bias-free denoiser does. The floor keeps U(x, 0) defined.
+``none``      c_in = c_out = 1: the network output is the score itself; the paper's form and
+              the UNet default (docs/unet.md says why not ``inverse_t``).
 
 All three are linear in y, so a homogeneous backbone gives a degree-2 homogeneous U. The
 scalar form's Gaussian reference is ``c_in c_out / 2 ||y||^2``. Scalar outputs are multiplied
