@@ -42,7 +42,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for dim, width, depth in [(2, 256, 3), (16, 256, 3), (784, 512, 3)]:
         r = bench(dim, width, depth, args.batch)
-        print(f"| {dim} | {width} x {depth} | {args.batch} | {r['energy_ms']:.1f} | {r['score_ms']:.1f} | {r['ratio']:.2f} |")
+        print(f"| {dim} | {width} x {depth} | {args.batch} | {r['energy_ms']:.1f} | {r['score_ms']:.1f} "
+              f"| {r['ratio']:.2f} |")
 
 
 if __name__ == "__main__":
