@@ -6,6 +6,13 @@ from dsm.energy import EnergyForm, EnergyModel, ScoreModel
 from dsm.nets.mlp import MLP, TimeScalar
 from dsm.nets.unet import UNet, unet_config
 
+# Std of [0, 1] pixels, roughly: the data scale of the ``variance`` scaling for images.
+IMAGE_SIGMA_DATA = 0.5
+
+
+def _image_sigma(scaling: str) -> float | None:
+    return IMAGE_SIGMA_DATA if scaling == "variance" else None
+
 
 def mlp_energy(dim: int, *, form: EnergyForm = "inner+c", t_min: float, t_max: float,
                width: int = 256, depth: int = 3, sigma_data: float | None = 1.0,
@@ -41,7 +48,7 @@ def unet_energy(channels: int, image_size: int, preset: str = "small", *, form: 
     if form == "scalar":
         raise ValueError("the UNet is a vector-valued backbone: use form 'inner' or 'inner+c'")
     return EnergyModel(UNet(cfg), (channels, image_size, image_size), form=form, c_net=c_net,
-                       scaling=scaling, sigma_data=0.5 if scaling == "variance" else None, t_floor=cfg.t_min)
+                       scaling=scaling, sigma_data=_image_sigma(scaling), t_floor=cfg.t_min)
 
 
 def unet_score_model(channels: int, image_size: int, preset: str = "small", *, scaling: str = "none",
@@ -49,4 +56,4 @@ def unet_score_model(channels: int, image_size: int, preset: str = "small", *, s
     """The score-network baseline on the same UNet: D = y - t f(y, t)."""
     cfg = unet_config(preset, channels=channels, image_size=image_size, **overrides)
     return ScoreModel(UNet(cfg), (channels, image_size, image_size), scaling=scaling,
-                      sigma_data=0.5 if scaling == "variance" else None, t_floor=cfg.t_min)
+                      sigma_data=_image_sigma(scaling), t_floor=cfg.t_min)

@@ -73,12 +73,9 @@ class LogZ:
 
 
 def _per_sample(model: Energy, x: torch.Tensor, t: float, keys, salt: str, batch_size: int,
-                log_q_of: "DataMoments | None", entropy: float | None) -> torch.Tensor:
-    """Per-sample log Z estimates (float64, (B,)) for y = x + sqrt(t) z, z seeded per key.
-
-    Paired: ``-U(y, t) - log q_t(y)``; plain: ``H_gauss(t) - U(y, t)``. Computed batch by
-    batch so that no noisy copy of the whole data set is held in memory.
-    """
+                estimate) -> torch.Tensor:
+    """``estimate(U(y, t), y, t)`` per sample (float64, (B,)) for y = x + sqrt(t) z, z seeded
+    per key; batch by batch, so that no noisy copy of the whole data set is held in memory."""
     vals = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size]
@@ -87,7 +84,7 @@ def _per_sample(model: Energy, x: torch.Tensor, t: float, keys, salt: str, batch
         yb = xb + bcast(tb.sqrt(), xb) * z
         with torch.no_grad():
             u = model.energy(yb, tb).double()
-        vals.append(-u - log_q_of.log_q(yb, tb) if log_q_of is not None else entropy - u)
+        vals.append(estimate(u, yb, tb))
     return torch.cat(vals).cpu()
 
 
@@ -108,10 +105,12 @@ def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["pa
     model.check_inputs(x, torch.zeros(n, dtype=x.dtype, device=x.device))
     moments = moments or DataMoments.of(x)
     keys = list(keys) if keys is not None else default_keys(n)
-    if method == "paired":
-        vals = _per_sample(model, x, t, keys, salt, batch_size, moments, None)
-    else:
-        vals = _per_sample(model, x, t, keys, salt, batch_size, None, moments.entropy(t))
+    if method == "paired":  # -U(y) - log q_t(y)
+        estimate = lambda u, y, tb: -u - moments.log_q(y, tb)  # noqa: E731
+    else:  # H_gauss(t) - U(y)
+        h = moments.entropy(t)
+        estimate = lambda u, y, tb: h - u  # noqa: E731
+    vals = _per_sample(model, x, t, keys, salt, batch_size, estimate)
     if not torch.isfinite(vals).all():
         raise ValueError(f"non-finite energies at t={t:g}: the model returned NaN/Inf")
     return LogZ(float(vals.mean()), float(vals.std() / math.sqrt(n)), float(t), n, method)

@@ -18,24 +18,27 @@ def key_seed(key: int | str, salt: str = "") -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+def _per_key(keys: Sequence[int | str], shape: tuple[int, ...], salt: str, dtype: torch.dtype,
+             device: torch.device | str, draw) -> torch.Tensor:
+    """Stack ``draw(shape, generator)`` for each key, the generator seeded by ``key_seed``."""
+    out = torch.empty((len(keys), *shape), dtype=dtype)
+    for i, k in enumerate(keys):
+        out[i] = draw(shape, torch.Generator().manual_seed(key_seed(k, salt)))
+    return out.to(device)
+
+
 def keyed_normal(keys: Sequence[int | str], shape: tuple[int, ...], salt: str = "",
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normal noise of shape (len(keys), *shape), row i drawn from ``key_seed(keys[i])``."""
-    out = torch.empty((len(keys), *shape), dtype=dtype)
-    for i, k in enumerate(keys):
-        g = torch.Generator().manual_seed(key_seed(k, salt))
-        out[i] = torch.randn(shape, generator=g, dtype=dtype)
-    return out.to(device)
+    return _per_key(keys, shape, salt, dtype, device,
+                    lambda sh, g: torch.randn(sh, generator=g, dtype=dtype))
 
 
 def keyed_rademacher(keys: Sequence[int | str], shape: tuple[int, ...], salt: str = "",
                      dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
     """Random signs (+1/-1) of shape (len(keys), *shape), seeded per key like :func:`keyed_normal`."""
-    out = torch.empty((len(keys), *shape), dtype=dtype)
-    for i, k in enumerate(keys):
-        g = torch.Generator().manual_seed(key_seed(k, salt))
-        out[i] = torch.randint(0, 2, shape, generator=g).to(dtype) * 2 - 1
-    return out.to(device)
+    return _per_key(keys, shape, salt, dtype, device,
+                    lambda sh, g: torch.randint(0, 2, sh, generator=g).to(dtype) * 2 - 1)
 
 
 def default_keys(n: int) -> list[int]:

@@ -86,6 +86,10 @@ class GaussianMixture(Energy):
             out = Scores(out.energy.detach(), out.grad_y.detach(), out.grad_t.detach())
         return out
 
+    def _from_noise(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """Component k's sample for standard normal z (n, d), float64: mu_k + Sigma_k^(1/2) z."""
+        return self.means[k] + (self.evals[k].sqrt() * z) @ self.evecs[k].T
+
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
         """n exact samples at t = 0, shape (n, d)."""
         comp = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
@@ -93,7 +97,7 @@ class GaussianMixture(Energy):
         x = torch.empty(n, self.dim, dtype=torch.float64)
         for k in range(self.n_components):  # per component: no (n, d, d) gather
             idx = comp == k
-            x[idx] = self.means[k] + (self.evals[k].sqrt() * z[idx]) @ self.evecs[k].T
+            x[idx] = self._from_noise(k, z[idx])
         return x.to(dtype)
 
     def mean(self) -> torch.Tensor:
@@ -118,7 +122,7 @@ class GaussianMixture(Energy):
         for k in range(self.n_components):
             n_k = max(2, int(round(n * float(w[k]))))
             z = torch.randn(n_k, self.dim, generator=generator, dtype=torch.float64)
-            x = self.means[k] + (self.evals[k].sqrt() * z) @ self.evecs[k].T
+            x = self._from_noise(k, z)
             nll = self.energy(x, torch.zeros(n_k, dtype=torch.float64))
             mean += float(w[k] * nll.mean())
             var += float(w[k] ** 2 * nll.var() / n_k)
