@@ -36,7 +36,7 @@ def main() -> None:
     nll_gauss = float(units.bits_per_dim(gauss.log_prob(test.flatten(1).double()), 64).mean())
     print(f"machine: {machine()}")
     print(f"Gaussian fit (Sigma + t_min I): {nll_gauss:.3f} bits/dim\n")
-    print(f"| form | scaling | steps | held-out NLL (bits/dim) | train time (s) |")
+    print("| form | scaling | steps | held-out NLL (bits/dim) | train time (s) |")
     print("|---|---|---|---|---|")
     for form, scaling in VARIANTS:
         torch.manual_seed(0)
