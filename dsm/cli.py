@@ -19,6 +19,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dsm.train.run import main
+
+    try:
+        return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
+                    workers=args.workers, gpu=args.gpu, quiet=args.quiet)
+    except Exception as e:  # noqa: BLE001 - Ray's failure types vary; the message is what matters
+        from dsm.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            raise
+        print(f"dsm train: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
 def _ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -43,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="YAML file with DemoConfig fields")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train an energy (or score) model on Ray Train, tracked in MLflow",
+                           description="Train on Ray Train (DDP across workers), tracked in MLflow. Re-running "
+                                       "the same command resumes the run from its last checkpoint. The last line "
+                                       "printed is the exported model's path.")
+    train.add_argument("config", help="YAML training config (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 optim.lr=1e-3")
+    train.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    train.add_argument("--workers", type=int, default=None, help="training workers (scaling.workers)")
+    train.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu=true)")
+    train.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
+    train.set_defaults(func=_train)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)

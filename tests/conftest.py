@@ -3,3 +3,27 @@
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Ray on a 2-core machine (design.md section 8): no token auth file, fast health checks, no
+# preemption watcher, fail-fast worker startup. Set before any Ray process starts.
+for _k, _v in {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+               "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
+               "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray for the whole session (each start costs 8-10 s); yields its GCS address."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=256 * 1024**2, log_to_driver=False, include_dashboard=True)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -81,9 +81,10 @@ class TimeScalar(nn.Module):
         super().__init__()
         self.embed = make_time_embedding(embedding, t_min, t_max, n_freq)
         self.net = nn.Sequential(nn.Linear(self.embed.n_features, width), nn.SiLU(),
-                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1))
+                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 1, bias=False))
+        # No output bias: a constant in c(t) changes neither score, so it would get no gradient
+        # (DDP then fails on an unused parameter); the constant is log Z's job.
         nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.net(self.embed(t)).squeeze(1)

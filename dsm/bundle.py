@@ -1,0 +1,83 @@
+"""The exported model: one file holding the weights and everything needed to rebuild them.
+
+``dsm train`` writes a bundle at the end of a run; ``dsm normalize``, ``dsm score`` and
+notebook users read it with :func:`load_model`. A bundle is a ``torch.save`` dict:
+
+- ``format`` / ``version``: ``"dsm-model"`` / 1;
+- ``config``: the resolved training config (``TrainConfig.model_dump(mode="json")``);
+- ``shape``: the event shape, (C, H, W) or (d,); ``is_image``;
+- ``state_dict``: the weights (an energy's ``log_z`` buffer included, in nats);
+- ``normalization``: how log Z was estimated (value, stderr, t, n, method), or None;
+- ``meta``: free-form provenance (run name, step, MLflow run id, git commit, ...).
+
+Writes are atomic (a temporary file renamed into place), so a crash never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT, VERSION = "dsm-model", 1
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    config: Any  # dsm.train.config.TrainConfig
+    shape: tuple[int, ...]
+    is_image: bool
+    normalization: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def save_bundle(path: str | Path, model: nn.Module, config: Any, shape: tuple[int, ...], is_image: bool,
+                normalization: dict | None = None, meta: dict | None = None) -> Path:
+    """Write ``model`` (unwrapped, on CPU) and its config to ``path`` atomically; returns the path."""
+    from dsm.energy import unwrap
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    blob = {"format": FORMAT, "version": VERSION, "config": config.model_dump(mode="json"),
+            "shape": list(shape), "is_image": bool(is_image), "state_dict": state,
+            "normalization": normalization, "meta": dict(meta or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bundle:
+    """Read a bundle and rebuild its model (in eval mode). Errors name the file."""
+    from dsm.train.build import DataShape, build_model
+    from dsm.train.config import TrainConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path}: not a readable dsm model ({e})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a dsm model bundle (format {blob.get('format') if isinstance(blob, dict) else '?'})")
+    if blob["version"] > VERSION:
+        raise ValueError(f"{path}: bundle version {blob['version']} is newer than this dsm reads ({VERSION})")
+    cfg = TrainConfig.model_validate(blob["config"])
+    shape = DataShape(tuple(blob["shape"]), blob["is_image"])
+    model = build_model(cfg, shape)
+    model.load_state_dict(blob["state_dict"])
+    model.to(map_location).eval()
+    return Bundle(model, cfg, shape.shape, shape.is_image, blob.get("normalization"), blob.get("meta", {}))

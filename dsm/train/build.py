@@ -1,0 +1,160 @@
+"""From a validated :class:`TrainConfig` to the objects a training loop needs (no Ray here).
+
+:func:`resolve_data` turns ``data.dataset`` into shard folders under the workspace (preparing
+them once) and makes every path absolute, because Ray workers do not run in the caller's
+directory. :func:`check_buildable` builds the model on the meta device, so an image size the
+UNet cannot take is reported before any cluster resources are claimed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsm import losses, models
+from dsm.config import ConfigError
+from dsm.data.stream import Source, open_source
+from dsm.noise import TSampler, make_t_sampler
+from dsm.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The event shape of the data: (C, H, W) for images, (d,) for vectors."""
+
+    shape: tuple[int, ...]
+    is_image: bool
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+
+def _prepared_dir(cfg: TrainConfig, workspace: Path) -> Path:
+    """Where a built-in data set with these prepare options lives: one folder per option set."""
+    import hashlib
+    import json
+
+    opts = cfg.data.prepare.model_dump(mode="json", exclude={"src"})
+    tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
+    return workspace / "data" / f"{cfg.data.dataset}-{tag}"
+
+
+def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, progress: bool = True) -> TrainConfig:
+    """A copy of ``cfg`` whose data.path / data.eval_path are absolute and exist.
+
+    A built-in ``data.dataset`` is prepared into the workspace on first use (train and test
+    splits). Raises ConfigError naming the field when a path does not exist.
+    """
+    from dsm.data.sources import prepare as prepare_dataset
+
+    data = cfg.data.model_copy()
+    if data.dataset is not None:
+        folder = _prepared_dir(cfg, workspace)
+        if not (folder / "train" / "manifest.json").is_file() or not (folder / "test" / "manifest.json").is_file():
+            if not prepare:
+                raise ConfigError(f"data.dataset={data.dataset!r} is not prepared at {folder}")
+            popts = data.prepare.model_copy(update={"splits": ["train", "test"]})
+            prepare_dataset(data.dataset, folder, popts, overwrite=True, progress=progress)
+        train, held = folder / "train", folder / "test"
+    else:
+        train = Path(data.path).expanduser().resolve()
+        if data.eval_path is not None:
+            held = Path(data.eval_path).expanduser().resolve()
+        elif train.suffix == ".npy":
+            raise ConfigError("data.eval_path: a .npy training set needs a held-out .npy (data.eval_path=FILE.npy)")
+        else:
+            split_dir = train.parent if train.name == "manifest.json" else train
+            held = split_dir.parent / "test"
+    for field, p in (("data.path", train), ("data.eval_path", held)):
+        if not p.exists():
+            raise ConfigError(f"{field}: {p} does not exist (prepare shards with `dsm data prepare`, or give a .npy)")
+    update = {"path": str(train), "eval_path": str(held)}
+    if data.dataset is not None:  # the prepared folders now stand for the data set
+        update["dataset"] = None
+    return cfg.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def data_shape(source: Source) -> DataShape:
+    """The event shape of a shard folder or .npy source."""
+    return DataShape(tuple(int(s) for s in source.shape), bool(source.is_image))
+
+
+def is_eight_bit(source: Source) -> bool:
+    """True for 8-bit images (k/255 pixel values): their NLL is reported in the 8-bit convention."""
+    dtype = source.manifest.dtype if hasattr(source, "manifest") else source.dtype
+    return bool(source.is_image) and str(dtype) == "uint8"
+
+
+def build_model(cfg: TrainConfig, shape: DataShape) -> nn.Module:
+    """The energy (or score baseline) the config describes, for data of ``shape``."""
+    m, n = cfg.model, cfg.noise
+    if m.arch == "unet":
+        if not shape.is_image or len(shape.shape) != 3 or shape.shape[1] != shape.shape[2]:
+            raise ConfigError(f"model.arch: the UNet needs square images (C, H, H); the data is {shape.shape}. "
+                              "Use model.arch=mlp for vectors")
+        c, h = shape.shape[0], shape.shape[1]
+        over = {k: v for k, v in m.unet.model_dump().items() if v is not None}
+        over.update(t_min=n.t_min, t_max=n.t_max)
+        try:
+            if m.kind == "energy":
+                return models.unet_energy(c, h, m.preset, form=m.form, scaling=m.scaling, **over)
+            return models.unet_score_model(c, h, m.preset, scaling=m.scaling, **over)
+        except ValueError as e:
+            raise ConfigError(f"model.unet: {e}") from None
+    o = m.mlp
+    kw = dict(t_min=n.t_min, t_max=n.t_max, width=o.width, depth=o.depth, sigma_data=o.sigma_data,
+              homogeneous=o.homogeneous, activation=o.activation, embedding=o.embedding)
+    if m.kind == "energy":
+        return models.mlp_energy(shape.dim, form=m.form, **kw)
+    return models.mlp_score_model(shape.dim, **kw)
+
+
+def model_input(cfg: TrainConfig, x: torch.Tensor) -> torch.Tensor:
+    """The batch as the model sees it: flattened for an MLP, as is for the UNet."""
+    return x.flatten(1) if cfg.model.arch == "mlp" else x
+
+
+def build_loss(cfg: TrainConfig):
+    if cfg.model.kind == "score":
+        return losses.Denoising()
+    return losses.DualScoreMatching(cfg.loss.tsm_weight, cfg.loss.dsm_exponent, cfg.loss.tsm_exponent)
+
+
+def build_sampler(cfg: TrainConfig) -> TSampler:
+    return make_t_sampler(cfg.noise.sampler, cfg.noise.t_min, cfg.noise.t_max)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam and its lr schedule; the schedule steps once per successful training step."""
+    o = cfg.optim
+    opt = torch.optim.Adam(model.parameters(), lr=o.lr)
+    if o.schedule == "halving":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.halve_every, gamma=0.5)
+    elif o.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=o.lr * o.final_lr_fraction)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def check_buildable(cfg: TrainConfig) -> DataShape:
+    """Open the (resolved) data and build the model on the meta device: shape errors surface here,
+    as ConfigError, before Ray starts. Returns the data shape."""
+    try:
+        source = open_source(cfg.data.path)
+        held = open_source(cfg.data.eval_path)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"data: {e}") from None
+    shape, held_shape = data_shape(source), data_shape(held)
+    if held_shape.shape != shape.shape:
+        raise ConfigError(f"data.eval_path: held-out shape {held_shape.shape} differs from training shape {shape.shape}")
+    if cfg.data.flips and not shape.is_image:
+        raise ConfigError("data.flips: flips need images; this data holds vectors")
+    with torch.device("meta"):
+        build_model(cfg, shape)
+    return shape

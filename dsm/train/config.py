@@ -1,0 +1,211 @@
+"""The training config: one YAML file validated into :class:`TrainConfig` before anything starts.
+
+Everything a run needs is here, so that the resolved config (saved in every checkpoint and
+export, and logged to MLflow) is enough to rebuild the model and repeat the run. Shipped
+examples live in ``configs/``. Cross-field checks that need the data (the image size against
+the UNet depth, the data path existing) are in :func:`dsm.train.build.check_buildable`,
+which the CLI also runs before Ray or MLflow are touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from dsm.config import StrictModel
+from dsm.data.sources import DATASETS, PrepareConfig
+from dsm.noise import T_SAMPLERS
+
+# The paper's input PSNRs for the denoising table (Table 1): 90, 75, ..., -30 dB.
+PAPER_PSNRS = [90.0 - 15.0 * i for i in range(9)]
+
+
+class DataConfig(StrictModel):
+    """Where the training and held-out data come from and how they are streamed."""
+
+    dataset: str | None = Field(None, description="built-in data set, prepared under <workspace>/data when "
+                                                  "path is not given (dsm data list)")
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="options for a built-in data set")
+    path: str | None = Field(None, description="training split: a shard folder, its manifest.json, or a .npy")
+    eval_path: str | None = Field(None, description="held-out split (default: the 'test' split beside path)")
+    batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
+    mode: Literal["resampled", "exact"] = "resampled"
+    flips: bool = False
+    shuffle_buffer: int = Field(1000, ge=0)
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per training worker")
+    on_error: Literal["raise", "skip"] = "raise"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; built-in: {', '.join(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> "DataConfig":
+        if self.dataset is None and self.path is None:
+            raise ValueError("give data.dataset (a built-in data set) or data.path (shards or a .npy)")
+        if self.dataset is not None and self.path is not None:
+            raise ValueError("give data.dataset or data.path, not both")
+        return self
+
+
+class UNetOptions(StrictModel):
+    """Overrides of the UNet preset's fields (see dsm.nets.unet.UNetConfig); None keeps the preset."""
+
+    base_width: int | None = Field(None, ge=1)
+    scales: int | None = Field(None, ge=0)
+    convs_per_block: int | None = Field(None, ge=2)
+    kernel_size: int | None = Field(None, ge=1)
+    activation: Literal["gelu", "relu", "silu"] | None = None
+    embedding: Literal["log", "linear"] | None = None
+    n_freq: int | None = Field(None, ge=1)
+    emb_dim: int | None = Field(None, ge=1)
+    group_size: int | None = Field(None, ge=1)
+    eps: float | None = Field(None, gt=0)
+
+
+class MLPOptions(StrictModel):
+    """The MLP backbone (vectors; any data flattened)."""
+
+    width: int = Field(256, ge=1)
+    depth: int = Field(3, ge=1)
+    activation: Literal["gelu", "relu", "silu"] = "silu"
+    homogeneous: bool = False
+    embedding: Literal["log", "linear"] = "log"
+    sigma_data: float | None = Field(1.0, gt=0, description="data scale of the MLP's input scaling")
+
+
+class ModelConfig(StrictModel):
+    """Which network: an energy (dual score matching) or the score-network baseline."""
+
+    kind: Literal["energy", "score"] = "energy"
+    arch: Literal["unet", "mlp"] = "unet"
+    form: Literal["inner", "inner+c", "scalar"] = "inner"
+    scaling: Literal["none", "variance", "inverse_t"] = "none"
+    preset: Literal["paper", "small", "tiny"] = "small"
+    unet: UNetOptions = Field(default_factory=UNetOptions)
+    mlp: MLPOptions = Field(default_factory=MLPOptions)
+
+    @model_validator(mode="after")
+    def _form(self) -> "ModelConfig":
+        if self.arch == "unet" and self.form == "scalar":
+            raise ValueError("model.form 'scalar' needs model.arch 'mlp' (the UNet is vector-valued)")
+        return self
+
+
+class NoiseConfig(StrictModel):
+    """The noise variances t drawn for training: ``sampler`` on [t_min, t_max]."""
+
+    t_min: float = Field(1e-9, gt=0)
+    t_max: float = Field(1e3, gt=0)
+    sampler: str = "log_uniform"
+
+    @field_validator("sampler")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in T_SAMPLERS:
+            raise ValueError(f"unknown t sampler {v!r}; known: {sorted(T_SAMPLERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> "NoiseConfig":
+        if self.t_min >= self.t_max:
+            raise ValueError(f"t_min ({self.t_min:g}) must be < t_max ({self.t_max:g})")
+        return self
+
+
+class LossConfig(StrictModel):
+    """loss = (t/d)^a l_DSM + lambda (t/d)^b l_TSM (ignored by the score baseline's plain DSM)."""
+
+    tsm_weight: float = Field(1.0, ge=0, description="lambda; 0 is single score matching")
+    dsm_exponent: float = 1.0
+    tsm_exponent: float = 2.0
+
+
+class OptimConfig(StrictModel):
+    """Adam, with a constant, step (halving) or cosine learning rate."""
+
+    lr: float = Field(5e-4, gt=0)
+    schedule: Literal["constant", "halving", "cosine"] = "constant"
+    halve_every: int = Field(100_000, ge=1, description="halving: steps between lr halvings")
+    final_lr_fraction: float = Field(0.01, ge=0, le=1, description="cosine: final lr / lr")
+    max_grad_norm: float | None = Field(None, gt=0)
+    max_bad_steps: int = Field(20, ge=1, description="stop after this many non-finite steps in a row")
+
+
+class EvalConfig(StrictModel):
+    """Held-out evaluation, run on rank 0 at every checkpoint (and at the end)."""
+
+    enabled: bool = True
+    samples: int = Field(512, ge=2, description="held-out examples used (the first N of the split)")
+    batch_size: int = Field(256, ge=1)
+    psnrs: list[float] = Field(default_factory=lambda: list(PAPER_PSNRS), description="input PSNRs in dB")
+    log_z_t: float | None = Field(None, gt=0, description="noise variance of the log Z estimate (default t_max)")
+    grid: bool = Field(True, description="log a PNG grid of denoised held-out examples")
+
+
+class CheckpointConfig(StrictModel):
+    every: int = Field(500, ge=1, description="steps between checkpoints (and evaluations)")
+    num_to_keep: int = Field(2, ge=1)
+
+
+class ScalingConfig(StrictModel):
+    workers: int = Field(2, ge=1)
+    gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(3, ge=0, description="worker failures survived by restarting from a checkpoint")
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = True
+    experiment: str = "dsm-train"
+
+
+class TrainConfig(StrictModel):
+    """A training run. ``name`` fixes the run folder and MLflow run: re-running resumes it."""
+
+    name: str | None = Field(None, description="run name (default: derived from the config, so the same "
+                                               "command resumes the same run)")
+    seed: int = 0
+    steps: int = Field(2000, ge=1)
+    log_every: int = Field(50, ge=1, description="steps between training-metric rows")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in '/\\:*?"<>| ') or v.startswith(".")):
+            raise ValueError(f"name {v!r} must be a plain folder name (no spaces, slashes or leading dot)")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_split(self) -> "TrainConfig":
+        if self.data.batch_size % self.scaling.workers:
+            raise ValueError(f"data.batch_size ({self.data.batch_size}) must be divisible by scaling.workers "
+                             f"({self.scaling.workers}): each worker takes an equal share")
+        return self
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.data.batch_size // self.scaling.workers
+
+    def fingerprint(self) -> str:
+        """8 hex digits of the resolved config (without the name): the default run name's suffix."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+    def run_name(self, stem: str = "train") -> str:
+        return self.name or f"{stem}-{self.fingerprint()}"

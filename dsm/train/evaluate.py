@@ -1,0 +1,142 @@
+"""Held-out evaluation during training (no Ray, no MLflow): one call, a flat metrics dict.
+
+Run on rank 0 on the *unwrapped* model (evaluation under DDP would need every rank to make
+the same calls). All noise is seeded from the example keys, so two evaluations of the same
+weights give the same numbers, whatever the batch size.
+
+Metrics (names as logged; nats unless said):
+
+- ``eval/loss`` and ``eval/loss_band{i}``: the training loss at t drawn log-uniformly within
+  each of ``BANDS`` equal log-width bands of [t_min, t_max] (``eval/dsm``, ``eval/tsm`` too).
+- ``eval/psnr_out_in{p}dB``: mean per-image output PSNR of the denoiser at input PSNR p.
+- energies only: ``eval/log_z`` and ``eval/log_z_stderr`` (paired estimator at t = log_z_t),
+  ``eval/nll_bpd`` (8-bit convention for 8-bit images, plain bits/dim otherwise) and
+  ``eval/nll_bpd_stderr``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsm import noise, units
+from dsm.energy import Energy
+from dsm.normalize import LogZ, estimate_log_z
+from dsm.seeding import key_seed, keyed_normal
+
+BANDS = 4
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    log_z: LogZ | None
+    band_edges: list[float]
+    denoised: dict[float, torch.Tensor]  # input PSNR -> (k, *shape) denoised examples (for the grid)
+
+
+def _keyed_uniform(keys, salt: str) -> torch.Tensor:
+    return torch.tensor([(key_seed(k, salt) >> 11) / 2.0**52 for k in keys], dtype=torch.float64)
+
+
+def _denoise(model: nn.Module, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, Energy):
+        with torch.enable_grad():
+            return model.denoise(y, t).detach()
+    with torch.no_grad():
+        return model.denoise(y, t)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_min: float, t_max: float,
+             psnrs: list[float], log_z_t: float | None, eight_bit: bool, batch_size: int = 256,
+             grid_examples: int = 0) -> EvalResult:
+    """Evaluate ``model`` on held-out ``x`` (N, *event_shape) with per-example ``keys``.
+
+    eight_bit: x holds k/255 pixel values, so the NLL uses the 8-bit convention.
+    grid_examples: keep this many denoised examples per PSNR for a figure.
+    """
+    was_training = model.training
+    model.eval()
+    n, d = x.shape[0], math.prod(x.shape[1:])
+    metrics: dict[str, float] = {}
+    edges = torch.logspace(math.log10(t_min), math.log10(t_max), BANDS + 1, dtype=torch.float64).tolist()
+    totals, dsms, tsms = [], [], []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        u = _keyed_uniform(keys, f"eval-band{i}")
+        t_all = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))).to(x.dtype)
+        band = []
+        for a in range(0, n, batch_size):
+            xb, tb = x[a:a + batch_size], t_all[a:a + batch_size]
+            z = keyed_normal(keys[a:a + batch_size], tuple(x.shape[1:]), salt=f"eval-z{i}", dtype=x.dtype,
+                             device=x.device)
+            with torch.enable_grad():
+                terms = loss_fn(model, xb, tb.to(x.device), z)
+            band.append(terms.total.detach())
+            dsms.append(terms.dsm.detach())
+            if terms.tsm is not None:
+                tsms.append(terms.tsm.detach())
+        band_t = torch.cat(band)
+        totals.append(band_t)
+        metrics[f"eval/loss_band{i}"] = float(band_t.mean())
+    metrics["eval/loss"] = float(torch.cat(totals).mean())
+    metrics["eval/dsm"] = float(torch.cat(dsms).mean())
+    if tsms:
+        metrics["eval/tsm"] = float(torch.cat(tsms).mean())
+
+    denoised: dict[float, torch.Tensor] = {}
+    for p in psnrs:
+        t = float(noise.psnr_to_t(p))
+        out = []
+        for a in range(0, n, batch_size):
+            xb = x[a:a + batch_size]
+            z = keyed_normal(keys[a:a + batch_size], tuple(x.shape[1:]), salt="eval-psnr", dtype=x.dtype,
+                             device=x.device)
+            tb = torch.full((xb.shape[0],), t, dtype=x.dtype, device=x.device)
+            db = _denoise(model, xb + math.sqrt(t) * z, tb)
+            mse = (db - xb).flatten(1).double().square().mean(1).clamp_min(1e-20)
+            out.append(-10 * torch.log10(mse))
+            if a == 0 and grid_examples:
+                denoised[p] = db[:grid_examples].cpu()
+        metrics[f"eval/psnr_out_in{p:g}dB"] = float(torch.cat(out).mean())
+
+    log_z = None
+    if isinstance(model, Energy):
+        log_z = estimate_log_z(model, x, log_z_t or t_max, keys=keys, batch_size=batch_size)
+        model.log_z.fill_(log_z.value)
+        logp = torch.cat([model.log_prob(x[a:a + batch_size]) for a in range(0, n, batch_size)]).cpu()
+        nll = units.nll_bpd_8bit(logp, d) if eight_bit else units.bits_per_dim(logp, d)
+        metrics.update({"eval/log_z": log_z.value, "eval/log_z_stderr": log_z.stderr,
+                        "eval/nll_bpd": float(nll.mean()), "eval/nll_bpd_stderr": float(nll.std() / math.sqrt(n))})
+    model.train(was_training)
+    return EvalResult(metrics, log_z, edges, denoised)
+
+
+def denoising_figure(x: torch.Tensor, denoised: dict[float, torch.Tensor], path: str) -> str:
+    """A PNG grid: clean held-out images (top row), then the denoiser's output at each input PSNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(denoised, reverse=True)
+    k = x.shape[0]
+    fig, axes = plt.subplots(len(levels) + 1, k, figsize=(1.1 * k, 1.1 * (len(levels) + 1)), squeeze=False)
+    rows = [("clean", x)] + [(f"{p:g} dB", denoised[p]) for p in levels]
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r][c]
+            img = imgs[c].clamp(0, 1).numpy()
+            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle("denoised held-out examples by input PSNR", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

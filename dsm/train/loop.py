@@ -1,0 +1,277 @@
+"""The per-worker training function that Ray Train runs on every rank.
+
+It is thin over the core: the data issue's :class:`TrainStream`, the core's
+:func:`dsm.step.train_step` (unchanged), :func:`dsm.train.evaluate.evaluate`, and a checkpoint
+folder per report. Invariants that keep DDP and ``ray.train.report`` (a barrier) safe:
+
+- every rank runs the same number of steps (``cfg.steps``; a skipped non-finite step counts);
+- every rank calls ``ray.train.report`` at the same steps; only rank 0 attaches a checkpoint;
+- the non-finite decision is all-reduced, so all ranks skip, and stop, together;
+- evaluation, export and MLflow run on rank 0 only, on the model unwrapped from DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from dsm.bundle import save_bundle
+from dsm.data.stream import EvalStream, TrainStream, make_loader, open_source
+from dsm.energy import Energy, unwrap
+from dsm.seeding import key_seed
+from dsm.step import train_step
+from dsm.train import build
+from dsm.train.config import TrainConfig
+from dsm.train.evaluate import BANDS, denoising_figure, evaluate
+from dsm.train.runlog import RunLog
+from dsm.train.state import TrainState, load_state, save_state
+
+
+def _batches(stream: TrainStream, loader_workers: int, start_step: int) -> Iterator[dict]:
+    """Batches forever from the data position of ``start_step`` (epoch, offset within it)."""
+    per_epoch = stream.batches_per_epoch(loader_workers)
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        stream.set_epoch(epoch)
+        it = iter(make_loader(stream, loader_workers))
+        yield from islice(it, offset, None)
+        offset, epoch = 0, epoch + 1
+
+
+def _held_out(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, list[str]]:
+    """The first ``eval.samples`` held-out examples, in manifest order, and their keys."""
+    xs, keys = [], []
+    for b in EvalStream(cfg.data.eval_path, batch_size=256, rank=0, world_size=1, on_error=cfg.data.on_error):
+        xs.append(b["x"])
+        keys += b["key"]
+        if len(keys) >= cfg.eval.samples:
+            break
+    x = torch.cat(xs)[:cfg.eval.samples]
+    return build.model_input(cfg, x).to(device), keys[:cfg.eval.samples]
+
+
+def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[str, float]:
+    """Rank 0's mean training loss per noise band (the same bands as the evaluation)."""
+    out = {}
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        m = (t >= lo) & ((t < hi) if i < len(edges) - 2 else (t <= hi))
+        if m.any():
+            out[f"train/loss_band{i}"] = float(values[m].mean())
+    return out
+
+
+def _quiet_ray_train_logs() -> None:
+    """Ray Train logs every report (all metrics) at INFO from the worker; they drown the progress
+    lines. Its loggers carry their own levels, so each one is raised."""
+    for name in ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _say(line: str, err: bool = False) -> None:
+    """Write a line directly: Ray Train patches ``print`` to also log it, which doubles it."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train's ``train_loop_per_worker``. ``config``: ``cfg`` (TrainConfig as JSON),
+    ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``export_path``, ``tags``."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    _quiet_ray_train_logs()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    shape = build.data_shape(open_source(cfg.data.path))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every repeat of the run
+    model = build.build_model(cfg, shape).to(device)
+    opt, sched = build.build_optimizer(cfg, model)
+    stream = TrainStream(cfg.data.path, batch_size=cfg.per_worker_batch, mode=cfg.data.mode, seed=cfg.seed,
+                         rank=rank, world_size=world, loader_workers=cfg.data.loader_workers,
+                         shuffle_buffer=cfg.data.shuffle_buffer, flips=cfg.data.flips, on_error=cfg.data.on_error)
+    per_epoch = stream.batches_per_epoch(cfg.data.loader_workers)
+
+    state = TrainState(mlflow_run_id=config.get("mlflow_run_id"))
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as folder:
+            state, _ = load_state(folder, model=model, optimizer=opt, scheduler=sched, map_location=device)
+        if rank == 0:
+            _say(f"dsm train: resumed {config['run_name']} at step {state.step}/{cfg.steps}")
+    log = RunLog(state.mlflow_run_id, config["tracking_uri"]) if rank == 0 else RunLog(None, "")
+    if rank == 0 and log.enabled:
+        log.resume()
+        log.flush(state.pending)  # rows a crash may have kept from MLflow
+        state.pending = []
+        log.tags({"dsm.device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+                  f"cpu x {world} worker(s)"})
+
+    net = model
+    if world > 1:
+        net = ray.train.torch.prepare_model(model, move_to_device=False)
+
+    def all_finite(ok: bool) -> bool:
+        """True when every rank's loss, gradients and inputs are finite (an all-reduce)."""
+        if world == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def global_mean(*values: float) -> list[float]:
+        v = torch.tensor(values, dtype=torch.float64, device=device)
+        if world > 1:
+            torch.distributed.all_reduce(v)
+        return v.tolist()
+
+    loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
+    edges = torch.logspace(math.log10(cfg.noise.t_min), math.log10(cfg.noise.t_max), BANDS + 1).tolist()
+    held = _held_out(cfg, device) if rank == 0 and (cfg.eval.enabled or isinstance(model, Energy)) else None
+    run_dir = Path(config["export_path"]).parent
+    eight_bit = build.is_eight_bit(open_source(cfg.data.eval_path))
+
+    def run_eval(step: int) -> dict[str, float]:
+        res = evaluate(model, held[0], held[1], loss_fn=loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
+                       psnrs=cfg.eval.psnrs if cfg.eval.enabled else [],
+                       log_z_t=cfg.eval.log_z_t, eight_bit=eight_bit, batch_size=cfg.eval.batch_size,
+                       grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0)
+        if res.denoised:
+            fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(run_dir / "figures" / f"denoised_{step:08d}.png"))
+            log.artifact(fig, "figures")
+        return res.metrics
+
+    batches = _batches(stream, cfg.data.loader_workers, state.step)
+    window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0}
+    t_start, step_start, t_window = time.time(), state.step, time.time()
+    stopped = None
+    while state.step < cfg.steps:
+        batch = next(batches)
+        x = build.model_input(cfg, batch["x"]).to(device, non_blocking=True)
+        input_ok = bool(torch.isfinite(x).all())
+        if not input_ok:  # every rank must still take part in the step's collectives, so zero the
+            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # batch and veto the update
+            _say(f"dsm train: rank {rank}: non-finite values in the input batch at step {state.step + 1} "
+                 f"(keys {batch['key'][:3]}...)", err=True)
+        gen = torch.Generator(device=device).manual_seed(key_seed(state.step, f"train/{cfg.seed}/{rank}"))
+        res = train_step(net, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
+                         max_grad_norm=cfg.optim.max_grad_norm, all_finite=lambda ok: all_finite(ok and input_ok))
+        state.step += 1
+        step = state.step
+        if res.finite:
+            state.bad_run = 0
+            window["loss"] += res.loss
+            window["n"] += 1
+            window["grad"] += res.grad_norm
+            window["t"].append(res.t.cpu())
+            window["terms"].append(res.terms.total.cpu())
+        else:
+            state.skipped += 1
+            state.bad_run += 1
+            if rank == 0:
+                _say(f"dsm train: non-finite loss or gradient at step {step} on some rank; update skipped "
+                     f"({state.bad_run} in a row, {state.skipped} in total)", err=True)
+                state.pending.append((step, {"train/nonfinite_skipped": float(state.skipped)}))
+            if state.bad_run >= cfg.optim.max_bad_steps:
+                stopped = (f"{state.bad_run} non-finite steps in a row (last at step {step}): stopping. "
+                           "Lower optim.lr, raise noise.t_min, or set optim.max_grad_norm")
+        window["images"] += x.shape[0] * world
+
+        if step % cfg.log_every == 0 or step == cfg.steps or stopped:
+            loss_sum, n = global_mean(window["loss"], float(window["n"]))
+            if rank == 0:
+                now = time.time()
+                ips = window["images"] / max(now - t_window, 1e-9)
+                rate = (step - step_start) / max(now - t_start, 1e-9)
+                row = {"train/loss": loss_sum / max(n, 1), "train/lr": opt.param_groups[0]["lr"],
+                       "train/grad_norm": window["grad"] / max(window["n"], 1), "train/images_per_s": ips}
+                if window["t"]:
+                    row.update(_band_means(torch.cat(window["t"]), torch.cat(window["terms"]), edges))
+                if n > 0:
+                    state.pending.append((step, row))
+                _say(f"step {step}/{cfg.steps}  loss {row['train/loss']:.4g}  {ips:.0f} img/s  "
+                     f"eta {_fmt_eta((cfg.steps - step) / max(rate, 1e-9))}")
+            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0}
+            t_window = time.time()
+
+        if stopped:
+            break
+        if step % cfg.checkpoint.every == 0 or step == cfg.steps:
+            metrics: dict = {"step": step, "skipped": state.skipped}
+            with tempfile.TemporaryDirectory(prefix="dsm-ckpt-") as tmp:
+                checkpoint = None
+                if rank == 0:
+                    if cfg.eval.enabled and held is not None:
+                        ev = run_eval(step)
+                        state.pending.append((step, ev))
+                        metrics.update(ev)
+                    save_state(tmp, model=unwrap(net), optimizer=opt, scheduler=sched, state=state,
+                               config=config["cfg"], batches_per_epoch=per_epoch, world_size=world)
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint)
+            if rank == 0:
+                log.flush(state.pending)
+                state.pending = []
+
+    if rank != 0:
+        return
+    if stopped:
+        log.flush(state.pending)
+        log.tags({"dsm.status": "non_finite", "dsm.stop_reason": stopped})
+        log.finish("FAILED")
+        _say(f"dsm train: {stopped}", err=True)
+        _write_status(run_dir, "non_finite", stopped)
+        return
+    _finalize(cfg, config, model, shape, held, log, run_eval if cfg.eval.enabled else None, eight_bit, state)
+
+
+def _write_status(run_dir: Path, status: str, message: str) -> None:
+    """A small file the driver reads: how the last attempt ended (Ray's result carries no text)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "status.txt").write_text(f"{status}\n{message}\n")
+
+
+def _finalize(cfg: TrainConfig, config: dict, model: torch.nn.Module, shape, held, log: RunLog, run_eval,
+              eight_bit: bool, state: TrainState) -> None:
+    """Rank 0 at the end: normalize an energy, export the bundle, log artifacts, close the run.
+    Safe to repeat: a re-run of a finished run lands here directly and redoes only this."""
+    import yaml
+
+    from dsm.normalize import normalize
+
+    export = Path(config["export_path"])
+    norm = None
+    if isinstance(model, Energy):
+        norm = normalize(model, held[0], cfg.eval.log_z_t or cfg.noise.t_max, keys=held[1],
+                         batch_size=cfg.eval.batch_size).as_dict()
+    meta = {"run_name": config["run_name"], "step": state.step, "mlflow_run_id": state.mlflow_run_id,
+            **config.get("tags", {})}
+    save_bundle(export, model, cfg, shape.shape, shape.is_image, normalization=norm, meta=meta)
+    cfg_path = export.parent / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(config["cfg"], sort_keys=False))
+    if log.enabled:
+        log.artifact(cfg_path)
+        log.artifact(export, "model")
+        log.tags({"dsm.status": "finished", "dsm.export": str(export)})
+        log.finish()
+    _write_status(export.parent, "finished", str(export))

@@ -1,0 +1,213 @@
+"""The driver of ``dsm train``: validate, prepare data, start or join Ray, fit, export.
+
+Everything that can be wrong with the config or the data is checked before Ray or MLflow is
+touched. The run name is deterministic (the config's stem and fingerprint, or ``name``), and
+Ray Train keeps checkpoints under ``<workspace>/runs/<name>``: re-running the same command
+resumes from the last checkpoint, and the MLflow run with that name continues.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsm.config import ConfigError
+from dsm.train.config import TrainConfig
+
+# Local-cluster defaults (design.md section 8): a bounded object store (the default takes a
+# third of RAM), fast health checks, no preemption watcher, and fail-fast worker startup.
+LOCAL_RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
+}
+OBJECT_STORE_BYTES = 512 * 1024**2
+
+
+class NonFiniteTraining(RuntimeError):
+    """The run stopped after too many non-finite steps in a row."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated run: the resolved config, its name and where its outputs go."""
+
+    cfg: TrainConfig
+    name: str
+    workspace: Path
+    run_dir: Path
+    export_path: Path
+    shape: tuple[int, ...]
+
+
+def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "train",
+         progress: bool = True) -> Plan:
+    """Resolve the data (preparing a built-in data set once) and check that the model builds.
+    Raises ConfigError; starts nothing."""
+    from dsm.tracking import workspace_dir
+    from dsm.train.build import check_buildable, resolve_data
+
+    ws = workspace_dir(workspace)
+    cfg = resolve_data(cfg, ws, progress=progress)
+    shape = check_buildable(cfg)
+    if cfg.scaling.gpu:
+        import torch
+
+        if not torch.cuda.is_available() and not (os.environ.get("RAY_ADDRESS")):
+            raise ConfigError("scaling.gpu: no CUDA device here; drop --gpu or give --address of a GPU cluster")
+    name = cfg.run_name(stem)
+    run_dir = ws / "runs" / name
+    return Plan(cfg, name, ws, run_dir, run_dir / "model.pt", shape.shape)
+
+
+def check_local_resources(cfg: TrainConfig) -> None:
+    """On a local Ray, the workers must fit this machine (else Ray waits forever)."""
+    need = cfg.scaling.workers * cfg.scaling.cpus_per_worker
+    have = os.cpu_count() or 1
+    if need > have:
+        raise ConfigError(f"scaling: {cfg.scaling.workers} workers x {cfg.scaling.cpus_per_worker:g} CPUs = "
+                          f"{need:g} CPUs, but this machine has {have}; lower scaling.workers or "
+                          "scaling.cpus_per_worker, or give --address of a cluster")
+
+
+def init_ray(address: str | None, cfg: TrainConfig, log_to_driver: bool = True) -> None:
+    """Join ``address`` (or $RAY_ADDRESS), reuse an initialised Ray, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        return
+    check_local_resources(cfg)
+    for k, v in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver,
+             configure_logging=True, logging_level="WARNING")
+
+
+def _manifest_hash(cfg: TrainConfig) -> str:
+    from dsm.data.shards import sha256_file
+
+    p = Path(cfg.data.path)
+    if p.suffix == ".npy":
+        return sha256_file(p)[:16]
+    return sha256_file((p.parent if p.name == "manifest.json" else p) / "manifest.json")[:16]
+
+
+def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Path:
+    """Run (or resume) the planned training on Ray Train; returns the exported model's path."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dsm.tracking import flatten, git_commit, tracking_uri
+    from dsm.train.loop import train_loop
+    from dsm.train.runlog import open_run
+
+    cfg = p.cfg
+    uri = tracking_uri(p.workspace)
+    tags = {"dsm.git_commit": git_commit(), "dsm.ray_version": ray.__version__,
+            "dsm.data_manifest_sha256": _manifest_hash(cfg), "dsm.data_path": cfg.data.path}
+    run_id = None
+    if cfg.tracking.enabled:
+        run_id = open_run(cfg.tracking.experiment, p.name, uri, p.workspace,
+                          flatten(cfg.model_dump(mode="json")), tags)
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    (p.run_dir / "status.txt").unlink(missing_ok=True)
+    init_ray(address, cfg, log_to_driver)
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": p.name, "tracking_uri": uri,
+                           "mlflow_run_id": run_id, "export_path": str(p.export_path), "tags": tags},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=p.name, storage_path=str(p.run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # our own progress lines suffice
+    )
+    _fit_interruptibly(trainer)
+    status_file = p.run_dir / "status.txt"
+    status, _, message = (status_file.read_text().partition("\n") if status_file.is_file() else ("", "", ""))
+    if status == "non_finite":
+        raise NonFiniteTraining(message.strip())
+    if status != "finished" or not p.export_path.is_file():
+        raise RuntimeError(f"training ended without an exported model at {p.export_path} (status {status or 'none'})")
+    return p.export_path
+
+
+def _fit_interruptibly(trainer) -> None:
+    """``trainer.fit()`` in a helper thread, so that Ctrl-C reaches us as KeyboardInterrupt.
+
+    In the main thread Ray Train installs its own SIGINT handler, which exits the process with
+    status 1 and no message. Off the main thread it does not (as under Tune); the run's actors
+    belong to this driver and stop when it exits, and the checkpoints already written stay.
+    """
+    import threading
+
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    th = threading.Thread(target=target, name="dsm-train-fit", daemon=True)
+    th.start()
+    while th.is_alive():
+        th.join(0.25)
+    if "error" in box:
+        raise box["error"]
+
+
+def print_summary(p: Plan, export: Path) -> None:
+    """Where things are; the export path comes last (scripts read the last line)."""
+    from dsm.bundle import load_model
+    from dsm.tracking import tracking_uri
+
+    b = load_model(export)
+    if b.normalization:
+        print(f"log Z = {b.normalization['value']:.4f} +- {b.normalization['stderr']:.4f} nats "
+              f"(t = {b.normalization['t']:g}, n = {b.normalization['n']})")
+    print(f"MLflow: {tracking_uri(p.workspace)} (experiment {p.cfg.tracking.experiment!r}, run {p.name!r}); "
+          f"browse with `dsm ui --workspace {p.workspace}`")
+    print(f"checkpoints: {p.run_dir}")
+    print(export)
+
+
+def main(config: str | None, overrides: list[str], *, workspace: str | None, address: str | None,
+         workers: int | None, gpu: bool, quiet: bool = False) -> int:
+    """``dsm train``: returns the exit code."""
+    from dsm.config import load_config
+
+    extra = list(overrides)
+    if workers is not None:
+        extra.append(f"scaling.workers={workers}")
+    if gpu:
+        extra.append("scaling.gpu=true")
+    cfg = load_config(TrainConfig, config, extra)
+    stem = Path(config).stem if config else "train"
+    p = plan(cfg, workspace, stem, progress=not quiet)
+    print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
+          f"outputs in {p.run_dir}", flush=True)
+    try:
+        export = train(p, address)
+    except NonFiniteTraining as e:
+        print(f"dsm train: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\ndsm train: interrupted; re-run the same command to resume {p.name!r} from its last checkpoint",
+              file=sys.stderr)
+        return 130
+    print_summary(p, export)
+    return 0

@@ -1,0 +1,117 @@
+"""MLflow logging for a training run: the driver opens (or finds) the run, rank 0 logs to it.
+
+Metric rows are buffered and written after each checkpoint is persisted, and every flush
+ends with a ``progress/step`` marker. A resumed run reads the marker and drops rows at or
+below it, so restarts never duplicate steps; rows not yet written when a checkpoint was taken
+travel inside the checkpoint, so a crash between the two loses nothing.
+
+MLflow failures never stop training: the first one is reported on stderr, and logging is
+switched off for the rest of the process.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MARKER = "progress/step"
+RUN_NAME_TAG = "dsm.run_name"
+
+
+def open_run(experiment: str, run_name: str, tracking_uri: str, workspace: Path, params: dict[str, str],
+             tags: dict[str, str]) -> str | None:
+    """The id of the MLflow run called ``run_name`` in ``experiment``: the existing one (a
+    resumed run) or a new one with ``params`` and ``tags``. None, with a message, when the
+    tracking server cannot be reached."""
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        from dsm.tracking import quick_fail_http, use_experiment
+
+        quick_fail_http()
+        mlflow.set_tracking_uri(tracking_uri)
+        exp_id = use_experiment(experiment, workspace)
+        client = MlflowClient(tracking_uri)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+        items = list(params.items())
+        from mlflow.entities import Param
+
+        for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        return run.info.run_id
+    except Exception as e:  # noqa: BLE001 - any tracking failure: say so and train anyway
+        print(f"dsm: MLflow at {tracking_uri} is unavailable ({type(e).__name__}: {e}); "
+              "training goes on without tracking", file=sys.stderr)
+        return None
+
+
+class RunLog:
+    """Rank 0's handle on the run. ``enabled`` is False without a run id or after a failure."""
+
+    def __init__(self, run_id: str | None, tracking_uri: str):
+        self.run_id, self.tracking_uri = run_id, tracking_uri
+        self.enabled = run_id is not None
+        self.logged_through = -1
+        self._client = None
+
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                from dsm.tracking import quick_fail_http
+
+                quick_fail_http()
+                self._client = MlflowClient(self.tracking_uri)
+            return fn(self._client, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            self.enabled = False
+            # sys.stderr.write, not print: Ray Train's patched print would log it twice
+            sys.stderr.write(f"dsm: MLflow {what} failed ({type(e).__name__}: {e}); training goes on, "
+                             "MLflow logging is off for the rest of this run\n")
+            sys.stderr.flush()
+            return None
+
+    def resume(self) -> int:
+        """Read the last flushed step (the marker's maximum); -1 for a fresh run."""
+        hist = self._call("read", lambda c: c.get_metric_history(self.run_id, MARKER))
+        self.logged_through = max((int(m.step) for m in hist or []), default=-1)
+        return self.logged_through
+
+    def flush(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Write metric rows (step, {name: value}) newer than what was flushed, then the marker."""
+        from mlflow.entities import Metric
+
+        rows = [(s, m) for s, m in rows if s > self.logged_through]
+        if not rows or not self.enabled:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, s) for s, m in rows for k, v in m.items()]
+        last = max(s for s, _ in rows)
+        metrics.append(Metric(MARKER, float(last), now, last))
+        for i in range(0, len(metrics), 1000):  # log_batch's limit
+            if self._call("logging", lambda c, b: c.log_batch(self.run_id, metrics=b), metrics[i:i + 1000]) is None \
+                    and not self.enabled:
+                return
+        self.logged_through = last
+
+    def tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._call("tagging", lambda c: c.set_tag(self.run_id, k, v))
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("artifact upload", lambda c: c.log_artifact(self.run_id, str(path), artifact_path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call("closing the run", lambda c: c.set_terminated(self.run_id, status))

@@ -1,0 +1,68 @@
+"""What a training checkpoint holds, and how it is written to and read from a folder (no Ray).
+
+One file, ``state.pt``, in the checkpoint folder that Ray Train persists:
+
+- ``model``, ``optimizer``, ``scheduler``: state dicts (the model unwrapped from DDP);
+- ``step``: optimization steps taken (skipped non-finite steps included: it is the number of
+  batches each rank has consumed, which is also the data position);
+- ``data``: the data position spelled out (epoch, batch offset in it, batches per epoch,
+  world size), for people reading a checkpoint;
+- ``rng``: the torch CPU RNG state. The training noise itself needs no saved state: step k
+  of rank r draws from a generator seeded by (seed, rank, k), so it is the same after a resume;
+- ``skipped`` / ``bad_run``: non-finite steps in total and in a row;
+- ``mlflow_run_id``: the run a resumed job keeps logging to;
+- ``pending``: metric rows not yet confirmed in MLflow when the checkpoint was written;
+- ``config``: the resolved training config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    skipped: int = 0
+    bad_run: int = 0
+    mlflow_run_id: str | None = None
+    pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: Any, state: TrainState, config: dict, batches_per_epoch: int, world_size: int) -> Path:
+    """Write ``state.pt`` into ``folder`` (which must exist); returns its path."""
+    path = Path(folder) / STATE_FILE
+    blob = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": state.step, "skipped": state.skipped, "bad_run": state.bad_run,
+        "data": {"epoch": state.step // batches_per_epoch, "offset": state.step % batches_per_epoch,
+                 "batches_per_epoch": batches_per_epoch, "world_size": world_size},
+        "rng": torch.get_rng_state(), "mlflow_run_id": state.mlflow_run_id,
+        "pending": [(s, dict(m)) for s, m in state.pending], "config": config,
+    }
+    torch.save(blob, path)
+    return path
+
+
+def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: Any, map_location: str | torch.device = "cpu") -> tuple[TrainState, dict]:
+    """Restore model, optimizer and scheduler in place from ``folder/state.pt``; returns the
+    counters and the raw blob (for its ``data`` and ``config`` entries)."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint has no {STATE_FILE}")
+    blob = torch.load(path, map_location=map_location, weights_only=False)  # our own file: optimizer state holds python scalars
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"])
+    state = TrainState(step=int(blob["step"]), skipped=int(blob["skipped"]), bad_run=int(blob["bad_run"]),
+                       mlflow_run_id=blob.get("mlflow_run_id"), pending=[(int(s), m) for s, m in blob["pending"]])
+    return state, blob

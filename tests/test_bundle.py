@@ -1,0 +1,33 @@
+"""The exported model file: one file rebuilds the model, its log Z and its config."""
+
+import pytest
+import torch
+
+from dsm.bundle import load_model, save_bundle
+from dsm.config import load_config
+from dsm.train import build
+from dsm.train.config import TrainConfig
+
+
+def test_roundtrip_and_errors(tmp_path):
+    x = tmp_path / "x.npy"
+    import numpy as np
+
+    np.save(x, np.zeros((4, 3), np.float32))
+    cfg = load_config(TrainConfig, "configs/vectors.yaml", [f"data.path={x}", f"data.eval_path={x}"])
+    model = build.build_model(cfg, build.DataShape((3,), False))
+    model.log_z.fill_(1.25)
+    path = save_bundle(tmp_path / "m" / "model.pt", model, cfg, (3,), False,
+                       normalization={"value": 1.25}, meta={"step": 7})
+    b = load_model(path)
+    assert b.config == cfg and b.shape == (3,) and not b.is_image and b.meta == {"step": 7}
+    y = torch.randn(5, 3)
+    torch.testing.assert_close(b.model.log_prob(y), model.log_prob(y))
+    assert not list(path.parent.glob(".*tmp"))  # atomic write left no temporary file
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_model(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_model(tmp_path / "missing.pt")

@@ -1,0 +1,157 @@
+"""Real Ray Train runs on the session's local Ray, tracked in a real SQLite MLflow store."""
+
+import threading
+import time
+
+import mlflow
+import numpy as np
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from dsm.bundle import load_model
+from dsm.tracking import tracking_uri
+from dsm.train.run import NonFiniteTraining, plan, train
+from dsm.train.runlog import MARKER
+
+
+def _run(ws, name):
+    client = MlflowClient(tracking_uri(ws))
+    exp = client.get_experiment_by_name("dsm-train")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`dsm.run_name` = '{name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]
+
+
+def _steps(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
+    cfg = make_cfg("steps=60", "checkpoint.every=30", "log_every=10", "name=two-workers")
+    p = plan(cfg, digits_workspace, progress=False)
+    export = train(p, log_to_driver=False)
+    assert export == p.export_path and export.is_file()
+
+    client, run = _run(digits_workspace, "two-workers")
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["scaling.workers"] == "2" and params["model.unet.embedding"] == "log"
+    assert params["noise.t_min"] == "0.0001"
+    for tag in ("dsm.git_commit", "dsm.ray_version", "dsm.data_manifest_sha256", "dsm.device"):
+        assert run.data.tags.get(tag), tag
+    assert _steps(client, run.info.run_id, "train/loss") == [10, 20, 30, 40, 50, 60]
+    assert _steps(client, run.info.run_id, "eval/nll_bpd") == [30, 60]
+    nll = run.data.metrics["eval/nll_bpd"]
+    assert np.isfinite(nll) and 0 < nll < 40
+    for key in ("eval/log_z", "eval/log_z_stderr", "eval/psnr_out_in20dB", "eval/loss_band0", "train/loss_band3"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "model", "figures"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+
+    b = load_model(export)
+    assert b.meta["mlflow_run_id"] == run.info.run_id and b.meta["step"] == 60
+    assert b.normalization["value"] == pytest.approx(float(b.model.log_z))
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.isfinite(b.model.log_prob(x)).all()
+
+    # Re-running the finished run resumes at its end: no new steps, same MLflow run.
+    assert train(plan(cfg, digits_workspace, progress=False), log_to_driver=False) == export
+    client, run2 = _run(digits_workspace, "two-workers")
+    assert run2.info.run_id == run.info.run_id
+    assert _steps(client, run.info.run_id, "train/loss") == [10, 20, 30, 40, 50, 60]
+
+
+def _train_workers():
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_killed_worker_restarts_from_checkpoint(ray_cluster, make_cfg, digits_workspace):
+    cfg = make_cfg("steps=240", "checkpoint.every=40", "log_every=20", "eval.enabled=false",
+                   "scaling.max_failures=2", "name=fault")
+    p = plan(cfg, digits_workspace, progress=False)
+    out: dict = {}
+    th = threading.Thread(target=lambda: out.update(export=train(p, log_to_driver=False)), daemon=True)
+    th.start()
+    deadline = time.time() + 180
+    while not list(p.run_dir.glob("checkpoint_*")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(p.run_dir.glob("checkpoint_*")), "no checkpoint within 3 minutes"
+    victims = _train_workers()
+    assert len(victims) == 2, [v.info["cmdline"] for v in victims]
+    victims[-1].kill()
+    th.join(timeout=300)
+    assert not th.is_alive() and out.get("export") == p.export_path
+
+    client, run = _run(digits_workspace, "fault")
+    steps = _steps(client, run.info.run_id, "train/loss")
+    assert steps == list(range(20, 241, 20)), steps  # complete, and no step twice
+    assert max(_steps(client, run.info.run_id, MARKER)) == 240
+    assert load_model(p.export_path).meta["step"] == 240
+
+
+def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
+    from dsm.config import load_config
+    from dsm.train.build import resolve_data
+    from dsm.train.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    x[:, 0] = np.nan
+    np.save(tmp_path / "bad.npy", x)
+    np.save(tmp_path / "ok.npy", rng.normal(size=(64, 4)).astype(np.float32))
+    cfg = load_config(TrainConfig, "configs/vectors.yaml",
+                      [f"data.path={tmp_path / 'bad.npy'}", f"data.eval_path={tmp_path / 'ok.npy'}", "steps=50",
+                       "optim.max_bad_steps=3", "name=nan", "data.batch_size=32"])
+    ws = tmp_path / "ws"
+    p = plan(resolve_data(cfg, ws), ws, progress=False)
+    with pytest.raises(NonFiniteTraining, match="3 non-finite steps in a row"):
+        train(p, log_to_driver=False)
+    client, run = _run(ws, "nan")
+    assert run.info.status == "FAILED" and run.data.tags["dsm.status"] == "non_finite"
+    assert run.data.metrics["train/nonfinite_skipped"] == 3
+    assert not p.export_path.exists()
+
+
+@pytest.mark.slow
+def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg, digits_workspace):
+    """Ctrl-C the `dsm train` process after a checkpoint, re-run the same command: it resumes, and
+    its loss curve matches an uninterrupted run with the same seed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    common = ["steps=120", "checkpoint.every=40", "log_every=10", "eval.enabled=false"]
+    ref = plan(make_cfg(*common, "name=reference"), digits_workspace, progress=False)
+    train(ref, log_to_driver=False)
+
+    cmd = [sys.executable, "-m", "dsm.cli", "train", "configs/digits-smoke.yaml", *common, "name=interrupted",
+           "--address", ray_cluster, "--workspace", str(digits_workspace), "--quiet"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    run_dir = digits_workspace / "runs" / "interrupted"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 180
+    while not list(run_dir.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(run_dir.glob("checkpoint_*")), proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGINT)
+    first = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, first[-3000:]
+    assert "re-run the same command to resume" in first
+    assert not (run_dir / "model.pt").exists()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert "resumed interrupted at step" in second.stdout + second.stderr
+    assert second.stdout.strip().splitlines()[-1] == str(run_dir / "model.pt")
+
+    client, run_ref = _run(digits_workspace, "reference")
+    _, run_int = _run(digits_workspace, "interrupted")
+    h_ref = client.get_metric_history(run_ref.info.run_id, "train/loss")
+    h_int = client.get_metric_history(run_int.info.run_id, "train/loss")
+    assert [m.step for m in h_int] == [m.step for m in h_ref] == list(range(10, 121, 10))
+    np.testing.assert_allclose([m.value for m in h_int], [m.value for m in h_ref], rtol=1e-5)
