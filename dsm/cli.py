@@ -14,7 +14,8 @@ def _demo(args: argparse.Namespace) -> int:
     from dsm.config import load_config
     from dsm.demo import DemoConfig, run_demo
 
-    cfg = load_config(DemoConfig, args.config, args.overrides)
+    extra = list(args.overrides) + ([f"workspace={args.workspace}"] if args.workspace else [])
+    cfg = load_config(DemoConfig, args.config, extra)
     run_demo(cfg, progress=not args.quiet)
     return 0
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. dim=16 steps=4000 form=scalar")
     demo.add_argument("--config", help="YAML file with DemoConfig fields")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="train an energy (or score) model on Ray Train, tracked in MLflow",

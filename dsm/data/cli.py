@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -128,6 +129,12 @@ def _list(args: argparse.Namespace) -> int:
 
     for name, ds in DATASETS.items():
         print(f"{name:14s} {ds.description}")
+    data_dir = Path(args.workspace or os.environ.get("DSM_WORKSPACE", "dsm-runs")) / "data"
+    prepared = sorted(m.parent for m in data_dir.glob("*/*/manifest.json")) if data_dir.is_dir() else []
+    if prepared:
+        print(f"\nprepared in {data_dir}:")
+        for split in prepared:
+            print(f"  {split.relative_to(data_dir)}")
     return 0
 
 
@@ -145,7 +152,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
         p.add_argument("--force", action="store_true", help="replace existing shards of the same split")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    lst = dsub.add_parser("list", help="list the built-in data sets")
+    lst = dsub.add_parser("list", help="list the built-in data sets and what the workspace holds")
+    lst.add_argument("--workspace", help="workspace folder (default $DSM_WORKSPACE or ./dsm-runs)")
     lst.set_defaults(func=_list)
 
     prep = dsub.add_parser("prepare", help="write a built-in data set as shards (offline)",

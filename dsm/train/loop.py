@@ -162,10 +162,11 @@ def train_loop(config: dict) -> None:
         return res.metrics
 
     batches = _batches(stream, cfg.data.loader_workers, state.step)
-    window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0}
+    window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
     t_start, step_start, t_window = time.time(), state.step, time.time()
     stopped = None
     while state.step < cfg.steps:
+        t_step = time.perf_counter()
         batch = next(batches)
         x = build.model_input(cfg, batch["x"]).to(device, non_blocking=True)
         input_ok = bool(torch.isfinite(x).all())
@@ -178,6 +179,7 @@ def train_loop(config: dict) -> None:
                          max_grad_norm=cfg.optim.max_grad_norm, all_finite=lambda ok: all_finite(ok and input_ok))
         state.step += 1
         step = state.step
+        window["busy"] += time.perf_counter() - t_step
         if res.finite:
             state.bad_run = 0
             window["loss"] += res.loss
@@ -196,6 +198,7 @@ def train_loop(config: dict) -> None:
                 stopped = (f"{state.bad_run} non-finite steps in a row (last at step {step}): stopping. "
                            "Lower optim.lr, raise noise.t_min, or set optim.max_grad_norm")
         window["images"] += x.shape[0] * world
+        window["steps"] += 1
 
         if step % cfg.log_every == 0 or step == cfg.steps or stopped:
             loss_sum, n = global_mean(window["loss"], float(window["n"]))
@@ -204,14 +207,16 @@ def train_loop(config: dict) -> None:
                 ips = window["images"] / max(now - t_window, 1e-9)
                 rate = (step - step_start) / max(now - t_start, 1e-9)
                 row = {"train/loss": loss_sum / max(n, 1), "train/lr": opt.param_groups[0]["lr"],
-                       "train/grad_norm": window["grad"] / max(window["n"], 1), "train/images_per_s": ips}
+                       "train/grad_norm": window["grad"] / max(window["n"], 1), "train/images_per_s": ips,
+                       # batch fetch + step, rank 0: what benchmarks/ray_overhead.py compares
+                       "train/step_s": window["busy"] / max(window["steps"], 1)}
                 if window["t"]:
                     row.update(_band_means(torch.cat(window["t"]), torch.cat(window["terms"]), edges))
                 if n > 0:
                     state.pending.append((step, row))
                 _say(f"step {step}/{cfg.steps}  loss {row['train/loss']:.4g}  {ips:.0f} img/s  "
                      f"eta {_fmt_eta((cfg.steps - step) / max(rate, 1e-9))}")
-            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0}
+            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
             t_window = time.time()
 
         if stopped:
