@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
     ui.set_defaults(func=_ui)
     from dsm.data.cli import register as _register_data; _register_data(sub)  # noqa: E702 - `dsm data ...`
+    from dsm.scoring.cli import register as _register_scoring; _register_scoring(sub)  # noqa: E702
     return p
 
 

@@ -1,0 +1,121 @@
+"""The notebook API: load an exported model, then compute on tensors.
+
+    import dsm.api
+    m = dsm.api.load("dsm-runs/runs/<name>/model.pt")
+    m.log_prob(x)            # nats per image, (B,)
+    m.nll(x)                 # bits/dim (8-bit convention for 8-bit image models, plain otherwise)
+    m.d_eff(x, t=0.01)       # both estimators, with standard errors
+    m.denoise(y, t)          # E[x | y] under the model
+
+x is (B, *shape) with the data's shape: (B, C, H, W) in [0, 1] for images, (B, d) for
+vectors. The same object serves ``dsm score``'s actors, so notebook numbers equal the
+parquet's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from dsm import units
+from dsm.deff import DEff, d_eff
+from dsm.energy import Energy
+
+
+class NotNormalized(ValueError):
+    """The model has no log Z yet."""
+
+
+class Model:
+    """An energy with its data shape. ``shape``: the data's event shape (the model may see it flattened)."""
+
+    def __init__(self, energy: Energy, shape: tuple[int, ...], *, eight_bit: bool, normalized: bool,
+                 source: str = "", meta: dict | None = None):
+        self.energy_model = energy.eval()
+        self.shape = tuple(shape)
+        self.eight_bit = eight_bit
+        self.normalized = normalized
+        self.source = source
+        self.meta = dict(meta or {})
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def log_z(self) -> float:
+        return float(self.energy_model.log_z)
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """x in the data's shape -> the model's input shape (flattened for a vector model)."""
+        ev = tuple(self.energy_model.event_shape)
+        if tuple(x.shape[1:]) == ev:
+            return x
+        if tuple(x.shape[1:]) == self.shape and len(ev) == 1 and ev[0] == self.dim:
+            return x.flatten(1)
+        raise ValueError(f"data of shape {tuple(x.shape[1:])} does not match the model's {self.shape}")
+
+    def _require_normalized(self) -> None:
+        if not self.normalized:
+            raise NotNormalized(f"{self.source or 'the model'} is not normalized (no log Z): run "
+                                f"`dsm normalize {self.source or 'MODEL'} --data HELD_OUT` first")
+
+    def energy(self, y: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """U(y, t) in nats, (B,)."""
+        y = self.to_model(y)
+        t = torch.as_tensor(t, dtype=y.dtype).expand(y.shape[0]) if not torch.is_tensor(t) or t.ndim == 0 else t
+        with torch.no_grad():
+            return self.energy_model.energy(y, t.to(y))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized log p(x) = -U(x, 0) - log Z in nats, (B,) float64."""
+        self._require_normalized()
+        return self.energy_model.log_prob(self.to_model(x))
+
+    def nll(self, x: torch.Tensor, convention: str | None = None) -> torch.Tensor:
+        """NLL in bits/dim: ``8bit`` (default for 8-bit image models) or ``plain``."""
+        convention = convention or ("8bit" if self.eight_bit else "plain")
+        logp = self.log_prob(x)
+        if convention == "8bit":
+            return units.nll_bpd_8bit(logp, self.dim)
+        if convention == "plain":
+            return units.bits_per_dim(logp, self.dim)
+        raise ValueError(f"convention must be '8bit' or 'plain', got {convention!r}")
+
+    def d_eff(self, x: torch.Tensor, t: float, n_noise: int = 8, keys: Sequence | None = None) -> DEff:
+        """d_eff(x, t) by both estimators (noise seeded per key; default keys: row indices)."""
+        return d_eff(self.energy_model, self.to_model(x), t, n_noise=n_noise, keys=keys)
+
+    def denoise(self, y: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """D(y, t) = y - t grad_y U, in the data's shape."""
+        yin = self.to_model(y)
+        t = torch.as_tensor(t, dtype=yin.dtype).expand(yin.shape[0]) if not torch.is_tensor(t) or t.ndim == 0 else t
+        return self.energy_model.denoise(yin, t.to(yin)).detach().reshape(y.shape)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
+    """An exported model (``dsm train``'s ``model.pt``). Errors name the file."""
+    from dsm.bundle import load_model
+
+    b = load_model(path, map_location=device)
+    if not isinstance(b.model, Energy):
+        raise ValueError(f"{path}: a score-network baseline has no energy, so no log p; score an energy model")
+    # Image models are trained on 8-bit data (PNG shards); for float images pass convention="plain".
+    return Model(b.model, b.shape, eight_bit=bool(b.is_image), normalized=b.normalization is not None,
+                 source=str(path), meta={**b.meta, "normalization": b.normalization})
+
+
+def from_energy(energy: Energy, *, eight_bit: bool = False, normalized: bool = True) -> Model:
+    """Wrap any :class:`Energy` (an exact density from ``dsm.toy``, say) like a loaded model."""
+    return Model(energy, tuple(energy.event_shape), eight_bit=eight_bit, normalized=normalized, source=type(energy).__name__)
+
+
+ModelRef = str | Path | Callable[[], Model]
+
+
+def resolve(ref: ModelRef, device: str | torch.device = "cpu") -> Model:
+    """A path to a bundle, or a zero-argument callable returning a :class:`Model` (picklable, for actors)."""
+    return ref() if callable(ref) else load(ref, device)

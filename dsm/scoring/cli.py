@@ -1,0 +1,147 @@
+"""``dsm normalize`` and ``dsm score``: registered into the top-level parser by :func:`register`.
+
+Both check their inputs (model file, normalization, data, shapes) before Ray or MLflow is
+touched; bad input exits with status 2 and a message naming the file. ``dsm score`` prints
+the parquet folder's path as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _tracking(workspace: str | None, model_meta: dict, run_name: str, params: dict, metrics: dict,
+              artifacts: list[Path], parent_experiment_default: str) -> str | None:
+    """Log a run linked to the model's training run (nested under it when that run is in this
+    store); never fails the command. Returns the run id or None."""
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        from dsm.tracking import quick_fail_http, tracking_uri, use_experiment
+
+        quick_fail_http()
+        uri = tracking_uri(workspace)
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        parent = model_meta.get("mlflow_run_id")
+        tags = {"dsm.model_run_id": str(parent)} if parent else {}
+        try:
+            exp_id = client.get_run(parent).info.experiment_id if parent else None
+            tags["mlflow.parentRunId"] = parent  # shows nested under the training run in the UI
+        except Exception:  # noqa: BLE001 - the training run lives in another store
+            exp_id = None
+        exp_id = exp_id or use_experiment(parent_experiment_default, workspace)
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        rid = run.info.run_id
+        for k, v in params.items():
+            client.log_param(rid, k, str(v)[:6000])
+        for k, v in metrics.items():
+            client.log_metric(rid, k, float(v))
+        for a in artifacts:
+            client.log_artifact(rid, str(a))
+        client.set_terminated(rid)
+        return rid
+    except Exception as e:  # noqa: BLE001
+        print(f"dsm: MLflow unavailable ({type(e).__name__}: {e}); results are on disk only", file=sys.stderr)
+        return None
+
+
+def _normalize(args: argparse.Namespace) -> int:
+    from dsm.scoring.normalization import normalize_model
+
+    try:
+        rec = normalize_model(args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dsm normalize: {e}", file=sys.stderr)
+        return 2
+    ag = rec["agreement"]
+    print(f"log Z = {rec['value']:.4f} +- {rec['stderr']:.4f} nats at t = {rec['t']:g} ({rec['n']} examples, "
+          f"{rec['method']} estimator)")
+    print("agreement across t: " + ", ".join(f"t={t:g}: {v:.3f} +- {s:.3f}" for t, v, s in
+                                             zip(ag["t"], ag["log_z"], ag["stderr"]))
+          + f"; chi2 {ag['chi2']:.2f} -> {'consistent' if ag['consistent'] else 'INCONSISTENT: train longer or raise t'}")
+    from dsm.bundle import load_model
+
+    meta = load_model(args.model).meta
+    _tracking(args.workspace, meta, f"normalize-{Path(args.model).parent.name}",
+              {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"]},
+              {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"]},
+              [], "dsm-score")
+    print(f"stored in {args.model}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    from dsm.scoring.columns import ScoreSpec, parse_t_grid
+    from dsm.scoring.job import OPTIONS_FILE, read_scores, score
+    from dsm.scoring.summary import figures, format_summary
+
+    if args.address:
+        import os
+
+        os.environ["RAY_ADDRESS"] = args.address
+    try:
+        spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
+                         batch_size=args.batch_size)
+        if args.actors < 1:
+            raise ValueError(f"--actors must be >= 1, got {args.actors}")
+        summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dsm score: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out).expanduser().resolve()
+    print(format_summary(summary))
+    figs = figures(read_scores(out), spec.t_grid, out / "figures")
+    from dsm.bundle import load_model
+
+    meta = load_model(args.model).meta
+    flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+    flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
+    rid = _tracking(args.workspace, meta, f"score-{Path(args.model).parent.name}-{Path(args.data).name}",
+                    {"model": args.model, "data": args.data, "t_grid": list(spec.t_grid),
+                     "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
+                    flat, [out / OPTIONS_FILE, *figs], "dsm-score")
+    if rid:
+        info = json.loads((out / OPTIONS_FILE).read_text())
+        info["mlflow_run_id"] = rid
+        (out / OPTIONS_FILE).write_text(json.dumps(info, indent=1))
+    print(out / "parts")
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    norm = sub.add_parser("normalize", help="estimate log Z of an exported model on held-out data; store it",
+                          description="Estimate log Z at a large t (paired estimator, with its standard error, "
+                                      "and the several-t agreement check) and store it in the model file.")
+    norm.add_argument("model", help="exported model (dsm train's model.pt)")
+    norm.add_argument("--data", required=True, help="held-out data: shard split folder, .npy or image folder")
+    norm.add_argument("--samples", type=int, default=2000, help="held-out examples used (default 2000)")
+    norm.add_argument("--t", type=float, default=None, help="noise variance (default: the model's t_max)")
+    norm.add_argument("--batch-size", type=int, default=256)
+    norm.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    norm.set_defaults(func=_normalize)
+
+    sc = sub.add_parser("score", help="score a whole dataset with Ray Data: log p, NLL, d_eff -> parquet",
+                        description="Per-image log p (nats, bits/dim, dB/dim), denoising MSE and d_eff by both "
+                                    "estimators on a t grid, as parquet parts under OUT/parts. Re-running the "
+                                    "same command finishes an interrupted job. The last line printed is the "
+                                    "parquet folder. Columns: docs/scoring.md.")
+    sc.add_argument("model", help="exported, normalized model (dsm train's model.pt)")
+    sc.add_argument("--data", required=True, help="shard split folder, .npy or image folder")
+    sc.add_argument("--out", required=True, help="output folder (parquet parts, scores.json, figures)")
+    sc.add_argument("--t-grid", default="1e-4:1e2:5",
+                    help="noise variances: LO:HI:N log-spaced or a comma list; '' for none (default 1e-4:1e2:5; "
+                         "the paper: 1e-12:1e3:100)")
+    sc.add_argument("--noise-samples", type=int, default=4, help="K noise draws per image and t (default 4)")
+    sc.add_argument("--dequantize", action="store_true", help="also the dequantized NLL (8-bit images)")
+    sc.add_argument("--batch-size", type=int, default=64)
+    sc.add_argument("--actors", type=int, default=2, help="scoring actors (default 2)")
+    sc.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    sc.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    sc.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    sc.set_defaults(func=_score)

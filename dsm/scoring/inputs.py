@@ -1,0 +1,126 @@
+"""What ``dsm score`` and ``dsm normalize`` read: shards, a ``.npy``, or a folder of images.
+
+Each input is a list of *pieces* (a shard, a row range of a .npy, a chunk of image files),
+the unit of work and of resumption: one parquet part per piece. Rows come out as
+(key, x (event shape) float32, label):
+
+- shards (a split folder with ``manifest.json``): the shard keys, x = k/255, the stored label;
+- ``.npy``: the key is the row index as a zero-padded decimal string (``"000042"``), float
+  data as stored and uint8 as k/255, label -1;
+- an image folder (PNG/JPEG, any depth): the key is the path relative to the folder, the
+  label -1; every image must already have the model's size (convert others with
+  ``dsm data convert folder``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from dsm.data.npy import NpySource
+from dsm.data.shards import Piece, ShardError, ShardSource
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class Input:
+    """A readable input: its pieces, event shape, and whether it holds 8-bit images."""
+
+    path: Path
+    kind: str  # shards | npy | folder
+    pieces: list[Piece]
+    shape: tuple[int, ...]
+    eight_bit: bool
+    _source: object = None
+
+    @property
+    def num_samples(self) -> int:
+        return sum(p.count for p in self.pieces)
+
+    def read(self, index: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Piece ``index`` as (keys, x (n, *shape) float32, labels (n,) int64)."""
+        piece = self.pieces[index]
+        if self.kind == "folder":
+            return _read_images(self.path, piece, self.shape)
+        keys, xs, labels = [], [], []
+        for key, arr, label in self._source.read(piece):
+            keys.append(key)
+            xs.append(arr)
+            labels.append(label)
+        x = np.stack(xs)
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        if self.kind == "npy":
+            width = max(6, len(str(self._source.num_samples - 1)))
+            keys = [f"{int(k.rsplit(':', 1)[1]):0{width}d}" for k in keys]
+        return keys, x, np.asarray(labels, dtype=np.int64)
+
+
+def open_input(path: str | Path, piece_size: int = 1000) -> Input:
+    """Open shards, a .npy or an image folder. Errors name the path; an empty input is an error."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise ValueError(f"{p}: no such data (give a shard split folder, a .npy, or an image folder)")
+    if p.suffix == ".npy":
+        src = NpySource(p, piece_size=piece_size)
+        return Input(p, "npy", src.pieces, tuple(src.shape), bool(src.is_image and src.dtype == np.uint8), src)
+    if p.name == "manifest.json":
+        p = p.parent
+    if (p / "manifest.json").is_file():
+        try:
+            src = ShardSource(p)
+        except ShardError as e:
+            raise ValueError(str(e)) from None
+        return Input(p, "shards", src.pieces, tuple(src.shape), src.manifest.dtype == "uint8", src)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not files:
+            if any(p.glob("*/manifest.json")):
+                raise ValueError(f"{p}: holds split folders; give one of them ({', '.join(sorted(m.parent.name for m in p.glob('*/manifest.json')))})")
+            raise ValueError(f"{p}: empty input (no manifest.json, no images)")
+        from PIL import Image
+
+        with Image.open(files[0]) as im:
+            c = 1 if im.mode in ("L", "1", "I;16", "I") else 3
+            shape = (c, im.height, im.width)
+        rel = [str(f.relative_to(p)) for f in files]
+        pieces = [Piece("\n".join(rel[a:a + piece_size]), len(rel[a:a + piece_size]))
+                  for a in range(0, len(rel), piece_size)]
+        return Input(p, "folder", pieces, shape, True)
+    raise ValueError(f"{p}: not a shard folder, .npy or image folder")
+
+
+def _read_images(root: Path, piece: Piece, shape: tuple[int, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    keys = piece.name.split("\n")
+    x = np.empty((len(keys), *shape), np.float32)
+    for i, k in enumerate(keys):
+        try:
+            with Image.open(root / k) as im:
+                im = im.convert("L" if shape[0] == 1 else "RGB")
+                if (im.height, im.width) != shape[1:]:
+                    raise ValueError(f"{root / k}: {im.width}x{im.height} pixels, but the folder's first image "
+                                     f"(and the model) is {shape[2]}x{shape[1]}; resize with `dsm data convert folder`")
+                a = np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            raise ValueError(f"{root / k}: unreadable image ({e})") from None
+        x[i] = (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)) / 255.0
+    return keys, x, np.full(len(keys), -1, np.int64)
+
+
+def iter_examples(inp: Input, limit: int | None = None) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Pieces in order, stopping once ``limit`` examples were yielded (the last piece truncated)."""
+    seen = 0
+    for i in range(len(inp.pieces)):
+        keys, x, labels = inp.read(i)
+        if limit is not None and seen + len(keys) > limit:
+            cut = limit - seen
+            keys, x, labels = keys[:cut], x[:cut], labels[:cut]
+        seen += len(keys)
+        yield keys, x, labels
+        if limit is not None and seen >= limit:
+            return

@@ -1,0 +1,186 @@
+"""``dsm score`` as a Ray Data job: one parquet part per input piece, written atomically.
+
+The dataset is the list of pieces not yet scored; ``map_batches`` sends them to a pool of
+actors (``ActorPoolStrategy``), each of which loads the model once and writes
+``parts/part-<piece>.parquet`` through a temporary file renamed into place. Re-running the
+same command therefore skips finished parts and redoes only the rest: no duplicated and no
+missing rows. A piece (a shard, 1000 rows of a .npy, 1000 images) is the unit because it is
+also the unit of resumption; within it, rows are scored in batches of ``spec.batch_size``.
+Per-example noise is seeded from the key, so the numbers do not depend on the actor count,
+the batch size or the order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from dsm.api import ModelRef, resolve
+from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
+from dsm.scoring.inputs import open_input
+
+PARTS, OPTIONS_FILE = "parts", "scores.json"
+
+
+def part_path(out: Path, index: int) -> Path:
+    return out / PARTS / f"part-{index:06d}.parquet"
+
+
+class PieceScorer:
+    """A Ray Data actor: loads the model once, then scores whole pieces into parquet parts."""
+
+    def __init__(self, model_ref: ModelRef, data: str, out: str, spec: ScoreSpec, threads: int = 1,
+                 device: str = "cpu"):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model = resolve(model_ref, device)
+        self.inp = open_input(data)
+        self.out, self.spec, self.device = Path(out), spec, device
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [self.score_piece(int(i)) for i in batch["piece"]]
+        return {"piece": np.asarray(batch["piece"]).copy(), "rows": np.asarray(rows)}
+
+    def score_piece(self, index: int) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        import torch
+
+        keys, x, labels = self.inp.read(index)
+        cols: dict[str, list] = {}
+        for a in range(0, len(keys), self.spec.batch_size):
+            xb = torch.from_numpy(x[a:a + self.spec.batch_size].copy()).to(self.device)
+            got = score_batch(self.model.energy_model, self.model.to_model(xb), keys[a:a + self.spec.batch_size],
+                              self.spec, eight_bit=self.inp.eight_bit)
+            for k, v in got.items():
+                cols.setdefault(k, []).append(v)
+        arrays = {"key": pa.array(keys, pa.string()), "label": pa.array(labels, pa.int64())}
+        for k, parts in cols.items():
+            v = np.concatenate(parts)
+            arrays[k] = (pa.array(list(v), pa.list_(pa.float64(), v.shape[1])) if k in GRID_COLUMNS
+                         else pa.array(v, pa.float64()))
+        table = pa.table(arrays).replace_schema_metadata({"dsm.t_grid": json.dumps(list(self.spec.t_grid))})
+        final = part_path(self.out, index)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)  # atomic: a part exists whole or not at all
+        return len(keys)
+
+
+def job_options(model_label: str, data: Path, spec: ScoreSpec, n_pieces: int) -> dict:
+    """What makes two runs the same job (a resumed run must match, or parts would mix)."""
+    return {"model": model_label, "data": str(data), "pieces": n_pieces, **asdict(spec), "t_grid": list(spec.t_grid)}
+
+
+def prepare_out(out: Path, options: dict) -> list[int]:
+    """Create ``out``, check that it holds this job (or nothing), clear stale temporary files;
+    returns the piece indices still to score."""
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    opt_file = out / OPTIONS_FILE
+    if opt_file.is_file():
+        old = json.loads(opt_file.read_text()).get("options", {})
+        same = {k: old.get(k) for k in options if k != "batch_size"} == {k: v for k, v in options.items() if k != "batch_size"}
+        if not same:
+            diff = sorted(k for k in options if k != "batch_size" and old.get(k) != options[k])
+            raise ValueError(f"{out} holds scores of another job (differs in {', '.join(diff)}); "
+                             "use another --out, or delete that folder")
+    else:
+        _write_json(opt_file, {"options": options, "status": "running"})
+    for tmp in (out / PARTS).glob(".part-*.tmp"):
+        tmp.unlink()
+    return [i for i in range(options["pieces"]) if not part_path(out, i).is_file()]
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_pieces(model_ref: ModelRef, data: Path, out: Path, spec: ScoreSpec, pending: list[int], *,
+               actors: int, gpu: bool, cpus_per_actor: float = 0.5) -> int:
+    """Score ``pending`` pieces on a Ray Data actor pool; returns the rows written."""
+    import ray.data
+
+    if not pending:
+        return 0
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ds = ray.data.from_items([{"piece": i} for i in pending], override_num_blocks=len(pending))
+    ds = ds.map_batches(
+        PieceScorer, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
+        fn_constructor_kwargs={"model_ref": model_ref, "data": str(data), "out": str(out), "spec": spec,
+                               "threads": max(1, int(cpus_per_actor)), "device": "cuda" if gpu else "cpu"},
+        # Actors must leave CPU for Ray Data's own read and write tasks (design.md section 8).
+        num_cpus=cpus_per_actor, num_gpus=1 if gpu else 0)
+    return int(sum(r["rows"] for r in ds.take_all()))
+
+
+def read_scores(out: Path):
+    """All parts as one pyarrow Table, sorted by key."""
+    import pyarrow.parquet as pq
+
+    files = sorted((out / PARTS).glob("part-*.parquet"))
+    if not files:
+        raise ValueError(f"{out}: no scored parts")
+    table = pq.ParquetDataset([str(f) for f in files]).read()
+    return table.sort_by("key")
+
+
+def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpec | None = None, *,
+          actors: int = 2, gpu: bool = False, model_label: str | None = None) -> dict:
+    """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
+
+    Checks everything it can before Ray starts: the model loads and is normalized, the data is
+    readable and non-empty, its shape matches the model, and ``out`` holds this job or nothing.
+    """
+    import torch
+
+    from dsm.scoring.summary import summarize
+
+    spec = spec or ScoreSpec()
+    out = Path(out).expanduser().resolve()
+    inp = open_input(data)
+    model = resolve(model_ref)
+    model._require_normalized()
+    model.to_model(torch.zeros(1, *inp.shape))  # shape check: raises naming both shapes
+    if spec.dequantize and not inp.eight_bit:
+        raise ValueError(f"--dequantize needs 8-bit images; {inp.path} is not 8-bit")
+    label = model_label or (str(Path(model_ref).resolve()) if isinstance(model_ref, (str, Path)) else model.source)
+    options = job_options(label, inp.path, spec, len(inp.pieces))
+    pending = prepare_out(out, options)
+    if pending:
+        _ensure_ray(gpu)
+        run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu)
+    table = read_scores(out)
+    keys = table.column("key").to_pylist()
+    if len(keys) != inp.num_samples or len(set(keys)) != len(keys):
+        raise RuntimeError(f"{out}: {len(keys)} rows ({len(set(keys))} distinct keys) for {inp.num_samples} inputs")
+    summary = summarize(table, spec.t_grid, model.dim)
+    _write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
+                                     "columns": table.column_names})
+    return summary
+
+
+def _ensure_ray(gpu: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    from dsm.train.run import LOCAL_RAY_ENV, OBJECT_STORE_BYTES
+
+    for k, v in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
+             configure_logging=True, logging_level="WARNING")
