@@ -17,7 +17,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _common import machine

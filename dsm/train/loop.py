@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -247,7 +246,7 @@ def train_loop(config: dict) -> None:
         _say(f"dsm train: {stopped}", err=True)
         _write_status(run_dir, "non_finite", stopped)
         return
-    _finalize(cfg, config, model, shape, held, log, run_eval if cfg.eval.enabled else None, eight_bit, state)
+    _finalize(cfg, config, model, shape, held, log, state)
 
 
 def _write_status(run_dir: Path, status: str, message: str) -> None:
@@ -256,8 +255,8 @@ def _write_status(run_dir: Path, status: str, message: str) -> None:
     (run_dir / "status.txt").write_text(f"{status}\n{message}\n")
 
 
-def _finalize(cfg: TrainConfig, config: dict, model: torch.nn.Module, shape, held, log: RunLog, run_eval,
-              eight_bit: bool, state: TrainState) -> None:
+def _finalize(cfg: TrainConfig, config: dict, model: torch.nn.Module, shape: build.DataShape,
+              held: tuple[torch.Tensor, list[str]] | None, log: RunLog, state: TrainState) -> None:
     """Rank 0 at the end: normalize an energy, export the bundle, log artifacts, close the run.
     Safe to repeat: a re-run of a finished run lands here directly and redoes only this."""
     import yaml

@@ -208,6 +208,11 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     except KeyboardInterrupt:
         print(f"\ndsm train: interrupted; re-run the same command to resume {p.name!r} from its last checkpoint",
               file=sys.stderr)
-        return 130
+        # Exit now: the fit thread is still blocked inside Ray's client, and interpreter
+        # shutdown with it alive crashed with SIGSEGV (seen in CI). The run's actors belong to
+        # this driver and a local Ray's processes exit with it; the checkpoints are on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     print_summary(p, export)
     return 0
