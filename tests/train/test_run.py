@@ -134,10 +134,14 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     run_dir = digits_workspace / "runs" / "interrupted"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # A checkpoint counts once Ray Train has registered it in its snapshot (the folder appears
+    # a moment earlier); interrupt after that, so that the re-run must resume rather than restart.
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 180
-    while not list(run_dir.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and proc.poll() is None and \
+            "checkpoint_" not in (snapshot.read_text() if snapshot.is_file() else ""):
         time.sleep(0.05)
-    assert list(run_dir.glob("checkpoint_*")), proc.communicate()[0][-3000:]
+    assert snapshot.is_file(), proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGINT)
     first = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, first[-3000:]
