@@ -106,7 +106,7 @@ def main() -> None:
         os.environ.setdefault(k, v)
     import ray
 
-    from dsm.train.run import LOCAL_RAY_ENV, OBJECT_STORE_BYTES
+    from dsm.ray_setup import LOCAL_RAY_ENV, OBJECT_STORE_BYTES
 
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)

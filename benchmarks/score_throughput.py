@@ -60,7 +60,7 @@ def main() -> None:
     import dsm.api
     from dsm.scoring.columns import ScoreSpec, parse_t_grid, score_batch
     from dsm.scoring.job import score
-    from dsm.train.run import OBJECT_STORE_BYTES
+    from dsm.ray_setup import OBJECT_STORE_BYTES
 
     folder = Path(tempfile.mkdtemp(prefix="dsm-bench-score-"))
     model_path = _bundle(folder, args.preset, args.size)

@@ -157,7 +157,9 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     options = job_options(label, inp.path, spec, len(inp.pieces))
     pending = prepare_out(out, options)
     if pending:
-        _ensure_ray(gpu)
+        from dsm.ray_setup import connect
+
+        connect(log_to_driver=False)  # joins $RAY_ADDRESS (dsm score --address sets it) or starts a local Ray
         run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu)
     table = read_scores(out)
     keys = table.column("key").to_pylist()
@@ -168,19 +170,3 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
                                      "columns": table.column_names})
     return summary
 
-
-def _ensure_ray(gpu: bool) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
-    from dsm.train.run import LOCAL_RAY_ENV, OBJECT_STORE_BYTES
-
-    for k, v in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
-             configure_logging=True, logging_level="WARNING")

@@ -16,16 +16,6 @@ from pathlib import Path
 from dsm.config import ConfigError
 from dsm.train.config import TrainConfig
 
-# Local-cluster defaults (design.md section 8): a bounded object store (the default takes a
-# third of RAM), no preemption watcher, and fail-fast worker startup. (The tests also speed up
-# Ray Train's health checks; for real runs the default interval costs less CPU.)
-LOCAL_RAY_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "60",
-}
-OBJECT_STORE_BYTES = 512 * 1024**2
-
-
 class NonFiniteTraining(RuntimeError):
     """The run stopped after too many non-finite steps in a row."""
 
@@ -73,20 +63,11 @@ def check_local_resources(cfg: TrainConfig) -> None:
 
 
 def init_ray(address: str | None, cfg: TrainConfig, log_to_driver: bool = True) -> None:
-    """Join ``address`` (or $RAY_ADDRESS), reuse an initialised Ray, or start a local one."""
-    import ray
+    """Join ``address`` (or $RAY_ADDRESS), reuse an initialised Ray, or start a local one that
+    must hold the configured workers."""
+    from dsm.ray_setup import connect
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
-        return
-    check_local_resources(cfg)
-    for k, v in LOCAL_RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver,
-             configure_logging=True, logging_level="WARNING")
+    connect(address, log_to_driver=log_to_driver, check_local=lambda: check_local_resources(cfg))
 
 
 def _manifest_hash(cfg: TrainConfig) -> str:
