@@ -25,6 +25,12 @@ from dsm.deff import DEff, d_eff
 from dsm.energy import Energy
 
 
+def _per_example(t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) noise variance as (B,), on y's device and dtype."""
+    t = torch.as_tensor(t, dtype=y.dtype, device=y.device)
+    return t.expand(y.shape[0]) if t.ndim == 0 else t.to(y)
+
+
 class NotNormalized(ValueError):
     """The model has no log Z yet."""
 
@@ -66,9 +72,8 @@ class Model:
     def energy(self, y: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """U(y, t) in nats, (B,)."""
         y = self.to_model(y)
-        t = torch.as_tensor(t, dtype=y.dtype).expand(y.shape[0]) if not torch.is_tensor(t) or t.ndim == 0 else t
         with torch.no_grad():
-            return self.energy_model.energy(y, t.to(y))
+            return self.energy_model.energy(y, _per_example(t, y))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized log p(x) = -U(x, 0) - log Z in nats, (B,) float64."""
@@ -92,8 +97,7 @@ class Model:
     def denoise(self, y: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """D(y, t) = y - t grad_y U, in the data's shape."""
         yin = self.to_model(y)
-        t = torch.as_tensor(t, dtype=yin.dtype).expand(yin.shape[0]) if not torch.is_tensor(t) or t.ndim == 0 else t
-        return self.energy_model.denoise(yin, t.to(yin)).detach().reshape(y.shape)
+        return self.energy_model.denoise(yin, _per_example(t, yin)).detach().reshape(y.shape)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:

@@ -41,6 +41,12 @@ def keyed_rademacher(keys: Sequence[int | str], shape: tuple[int, ...], salt: st
                     lambda sh, g: torch.randint(0, 2, sh, generator=g).to(dtype) * 2 - 1)
 
 
+def keyed_uniform(keys: Sequence[int | str], shape: tuple[int, ...], salt: str = "",
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform [0, 1) draws of shape (len(keys), *shape), seeded per key like :func:`keyed_normal`."""
+    return _per_key(keys, shape, salt, dtype, device, lambda sh, g: torch.rand(sh, generator=g, dtype=dtype))
+
+
 def default_keys(n: int) -> list[int]:
     """Row indices 0..n-1, the keys of an un-keyed batch."""
     return list(range(n))

@@ -20,3 +20,12 @@ def test_keyed_noise_does_not_depend_on_batch_layout():
     assert not torch.equal(full[0], full[1])
     r = keyed_rademacher(keys, (100,))
     assert set(r.unique().tolist()) == {-1.0, 1.0}
+
+
+def test_keyed_uniform_is_per_key_and_in_range():
+    from dsm.seeding import keyed_uniform
+
+    a = keyed_uniform(["x", "y", "z"], (4,), salt="s")
+    b = keyed_uniform(["z"], (4,), salt="s")
+    assert a.shape == (3, 4) and bool(((a >= 0) & (a < 1)).all())
+    assert torch.equal(a[2], b[0]) and not torch.equal(a[0], a[1])

@@ -34,7 +34,7 @@ import torch
 from dsm import units
 from dsm.deff import d_eff
 from dsm.energy import Energy
-from dsm.seeding import key_seed
+from dsm.seeding import keyed_uniform
 
 SCALAR_COLUMNS = ("energy_t0", "logp_nats", "nll_bpd", "logp_db_per_dim")
 GRID_COLUMNS = ("mse", "deff_denoising", "deff_time", "deff_denoising_stderr", "deff_time_stderr")
@@ -78,13 +78,6 @@ class ScoreSpec:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 
 
-def _keyed_uniform(keys: Sequence[str], shape: tuple[int, ...], salt: str) -> torch.Tensor:
-    out = torch.empty((len(keys), *shape))
-    for i, k in enumerate(keys):
-        out[i] = torch.rand(shape, generator=torch.Generator().manual_seed(key_seed(k, salt)))
-    return out
-
-
 def score_batch(model: Energy, x: torch.Tensor, keys: Sequence[str], spec: ScoreSpec, *,
                 eight_bit: bool) -> dict[str, np.ndarray]:
     """The score columns (see the module docstring) for clean x (B, *event_shape).
@@ -106,7 +99,7 @@ def score_batch(model: Energy, x: torch.Tensor, keys: Sequence[str], spec: Score
         if not eight_bit:
             raise ValueError("dequantized NLL needs 8-bit images; this data is not 8-bit")
         k = torch.round(x * 255)
-        xd = ((k + _keyed_uniform(keys, tuple(x.shape[1:]), "dequantize").to(x)) / 256).to(x.dtype)
+        xd = ((k + keyed_uniform(keys, tuple(x.shape[1:]), "dequantize", device=x.device)) / 256).to(x.dtype)
         with torch.no_grad():
             logp_d = -model.energy(xd, t0).double() - model.log_z.double()
         cols["nll_bpd_dequantized"] = units.nll_bpd_8bit(logp_d, d).cpu().numpy()

@@ -26,7 +26,7 @@ from torch import nn
 from dsm import noise, units
 from dsm.energy import Energy
 from dsm.normalize import LogZ, estimate_log_z
-from dsm.seeding import key_seed, keyed_normal
+from dsm.seeding import keyed_normal, keyed_uniform
 
 BANDS = 4
 
@@ -37,10 +37,6 @@ class EvalResult:
     log_z: LogZ | None
     band_edges: list[float]
     denoised: dict[float, torch.Tensor]  # input PSNR -> (k, *shape) denoised examples (for the grid)
-
-
-def _keyed_uniform(keys, salt: str) -> torch.Tensor:
-    return torch.tensor([(key_seed(k, salt) >> 11) / 2.0**52 for k in keys], dtype=torch.float64)
 
 
 def _denoise(model: nn.Module, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -66,7 +62,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_m
     edges = torch.logspace(math.log10(t_min), math.log10(t_max), BANDS + 1, dtype=torch.float64).tolist()
     totals, dsms, tsms = [], [], []
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        u = _keyed_uniform(keys, f"eval-band{i}")
+        u = keyed_uniform(keys, (), f"eval-band{i}", dtype=torch.float64)
         t_all = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))).to(x.dtype)
         band = []
         for a in range(0, n, batch_size):

@@ -138,7 +138,7 @@ def train_loop(config: dict) -> None:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item() > 0)
 
-    def global_mean(*values: float) -> list[float]:
+    def all_ranks_sum(*values: float) -> list[float]:
         v = torch.tensor(values, dtype=torch.float64, device=device)
         if world > 1:
             torch.distributed.all_reduce(v)
@@ -200,7 +200,7 @@ def train_loop(config: dict) -> None:
         window["steps"] += 1
 
         if step % cfg.log_every == 0 or step == cfg.steps or stopped:
-            loss_sum, n = global_mean(window["loss"], float(window["n"]))
+            loss_sum, n = all_ranks_sum(window["loss"], float(window["n"]))
             if rank == 0:
                 now = time.time()
                 ips = window["images"] / max(now - t_window, 1e-9)
