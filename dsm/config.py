@@ -61,8 +61,35 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = ()) -> C:
-    """Read YAML at ``path`` (or start from defaults), apply overrides, validate into ``cls``."""
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "c": 2}`` -> ``{"a": {"b": 1}, "c": 2}`` (values kept as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key!r} conflicts with another key setting {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of :func:`nest`: nested mappings to dotted keys (non-dict values kept)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = (),
+                values: dict[str, Any] | None = None) -> C:
+    """Read YAML at ``path`` (or start from defaults), apply ``key=value`` overrides, then
+    dotted-key ``values`` (already typed), and validate into ``cls``."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -75,6 +102,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of fields, got {type(data).__name__}")
     data = _merge(data, parse_overrides(list(overrides)))
+    if values:
+        data = _merge(data, nest(values))
     try:
         return cls.model_validate(data)
     except ValidationError as e:

@@ -34,19 +34,28 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
                x: torch.Tensor, sampler: TSampler, *, generator: torch.Generator | None = None,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                max_grad_norm: float | None = None, ema: torch.optim.swa_utils.AveragedModel | None = None,
-               all_finite: Callable[[bool], bool] | None = None) -> StepResult:
+               all_finite: Callable[[bool], bool] | None = None,
+               all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
     """Sample (t, z), compute ``loss_fn(model, x, t, z)``, backpropagate once, update.
 
     x: (B, *event_shape) clean data. Double backpropagation happens inside the loss
     (``autograd.grad(create_graph=True)``); here there is one plain ``backward()``, which is
-    what DDP supports.
+    what DDP supports. An adaptive sampler (``sampler.adaptive``, e.g. importance sampling of
+    t) weights each example's loss and then observes the losses; ``all_reduce_sum`` (DDP)
+    keeps its state equal on every rank.
     """
     model.train()
     n = x.shape[0]
     t = sampler(n, generator=generator, device=x.device).to(x.dtype)
+    adaptive = getattr(sampler, "adaptive", False)
+    weights = sampler.weights(t) if adaptive else None
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    terms = loss_fn(model, x, t, z)
-    loss = terms.total.mean()
+    if getattr(loss_fn, "needs_generator", False):
+        terms = loss_fn(model, x, t, z, generator=generator)
+    else:
+        terms = loss_fn(model, x, t, z)
+    # Importance weights keep the batch mean an unbiased estimate of the same objective.
+    loss = (terms.total * weights).mean() if weights is not None else terms.total.mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -55,6 +64,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     if all_finite is not None:
         finite = all_finite(finite)
     if finite:
+        if adaptive:
+            sampler.observe(t, terms.total.detach(), all_reduce=all_reduce_sum)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -63,5 +74,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     else:
         optimizer.zero_grad(set_to_none=True)
     detached = LossTerms(terms.total.detach(), terms.dsm.detach(),
-                         None if terms.tsm is None else terms.tsm.detach())
+                         None if terms.tsm is None else terms.tsm.detach(),
+                         None if terms.heat is None else terms.heat.detach())
     return StepResult(float(loss.detach()) if finite else math.nan, detached, t.detach(), finite, float(grad_norm))

@@ -22,8 +22,34 @@ def ray_cluster():
     """One real local Ray for the whole session (each start costs 8-10 s); yields its GCS address."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=256 * 1024**2, log_to_driver=False, include_dashboard=True)
+    from dsm.ray_setup import pinned_dashboard
+
+    ray.init(num_cpus=2, object_store_memory=256 * 1024**2, log_to_driver=False, **pinned_dashboard())
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_workspace(tmp_path_factory):
+    """A session workspace with scikit-learn's digits prepared once (the smoke config's data)."""
+    from pathlib import Path
+
+    from dsm.config import load_config
+    from dsm.train.build import resolve_data
+    from dsm.train.config import TrainConfig
+
+    ws = tmp_path_factory.mktemp("train-ws")
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "digits-smoke.yaml"
+    resolve_data(load_config(TrainConfig, smoke), ws, progress=False)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def ray_dashboard_url(ray_cluster) -> str:
+    """The session cluster's State API / dashboard URL (for drivers that join it)."""
+    import ray._private.worker
+
+    url = ray._private.worker.get_dashboard_url()
+    return url if "://" in url else f"http://{url}"

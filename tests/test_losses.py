@@ -118,3 +118,59 @@ def test_loss_by_band():
     v = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0])
     out = loss_by_band(t, v, [1e-4, 1e-2, 1.0, 100.0])
     assert out == {"[0.0001,0.01)": (2.0, 2), "[0.01,1)": (5.0, 1), "[1,100)": (8.0, 2)}
+
+
+def test_heat_residual_is_zero_for_exact_families(batch):
+    # Every exact p(., t) = p_0 * N(0, tI) obeys the heat equation: R = 0 pointwise with the
+    # exact Laplacian, and in expectation with Hutchinson probes (design.md section 2).
+    from dsm.losses import heat_residual
+
+    m, x, t, z = batch
+    n = 2000
+    y = x[:n] + t[:n].sqrt()[:, None] * z[:n]
+    g = toy.Gaussian(torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64),
+                     torch.diag(torch.tensor([2.0, 0.5, 1.0, 0.1], dtype=torch.float64)))
+    for model in (m, g, Perturbed(m, "c_of_t", 0.0)):
+        exact = heat_residual(model, y, t[:n], probes=None)
+        assert exact.abs().max().item() < 1e-8
+    hutch = heat_residual(m, y, t[:n], probes=4, generator=torch.Generator().manual_seed(0)) / 4
+    se = hutch.std().item() / math.sqrt(hutch.numel())
+    assert abs(hutch.mean().item()) < 4 * se
+    assert hutch.std().item() > 0  # the probes do vary: the test can see noise
+
+
+def test_heat_residual_sees_a_wrong_time_dependence(batch):
+    # A spurious c(t) changes dU/dt and not the spatial terms: the residual becomes t c'(t).
+    from dsm.losses import heat_residual
+
+    m, x, t, z = batch
+    n = 500
+    y = x[:n] + t[:n].sqrt()[:, None] * z[:n]
+    r = heat_residual(Perturbed(m, "c_of_t", 0.5), y, t[:n], probes=None)[:, 0]
+    assert torch.allclose(r, 0.5 * t[:n] / (1 + t[:n]), atol=1e-8)
+    r2 = heat_residual(Perturbed(m, "scale", 0.2), y, t[:n], probes=None)[:, 0]
+    assert r2.abs().mean() > 0.01
+
+
+def test_heat_regularizer_enters_training_loss_only(batch):
+    m, x, t, z = batch
+    n = 256
+    xs, ts, zs = x[:n], t[:n], z[:n]
+    plain = DualScoreMatching()
+    heat = DualScoreMatching(heat_weight=1.0)
+    # A diagonal Gaussian: Rademacher probes give its Laplacian exactly (v_i^2 = 1), so the
+    # residual of the spurious c(t) is exactly t c'(t).
+    diag = toy.Gaussian(torch.zeros(4, dtype=torch.float64), torch.diag(torch.tensor([2.0, 0.5, 1.0, 0.1],
+                                                                                     dtype=torch.float64)))
+    wrong = Perturbed(diag, "c_of_t", 0.5)
+    wrong.train()
+    on = heat(wrong, xs, ts, zs, generator=torch.Generator().manual_seed(0))
+    off = plain(wrong, xs, ts, zs)
+    expected = (0.5 * ts / (1 + ts) / 4) ** 2  # (t R / d)^2
+    assert torch.allclose(on.heat, expected, rtol=1e-6, atol=1e-12)
+    assert torch.allclose(on.total, off.total + on.heat)
+    wrong.eval()
+    assert heat(wrong, xs, ts, zs).heat is None
+    assert heat.needs_generator and not plain.needs_generator
+    with pytest.raises(ValueError, match="heat_weight"):
+        DualScoreMatching(heat_weight=-1.0)

@@ -94,3 +94,19 @@ def test_fit_learns_a_gaussian(kind):
     # most of the gap to the exact energy's loss is closed
     assert (end - optimum) < 0.3 * (start - optimum), (start, end, optimum)
     assert res.skipped == 0 and len(res.losses) == 300
+
+
+def test_step_with_importance_sampling_and_heat_regularizer():
+    model, opt, _ = _setup()
+    sampler = noise.LossSecondMoment(1e-3, 1e2, bins=4, warmup=1)
+    x = torch.randn(32, 2)
+    res = train_step(model, opt, DualScoreMatching(heat_weight=0.5), x, sampler,
+                     generator=torch.Generator().manual_seed(0))
+    assert res.finite and res.terms.heat is not None and res.terms.heat.shape == (32,)
+    assert sampler.count.sum().item() == 32  # observed once, after the finite step
+    # once adapted, the reported loss is the importance-weighted mean (the same objective)
+    res = train_step(model, opt, DualScoreMatching(), x, sampler, generator=torch.Generator().manual_seed(1))
+    assert sampler.count.sum().item() == 64
+    # a vetoed step teaches the sampler nothing
+    train_step(model, opt, DualScoreMatching(), x, sampler, all_finite=lambda ok: False)
+    assert sampler.count.sum().item() == 64

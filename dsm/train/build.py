@@ -122,11 +122,13 @@ def model_input(cfg: TrainConfig, x: torch.Tensor) -> torch.Tensor:
 def build_loss(cfg: TrainConfig):
     if cfg.model.kind == "score":
         return losses.Denoising()
-    return losses.DualScoreMatching(cfg.loss.tsm_weight, cfg.loss.dsm_exponent, cfg.loss.tsm_exponent)
+    return losses.DualScoreMatching(cfg.loss.tsm_weight, cfg.loss.dsm_exponent, cfg.loss.tsm_exponent,
+                                    cfg.loss.heat_weight)
 
 
 def build_sampler(cfg: TrainConfig) -> TSampler:
-    return make_t_sampler(cfg.noise.sampler, cfg.noise.t_min, cfg.noise.t_max)
+    extra = cfg.noise.importance.model_dump() if cfg.noise.sampler == "importance" else {}
+    return make_t_sampler(cfg.noise.sampler, cfg.noise.t_min, cfg.noise.t_max, **extra)
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

@@ -98,12 +98,23 @@ class ModelConfig(StrictModel):
         return self
 
 
+class ImportanceConfig(StrictModel):
+    """``noise.sampler: importance``: log t drawn by the loss's second moment per bin (dsm.noise.LossSecondMoment)."""
+
+    bins: int = Field(32, ge=1, description="equal bins of log t")
+    decay: float = Field(0.99, ge=0, lt=1, description="per-step decay of the second-moment average")
+    uniform_fraction: float = Field(0.1, gt=0, le=1, description="share of draws kept log-uniform")
+    warmup: int = Field(10, ge=1, description="observations per bin before sampling adapts")
+
+
 class NoiseConfig(StrictModel):
     """The noise variances t drawn for training: ``sampler`` on [t_min, t_max]."""
 
     t_min: float = Field(1e-9, gt=0)
     t_max: float = Field(1e3, gt=0)
-    sampler: str = "log_uniform"
+    sampler: str = Field("log_uniform", description="log_uniform (the paper), stratified_log_uniform, or "
+                                                    "importance (by the loss's second moment; unbiased)")
+    importance: ImportanceConfig = Field(default_factory=ImportanceConfig)
 
     @field_validator("sampler")
     @classmethod
@@ -120,11 +131,14 @@ class NoiseConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """loss = (t/d)^a l_DSM + lambda (t/d)^b l_TSM (ignored by the score baseline's plain DSM)."""
+    """loss = (t/d)^a l_DSM + lambda (t/d)^b l_TSM [+ heat_weight (t R/d)^2] (the score baseline
+    uses the plain denoising loss and ignores these)."""
 
     tsm_weight: float = Field(1.0, ge=0, description="lambda; 0 is single score matching")
     dsm_exponent: float = 1.0
     tsm_exponent: float = 2.0
+    heat_weight: float = Field(0.0, ge=0, description="weight of the heat-equation residual regularizer "
+                                                      "(Hutchinson Laplacian; costs a third derivative)")
 
 
 class OptimConfig(StrictModel):

@@ -47,6 +47,15 @@ def _denoise(model: nn.Module, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor
         return model.denoise(y, t)
 
 
+def metric_names(*, energy: bool, psnrs: list[float]) -> set[str]:
+    """The keys :func:`evaluate` returns for an energy (or score) model and these input PSNRs."""
+    names = {f"eval/loss_band{i}" for i in range(BANDS)} | {"eval/loss", "eval/dsm"}
+    names |= {f"eval/psnr_out_in{p:g}dB" for p in psnrs}
+    if energy:
+        names |= {"eval/tsm", "eval/log_z", "eval/log_z_stderr", "eval/nll_bpd", "eval/nll_bpd_stderr"}
+    return names
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_min: float, t_max: float,
              psnrs: list[float], log_z_t: float | None, eight_bit: bool, batch_size: int = 256,
              grid_examples: int = 0) -> EvalResult:

@@ -90,6 +90,16 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def reported_metrics(cfg: TrainConfig) -> set[str]:
+    """The metrics each checkpoint's ``ray.train.report`` carries (what Tune can schedule on)."""
+    names = {"step", "skipped"}
+    if cfg.eval.enabled:
+        from dsm.train.evaluate import metric_names
+
+        names |= metric_names(energy=cfg.model.kind == "energy", psnrs=cfg.eval.psnrs)
+    return names
+
+
 def train_loop(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker``. ``config``: ``cfg`` (TrainConfig as JSON),
     ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``export_path``, ``tags``."""
@@ -111,11 +121,13 @@ def train_loop(config: dict) -> None:
                          shuffle_buffer=cfg.data.shuffle_buffer, flips=cfg.data.flips, on_error=cfg.data.on_error)
     per_epoch = stream.batches_per_epoch(cfg.data.loader_workers)
 
+    loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
     state = TrainState(mlflow_run_id=config.get("mlflow_run_id"))
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as folder:
-            state, _ = load_state(folder, model=model, optimizer=opt, scheduler=sched, map_location=device)
+            state, _ = load_state(folder, model=model, optimizer=opt, scheduler=sched, map_location=device,
+                                  sampler=sampler)
         if rank == 0:
             _say(f"dsm train: resumed {config['run_name']} at step {state.step}/{cfg.steps}")
     log = RunLog(state.mlflow_run_id, config["tracking_uri"]) if rank == 0 else RunLog(None, "")
@@ -144,7 +156,14 @@ def train_loop(config: dict) -> None:
             torch.distributed.all_reduce(v)
         return v.tolist()
 
-    loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
+    def all_ranks_sum_tensor(v: torch.Tensor) -> torch.Tensor:
+        """An adaptive t sampler's per-bin sums, added across ranks (same state everywhere)."""
+        if world == 1:
+            return v
+        w = v.to(device)
+        torch.distributed.all_reduce(w)
+        return w.cpu()
+
     edges = torch.logspace(math.log10(cfg.noise.t_min), math.log10(cfg.noise.t_max), BANDS + 1).tolist()
     held = _held_out(cfg, device) if rank == 0 and (cfg.eval.enabled or isinstance(model, Energy)) else None
     run_dir = Path(config["export_path"]).parent
@@ -161,7 +180,7 @@ def train_loop(config: dict) -> None:
         return res.metrics
 
     batches = _batches(stream, cfg.data.loader_workers, state.step)
-    window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
+    window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
     t_start, step_start, t_window = time.time(), state.step, time.time()
     stopped = None
     while state.step < cfg.steps:
@@ -175,7 +194,8 @@ def train_loop(config: dict) -> None:
                  f"(keys {batch['key'][:3]}...)", err=True)
         gen = torch.Generator(device=device).manual_seed(key_seed(state.step, f"train/{cfg.seed}/{rank}"))
         res = train_step(net, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
-                         max_grad_norm=cfg.optim.max_grad_norm, all_finite=lambda ok: all_finite(ok and input_ok))
+                         max_grad_norm=cfg.optim.max_grad_norm, all_finite=lambda ok: all_finite(ok and input_ok),
+                         all_reduce_sum=all_ranks_sum_tensor)
         state.step += 1
         step = state.step
         window["busy"] += time.perf_counter() - t_step
@@ -186,6 +206,8 @@ def train_loop(config: dict) -> None:
             window["grad"] += res.grad_norm
             window["t"].append(res.t.cpu())
             window["terms"].append(res.terms.total.cpu())
+            if res.terms.heat is not None:
+                window["heat"].append(res.terms.heat.cpu())
         else:
             state.skipped += 1
             state.bad_run += 1
@@ -211,11 +233,13 @@ def train_loop(config: dict) -> None:
                        "train/step_s": window["busy"] / max(window["steps"], 1)}
                 if window["t"]:
                     row.update(_band_means(torch.cat(window["t"]), torch.cat(window["terms"]), edges))
+                if window["heat"]:  # rank 0's mean of the (unbiased) squared heat residual
+                    row["train/heat_residual_sq"] = float(torch.cat(window["heat"]).mean())
                 if n > 0:
                     state.pending.append((step, row))
                 _say(f"step {step}/{cfg.steps}  loss {row['train/loss']:.4g}  {ips:.0f} img/s  "
                      f"eta {_fmt_eta((cfg.steps - step) / max(rate, 1e-9))}")
-            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
+            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
             t_window = time.time()
 
         if stopped:
@@ -230,7 +254,7 @@ def train_loop(config: dict) -> None:
                         state.pending.append((step, ev))
                         metrics.update(ev)
                     save_state(tmp, model=unwrap(net), optimizer=opt, scheduler=sched, state=state,
-                               config=config["cfg"], batches_per_epoch=per_epoch, world_size=world)
+                               config=config["cfg"], batches_per_epoch=per_epoch, world_size=world, sampler=sampler)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(metrics, checkpoint=checkpoint)
             if rank == 0:

@@ -79,14 +79,13 @@ def _manifest_hash(cfg: TrainConfig) -> str:
     return sha256_file((p.parent if p.name == "manifest.json" else p) / "manifest.json")[:16]
 
 
-def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Path:
-    """Run (or resume) the planned training on Ray Train; returns the exported model's path."""
+def open_tracking(p: Plan, extra_tags: dict[str, str] | None = None) -> tuple[str, dict[str, str], str | None]:
+    """The tracking URI, the run's tags, and its MLflow run id (found by name on a resume;
+    None when tracking is off or unreachable). ``extra_tags`` go on a new run only (a sweep
+    trial's parent link, for one)."""
     import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from dsm.tracking import flatten, git_commit, tracking_uri
-    from dsm.train.loop import train_loop
     from dsm.train.runlog import open_run
 
     cfg = p.cfg
@@ -96,14 +95,25 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
     run_id = None
     if cfg.tracking.enabled:
         run_id = open_run(cfg.tracking.experiment, p.name, uri, p.workspace,
-                          flatten(cfg.model_dump(mode="json")), tags)
+                          flatten(cfg.model_dump(mode="json")), {**tags, **(extra_tags or {})})
+    return uri, tags, run_id
+
+
+def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], callbacks: list | None = None):
+    """The TorchTrainer of a planned run. Its RunConfig(name, storage_path) is deterministic, so
+    a new trainer for the same plan resumes from the run's last checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from dsm.train.loop import train_loop
+
+    cfg = p.cfg
     p.run_dir.mkdir(parents=True, exist_ok=True)
     (p.run_dir / "status.txt").unlink(missing_ok=True)
-    init_ray(address, cfg, log_to_driver)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": p.name, "tracking_uri": uri,
                            "mlflow_run_id": run_id, "export_path": str(p.export_path), "tags": tags},
@@ -111,12 +121,15 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=p.name, storage_path=str(p.run_dir.parent),
+            name=p.name, storage_path=str(p.run_dir.parent), callbacks=callbacks or None,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # our own progress lines suffice
     )
-    _fit_interruptibly(trainer)
+
+
+def outcome(p: Plan) -> Path:
+    """The exported model after ``fit()``; raises NonFiniteTraining or RuntimeError otherwise."""
     status_file = p.run_dir / "status.txt"
     status, _, message = (status_file.read_text().partition("\n") if status_file.is_file() else ("", "", ""))
     if status == "non_finite":
@@ -124,6 +137,17 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
     if status != "finished" or not p.export_path.is_file():
         raise RuntimeError(f"training ended without an exported model at {p.export_path} (status {status or 'none'})")
     return p.export_path
+
+
+def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Path:
+    """Run (or resume) the planned training on Ray Train; returns the exported model's path."""
+    from dsm.storage import check_cluster_storage
+
+    init_ray(address, p.cfg, log_to_driver)
+    check_cluster_storage(p.run_dir.parent)  # node-local checkpoints on a multi-node cluster: ConfigError
+    uri, tags, run_id = open_tracking(p)  # after the checks, so a refused run leaves no MLflow run behind
+    _fit_interruptibly(make_trainer(p, uri, run_id, tags))
+    return outcome(p)
 
 
 def _fit_interruptibly(trainer) -> None:

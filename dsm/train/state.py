@@ -12,7 +12,8 @@ One file, ``state.pt``, in the checkpoint folder that Ray Train persists:
 - ``skipped`` / ``bad_run``: non-finite steps in total and in a row;
 - ``mlflow_run_id``: the run a resumed job keeps logging to;
 - ``pending``: metric rows not yet confirmed in MLflow when the checkpoint was written;
-- ``config``: the resolved training config.
+- ``config``: the resolved training config;
+- ``sampler``: an adaptive t sampler's state (importance sampling), else None.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class TrainState:
 
 
 def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, state: TrainState, config: dict, batches_per_epoch: int, world_size: int) -> Path:
+               scheduler: Any, state: TrainState, config: dict, batches_per_epoch: int, world_size: int,
+               sampler: Any = None) -> Path:
     """Write ``state.pt`` into ``folder`` (which must exist); returns its path."""
     path = Path(folder) / STATE_FILE
     blob = {
@@ -46,13 +48,14 @@ def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
                  "batches_per_epoch": batches_per_epoch, "world_size": world_size},
         "rng": torch.get_rng_state(), "mlflow_run_id": state.mlflow_run_id,
         "pending": [(s, dict(m)) for s, m in state.pending], "config": config,
+        "sampler": sampler.state_dict() if getattr(sampler, "adaptive", False) else None,
     }
     torch.save(blob, path)
     return path
 
 
 def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, map_location: str | torch.device = "cpu") -> tuple[TrainState, dict]:
+               scheduler: Any, map_location: str | torch.device = "cpu", sampler: Any = None) -> tuple[TrainState, dict]:
     """Restore model, optimizer and scheduler in place from ``folder/state.pt``; returns the
     counters and the raw blob (for its ``data`` and ``config`` entries)."""
     path = Path(folder) / STATE_FILE
@@ -63,6 +66,10 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["rng"])
+    if getattr(sampler, "adaptive", False):
+        if blob.get("sampler") is None:
+            raise ValueError(f"{path}: the config samples t adaptively but the checkpoint holds no sampler state")
+        sampler.load_state_dict(blob["sampler"])
     state = TrainState(step=int(blob["step"]), skipped=int(blob["skipped"]), bad_run=int(blob["bad_run"]),
                        mlflow_run_id=blob.get("mlflow_run_id"), pending=[(int(s), m) for s, m in blob["pending"]])
     return state, blob

@@ -1,4 +1,4 @@
-"""Shared pieces for the training tests: a session workspace with the digits prepared once."""
+"""Shared pieces for the training tests (the digits workspace fixture is in tests/conftest.py)."""
 
 from pathlib import Path
 
@@ -10,13 +10,6 @@ from dsm.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "digits-smoke.yaml"
-
-
-@pytest.fixture(scope="session")
-def digits_workspace(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("train-ws")
-    resolve_data(load_config(TrainConfig, SMOKE), ws, progress=False)  # prepares digits once
-    return ws
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsm import losses, noise, toy, units
-from dsm.train.evaluate import BANDS, denoising_figure, evaluate
+from dsm.train.evaluate import BANDS, denoising_figure, evaluate, metric_names
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,8 @@ def test_exact_energy_gives_zero_log_z_and_its_own_nll(gaussian):
     assert m["eval/psnr_out_in20dB"] > 20 and m["eval/psnr_out_in0dB"] > 0
     assert len([k for k in m if k.startswith("eval/loss_band")]) == BANDS
     assert all(math.isfinite(v) for v in m.values())
+    # what dsm tune validates a sweep's metric against is exactly what evaluation returns
+    assert set(m) == metric_names(energy=True, psnrs=[20.0, 0.0])
 
 
 def test_evaluation_does_not_depend_on_batch_size(gaussian):

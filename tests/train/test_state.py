@@ -1,5 +1,6 @@
 """Checkpoint contents: resuming from a saved state continues exactly as if never stopped."""
 
+import pytest
 import torch
 
 from dsm.seeding import key_seed
@@ -8,37 +9,44 @@ from dsm.train import build
 from dsm.train.state import TrainState, load_state, save_state
 
 
-def _steps(cfg, model, opt, sched, x, start, stop):
-    loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
+def _steps(cfg, model, opt, sched, x, start, stop, sampler):
+    loss_fn = build.build_loss(cfg)
     for step in range(start, stop):
         gen = torch.Generator().manual_seed(key_seed(step, f"train/{cfg.seed}/0"))
         train_step(model, opt, loss_fn, x[step % 4 * 16:(step % 4 + 1) * 16], sampler, generator=gen, scheduler=sched)
 
 
-def test_resume_matches_uninterrupted(make_cfg, tmp_path):
-    cfg = make_cfg("optim.schedule=halving", "optim.halve_every=3", "scaling.workers=1")
+@pytest.mark.parametrize("variant", [(), ("noise.sampler=importance", "noise.importance.bins=4",
+                                           "noise.importance.warmup=1", "loss.heat_weight=0.1")])
+def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
+    # the second variant has state beyond the model's: the importance sampler's, in the checkpoint
+    cfg = make_cfg("optim.schedule=halving", "optim.halve_every=3", "scaling.workers=1", *variant)
     shape = build.DataShape((1, 8, 8), True)
     x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
     torch.manual_seed(0)
     ref = build.build_model(cfg, shape)
     opt, sched = build.build_optimizer(cfg, ref)
-    _steps(cfg, ref, opt, sched, x, 0, 10)
+    _steps(cfg, ref, opt, sched, x, 0, 10, build.build_sampler(cfg))
 
     torch.manual_seed(0)
     a = build.build_model(cfg, shape)
     opt_a, sched_a = build.build_optimizer(cfg, a)
-    _steps(cfg, a, opt_a, sched_a, x, 0, 6)
+    sampler_a = build.build_sampler(cfg)
+    _steps(cfg, a, opt_a, sched_a, x, 0, 6, sampler_a)
     save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=6, mlflow_run_id="r"),
-               config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1)
+               config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1, sampler=sampler_a)
 
     torch.manual_seed(123)  # a fresh process: different init, fresh optimizer
     b = build.build_model(cfg, shape)
     opt_b, sched_b = build.build_optimizer(cfg, b)
-    state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b)
+    sampler_b = build.build_sampler(cfg)
+    state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, sampler=sampler_b)
     assert state.step == 6 and state.mlflow_run_id == "r"
     assert blob["data"] == {"epoch": 1, "offset": 2, "batches_per_epoch": 4, "world_size": 1}
     assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == cfg.optim.lr / 4
-    _steps(cfg, b, opt_b, sched_b, x, 6, 10)
+    if variant:
+        assert not torch.allclose(sampler_b.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
+    _steps(cfg, b, opt_b, sched_b, x, 6, 10, sampler_b)
     for (name, p), q in zip(ref.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
