@@ -114,6 +114,10 @@ class DualScoreMatching:
             q = t * s.grad_t - 0.5 * d + 0.5 * z.flatten(1).square().sum(1)  # t l_TSM^(1/2)
             tsm = q.square() * t ** (self.tsm_exponent - 2) / d**self.tsm_exponent
         total = dsm + self.tsm_weight * tsm
+        if self.tsm_weight == 0 and s.energy.requires_grad:
+            # Single score matching gives parameters that act only through dU/dt (a learned c(t))
+            # no gradient at all, and DDP fails on those; an exact zero keeps them in the graph.
+            total = total + 0.0 * s.energy
         heat = None
         if self.heat_weight > 0 and unwrap(model).training:
             r = heat_residual(model, y, t, probes=2, generator=generator, create_graph=torch.is_grad_enabled()) / d

@@ -174,3 +174,19 @@ def test_heat_regularizer_enters_training_loss_only(batch):
     assert heat.needs_generator and not plain.needs_generator
     with pytest.raises(ValueError, match="heat_weight"):
         DualScoreMatching(heat_weight=-1.0)
+
+
+def test_single_score_matching_gives_every_parameter_a_gradient():
+    # DDP requires a gradient for every parameter; with lambda = 0 the learned c(t) of the
+    # inner+c form would get none (the DSM term only sees grad_y U), so it gets an exact zero.
+    from dsm import models
+
+    torch.manual_seed(0)
+    model = models.mlp_energy(3, form="inner+c", t_min=1e-3, t_max=1e2, width=16, depth=2)
+    x, z = torch.randn(8, 3), torch.randn(8, 3)
+    t = torch.full((8,), 0.1)
+    DualScoreMatching(tsm_weight=0.0)(model, x, t, z).total.mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    c_params = [p for n, p in model.named_parameters() if n.startswith("c_net.")]
+    assert c_params and all(float(p.grad.abs().max()) == 0.0 for p in c_params)
