@@ -65,13 +65,20 @@ def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
 
 
 def _train_workers():
-    return [p for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    """This session's Ray Train workers (children of its raylet: other Rays may run on the machine)."""
+    import ray._private.worker
+
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    return [p for p in psutil.process_iter(["cmdline", "ppid"])
+            if p.info["ppid"] == raylet and any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
 def test_killed_worker_restarts_from_checkpoint(ray_cluster, make_cfg, digits_workspace):
+    # With importance sampling of t (state all-reduced across ranks and kept in the checkpoint)
+    # and the heat regularizer (Hutchinson probes under DDP), so the restart covers them too.
     cfg = make_cfg("steps=240", "checkpoint.every=40", "log_every=20", "eval.enabled=false",
-                   "scaling.max_failures=2", "name=fault")
+                   "scaling.max_failures=2", "name=fault", "noise.sampler=importance", "noise.importance.bins=8",
+                   "noise.importance.warmup=2", "loss.heat_weight=0.05")
     p = plan(cfg, digits_workspace, progress=False)
     out: dict = {}
     th = threading.Thread(target=lambda: out.update(export=train(p, log_to_driver=False)), daemon=True)
@@ -89,6 +96,7 @@ def test_killed_worker_restarts_from_checkpoint(ray_cluster, make_cfg, digits_wo
     client, run = _run(digits_workspace, "fault")
     steps = _steps(client, run.info.run_id, "train/loss")
     assert steps == list(range(20, 241, 20)), steps  # complete, and no step twice
+    assert _steps(client, run.info.run_id, "train/heat_residual_sq") == steps
     assert max(_steps(client, run.info.run_id, MARKER)) == 240
     assert load_model(p.export_path).meta["step"] == 240
 

@@ -1,0 +1,1 @@
+"""``dsm tune``: Ray Tune sweeps over training configs (spec -> plan -> trials -> results)."""
