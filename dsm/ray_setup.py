@@ -29,8 +29,11 @@ def connect(address: str | None = None, *, log_to_driver: bool = True, check_loc
     if address:
         # A cluster's State API address, when the user gives it, reaches this job's workers
         # too (see pinned_dashboard: needed where several Rays share a machine).
+        # (Not inside a Ray Job: its workers already share the driver's environment, and Ray
+        # refuses a driver env var that the job's runtime_env may also set.)
         api = os.environ.get("RAY_API_SERVER_ADDRESS")
-        extra = {"runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": api}}} if api else {}
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        extra = {"runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": api}}} if api and not in_job else {}
         ray.init(address=address, log_to_driver=log_to_driver, **extra)
         return
     if check_local is not None:

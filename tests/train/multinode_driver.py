@@ -1,0 +1,95 @@
+"""Run by tests/train/test_multinode.py in a subprocess of its own (it must own its Ray: the
+pytest process may already hold the session's ray.init, and one process joins one cluster).
+
+A simulated 3-node cluster (``ray.cluster_utils.Cluster``): a 0-CPU head that hosts the driver
+and Ray Train's controller, and two 1-CPU nodes, one training worker each. It checks that
+``dsm train`` refuses node-local storage there, then trains with the storage declared shared,
+removes a worker node after the first registered checkpoint, adds a fresh node, and lets the
+run finish. Prints one JSON line with what happened. Usage: multinode_driver.py WORKSPACE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main(ws: Path) -> dict:
+    from ray.cluster_utils import Cluster
+
+    from dsm.config import ConfigError, load_config
+    from dsm.storage import alive_nodes
+    from dsm.train.build import resolve_data
+    from dsm.train.config import TrainConfig
+    from dsm.train.run import plan, train
+    from tests.procs import free_ports
+
+    dash, agent = free_ports(2)
+    # Ray's State API (Train's placement-group cleaner uses it) finds "the" cluster by scanning
+    # for GCS processes when no address is set, and fails when it sees several: point it at ours.
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
+    cluster = Cluster(initialize_head=True, connect=True,
+                      head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                      "dashboard_port": dash, "dashboard_agent_listen_port": agent,
+                                      "object_store_memory": 100 * 1024**2})
+    out: dict = {}
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2) for _ in range(2)]
+        cluster.wait_for_nodes()
+        out["nodes_alive"] = alive_nodes()
+
+        overrides = ["steps=400", "checkpoint.every=40", "log_every=20", "eval.enabled=false",
+                     "scaling.workers=2", "scaling.cpus_per_worker=1", "scaling.max_failures=4", "name=multinode"]
+        cfg = resolve_data(load_config(TrainConfig, REPO / "configs" / "digits-smoke.yaml", overrides), ws,
+                           progress=False)
+        p = plan(cfg, ws, progress=False)
+
+        os.environ.pop("DSM_SHARED_STORAGE", None)
+        try:
+            train(p, log_to_driver=False)
+            out["refused"] = None
+        except ConfigError as e:
+            out["refused"] = str(e)
+
+        os.environ["DSM_SHARED_STORAGE"] = "1"  # one machine: every "node" sees the same /tmp
+        box: dict = {}
+
+        def run() -> None:
+            try:
+                box["export"] = str(train(p, log_to_driver=False))
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                box["error"] = f"{type(e).__name__}: {e}"
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        snapshot = p.run_dir / "checkpoint_manager_snapshot.json"
+        deadline = time.time() + 300
+        while th.is_alive() and time.time() < deadline and \
+                "checkpoint_" not in (snapshot.read_text() if snapshot.is_file() else ""):
+            time.sleep(0.1)
+        out["checkpoint_before_removal"] = snapshot.is_file() and th.is_alive()
+        cluster.remove_node(nodes[0])
+        out["nodes_after_removal"] = alive_nodes()
+        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2)
+        th.join(timeout=420)
+        out["finished"] = not th.is_alive()
+        out.update(box)
+        out["run_dir"] = str(p.run_dir)
+    finally:
+        import ray
+
+        ray.shutdown()  # the driver first: Cluster refuses to remove the node it is connected to
+        cluster.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    result = main(Path(sys.argv[1]))
+    print("RESULT " + json.dumps(result), flush=True)
