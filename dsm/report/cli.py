@@ -1,0 +1,192 @@
+"""``dsm report`` and ``dsm sample``: registered into the top-level parser by :func:`register`.
+
+Bad input (a missing scores folder, an unreadable model, bad numbers) exits with status 2 and
+a message naming the file or the option. Each command prints its output folder as its last
+line. ``dsm report`` logs its folder to MLflow but never fails because of MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _numeric_metrics(metrics: dict) -> dict[str, float]:
+    """The report's scalar numbers as flat MLflow metric names (``report_<section>_<name>``)."""
+    out: dict[str, float] = {}
+    for section in ("logp_db_per_dim", "gumbel", "entropy", "sparsity"):
+        for k, v in metrics.get(section, {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"report_{section}_{k}"] = float(v)
+    return out
+
+
+def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dict, metrics: dict) -> str | None:
+    """Log the report folder as artifacts (under ``report/``) and its numbers as metrics: on the
+    scoring run when scores.json records one that this store knows, else on a new run (nested
+    under the model's training run when that is known). Never fails the command."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from dsm.tracking import quick_fail_http, tracking_uri, use_experiment
+
+        quick_fail_http()
+        client = MlflowClient(tracking_uri(workspace))
+        rid, created = info.get("mlflow_run_id"), False
+        if rid:
+            try:
+                client.get_run(rid)
+            except Exception:  # noqa: BLE001 - logged in another store, or deleted
+                print(f"dsm report: the scoring run {rid} is not in {tracking_uri(workspace)}; logging a new run",
+                      file=sys.stderr)
+                rid = None
+        if not rid:
+            parent = model_meta.get("mlflow_run_id")
+            tags = {"dsm.model_run_id": str(parent)} if parent else {}
+            exp_id = None
+            if parent:
+                try:
+                    exp_id = client.get_run(parent).info.experiment_id
+                    tags["mlflow.parentRunId"] = parent
+                except Exception:  # noqa: BLE001 - the training run lives in another store
+                    exp_id = None
+            exp_id = exp_id or use_experiment("dsm-report", workspace)
+            rid = client.create_run(exp_id, run_name=f"report-{folder.parent.name}", tags=tags).info.run_id
+            created = True
+        client.log_artifacts(rid, str(folder), artifact_path="report")
+        for k, v in _numeric_metrics(metrics).items():
+            client.log_metric(rid, k, v)
+        if created:
+            client.set_terminated(rid)
+        return rid
+    except Exception as e:  # noqa: BLE001
+        print(f"dsm: MLflow unavailable ({type(e).__name__}: {e}); results are on disk only", file=sys.stderr)
+        return None
+
+
+def _model_info(path: str | None, *, required: bool) -> tuple[dict, tuple[int, ...] | None]:
+    """(meta, event shape) of a model bundle; with ``required`` a bad file raises, else it is ignored."""
+    if not path:
+        return {}, None
+    if not Path(path).is_file() and not required:
+        return {}, None
+    from dsm.bundle import load_model
+
+    try:
+        b = load_model(path)
+    except (ValueError, FileNotFoundError):
+        if required:
+            raise
+        return {}, None
+    return dict(b.meta), tuple(b.shape)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from dsm.report.build import build_report, resolve_scores_dir
+
+    try:
+        meta, shape = _model_info(args.model, required=True)
+        opt_file = resolve_scores_dir(args.scores_dir) / "scores.json"
+        info = json.loads(opt_file.read_text()) if opt_file.is_file() else {}
+        if not args.model:  # the scored model, when its file is still there: only for MLflow nesting
+            meta, _ = _model_info(info.get("options", {}).get("model"), required=False)
+        result = build_report(args.scores_dir, args.out, top=args.top, data=args.data, shape=shape,
+                              tail=args.gumbel_tail)
+    except (ValueError, FileNotFoundError) as e:  # json.JSONDecodeError is a ValueError
+        print(f"dsm report: {e}", file=sys.stderr)
+        return 2
+    folder = Path(result["folder"])
+    e = result["entropy"]
+    print(f"{result['n']} images, d = {result['d']}: mean log p {e['mean_logp_db_per_dim']:.3f} dB/dim, "
+          f"differential entropy {e['entropy_bits_per_dim']:.4f} bits/dim, "
+          f"max/min probability 10^{e['log10_max_min_ratio']:.1f}")
+    if "gumbel" in result:
+        g = result["gumbel"]
+        print(f"Gumbel ({g['tail']} tail): location {g['loc']:.3f}, scale {g['scale']:.3f} dB/dim, KS {g['ks_stat']:.4f}")
+    _log_report(args.workspace, folder, info, meta, result)
+    print(folder)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from dsm.api import load
+    from dsm.report import figures
+    from dsm.sample import sample
+
+    try:
+        if min(args.n, args.steps, args.batch_size) < 1:
+            raise ValueError(f"--n, --steps and --batch-size must be >= 1, got {args.n}, {args.steps}, {args.batch_size}")
+        if not 0 <= args.eta <= 1:
+            raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
+        device = "cuda" if args.gpu else "cpu"
+        model = load(args.model, device)
+        noise = torch.load(args.model, map_location="cpu", weights_only=True)["config"]["noise"]
+        t_max = args.t_max if args.t_max is not None else float(noise["t_max"])
+        t_min = args.t_min if args.t_min is not None else float(noise["t_min"])
+        if not 0 < t_min < t_max:
+            raise ValueError(f"need 0 < --t-min < --t-max, got {t_min:g} and {t_max:g}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dsm sample: {e}", file=sys.stderr)
+        return 2
+    mean = args.mean if args.mean is not None else (0.5 if model.eight_bit else 0.0)
+    out = Path(args.out or Path(args.model).resolve().parent / "samples" /
+               f"seed{args.seed}-n{args.n}-steps{args.steps}-eta{args.eta:g}").expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    x = sample(model, args.n, seed=args.seed, steps=args.steps, t_max=t_max, t_min=t_min, mean=mean, eta=args.eta,
+               batch_size=args.batch_size, device=device, progress=not args.quiet).cpu().numpy().astype(np.float32)
+    np.save(out / "samples.npy", x)
+    title = f"{args.n} samples, seed {args.seed}, {args.steps} steps"
+    if figures.is_image_shape(x.shape[1:]):
+        figures.image_grid(x[:64], out / "samples.png", ncol=8, suptitle=title)
+    else:
+        figures.scatter_pairs(x, out / "samples.png", title)
+    (out / "sample.json").write_text(json.dumps(
+        {"model": str(Path(args.model).resolve()), "n": args.n, "seed": args.seed, "steps": args.steps,
+         "eta": args.eta, "t_max": t_max, "t_min": t_min, "mean": mean, "shape": list(x.shape[1:]),
+         "scheme": "DDIM in noise variance (dsm.sample), geometric t schedule, returns D(y, t_min)"}, indent=1))
+    print(f"{args.n} samples of shape {tuple(x.shape[1:])}: pixel mean {x.mean():.4f}, "
+          f"{float((x < 0).mean() + (x > 1).mean()) * 100:.2f} % of values outside [0, 1]")
+    print(out)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    rep = sub.add_parser("report", help="figures and statistics of a `dsm score` output: report.md + PNGs",
+                         description="Turn a `dsm score` output into a report folder: log p histogram with a "
+                                     "Gumbel fit, entropies and the typical set, the most/least probable images, "
+                                     "d_eff against t, log p against Haar sparsity. Logs the folder to MLflow. "
+                                     "The last line printed is the report folder. Sections: docs/analysis.md.")
+    rep.add_argument("scores_dir", metavar="SCORES_DIR", help="dsm score's --out folder (or its parts/ folder)")
+    rep.add_argument("--model", default=None, help="the scored model: its shape (for vector-stored images) and "
+                                                   "training run (MLflow nesting)")
+    rep.add_argument("--data", default=None, help="the scored data, when it moved (default: scores.json's)")
+    rep.add_argument("--out", default=None, help="report folder (default SCORES_DIR/report)")
+    rep.add_argument("--top", type=int, default=8, help="images in the most/least probable grids (default 8)")
+    rep.add_argument("--gumbel-tail", choices=("right", "left"), default="right",
+                     help="Gumbel orientation (default right: the paper's right-skewed log p)")
+    rep.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    rep.set_defaults(func=_report)
+
+    smp = sub.add_parser("sample", help="draw samples from an energy model by reverse diffusion",
+                         description="Reverse diffusion (DDIM in noise variance; eta=0 probability flow, 1 "
+                                     "ancestral) from t_max to t_min on a geometric schedule. The start noise "
+                                     "depends on --seed only, so two models given one seed start alike. Writes "
+                                     "samples.npy and samples.png; the last line printed is the output folder.")
+    smp.add_argument("model", help="exported model (dsm train's model.pt); log Z is not needed")
+    smp.add_argument("--n", type=int, required=True, help="number of samples")
+    smp.add_argument("--seed", type=int, required=True, help="seed of the start noise (and of eta > 0 noise)")
+    smp.add_argument("--steps", type=int, default=100, help="denoising steps (default 100)")
+    smp.add_argument("--eta", type=float, default=0.0, help="0 deterministic (default), 1 ancestral")
+    smp.add_argument("--t-max", type=float, default=None, help="start noise variance (default: training t_max)")
+    smp.add_argument("--t-min", type=float, default=None, help="last noise variance (default: training t_min)")
+    smp.add_argument("--mean", type=float, default=None, help="centre of the start noise (default 0.5 for images, 0)")
+    smp.add_argument("--batch-size", type=int, default=64)
+    smp.add_argument("--gpu", action="store_true", help="run on cuda")
+    smp.add_argument("--out", default=None, help="output folder (default MODEL_DIR/samples/seed..-n..-steps..)")
+    smp.add_argument("--quiet", action="store_true", help="no progress bar")
+    smp.set_defaults(func=_sample)

@@ -1,0 +1,150 @@
+"""The report's PNG figures (matplotlib, Agg backend). Each function writes one file and returns its path.
+
+Images are (n, C, H, W) or (n, H, W) arrays with pixels in [0, 1] (clipped for display);
+log p is in dB/dim; t is the noise variance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dsm.density_stats import GumbelFit
+
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def _display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """One image as (H, W) with a gray colormap or (H, W, 3), clipped to [0, 1]."""
+    a = np.clip(np.asarray(img, dtype=np.float64), 0, 1)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    elif a.ndim == 3:
+        a = a.transpose(1, 2, 0)
+    return a, ("gray" if a.ndim == 2 else None)
+
+
+def is_image_shape(shape: Sequence[int]) -> bool:
+    """(H, W) or (C, H, W) with C in {1, 3}."""
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] in (1, 3))
+
+
+def image_grid(images: np.ndarray, path: Path, titles: Sequence[str] | None = None, ncol: int = 8,
+               suptitle: str | None = None) -> Path:
+    """A grid of images (n, C, H, W) or (n, H, W) in [0, 1], with optional per-image titles."""
+    plt = _plt()
+    n = len(images)
+    ncol = max(1, min(ncol, n))
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.3 * nrow + (0.3 if suptitle else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            a, cmap = _display(images[i])
+            ax.imshow(a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    return _save(fig, path)
+
+
+def scatter_pairs(x: np.ndarray, path: Path, title: str = "") -> Path:
+    """Vector samples (n, d): the first two coordinates (or a histogram when d = 1)."""
+    plt = _plt()
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if x.shape[1] >= 2:
+        ax.scatter(x[:, 0], x[:, 1], s=4, alpha=0.5)
+        ax.set_xlabel("x[0]")
+        ax.set_ylabel("x[1]")
+    else:
+        ax.hist(x[:, 0], bins=50)
+        ax.set_xlabel("x[0]")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def logp_histogram(db: np.ndarray, fit: GumbelFit | None, path: Path) -> Path:
+    """Histogram of log p (dB/dim) on a log-frequency axis, with the ML Gumbel density scaled to counts."""
+    plt = _plt()
+    db = np.asarray(db, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    _, edges, _ = ax.hist(db, bins=min(80, max(10, len(db) // 25)), color="tab:blue", alpha=0.7,
+                               label=f"{len(db)} images")
+    ax.set_yscale("log")
+    if fit is not None:
+        grid = np.linspace(edges[0], edges[-1], 400)
+        expected = fit.pdf(grid) * len(db) * (edges[1] - edges[0])
+        keep = expected >= 0.1  # below a tenth of an image per bin the curve only stretches the log axis
+        ax.plot(grid[keep], expected[keep], "k-", lw=1.5,
+                label=f"Gumbel ({fit.tail} tail): loc {fit.loc:.2f}, scale {fit.scale:.2f}\nKS {fit.ks_stat:.3f}")
+    ax.set_ylim(bottom=0.5)
+    ax.set_xlabel("log p (dB/dim)")
+    ax.set_ylabel("images (log scale)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def deff_bands(t: np.ndarray, deff: np.ndarray, deff_other: np.ndarray, d: int, ref_rows: Sequence[int],
+               ref_labels: Sequence[str], path: Path) -> Path:
+    """d_eff against t: the data set's mean (denoising estimator; the time-score mean dashed),
+    10-90 and 25-75 percentile bands, and a few reference images. deff: (n, T)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    q10, q25, q75, q90 = np.percentile(deff, [10, 25, 75, 90], axis=0)
+    ax.fill_between(t, q10, q90, color="tab:blue", alpha=0.15, label="10-90 %")
+    ax.fill_between(t, q25, q75, color="tab:blue", alpha=0.3, label="25-75 %")
+    ax.plot(t, deff.mean(0), "-", color="tab:blue", lw=2, label="mean (denoising)")
+    ax.plot(t, deff_other.mean(0), "--", color="black", lw=1, label="mean (time score)")
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(ref_rows))))
+    for c, r, lab in zip(colors, ref_rows, ref_labels):
+        ax.plot(t, deff[r], ":", color=c, lw=1.3, marker=".", label=lab)
+    ax.axhline(d, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise variance t")
+    ax.set_ylabel(f"d_eff (d = {d})")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def deff_gap(t: np.ndarray, gap_mean: np.ndarray, gap_stderr: np.ndarray, d: int, path: Path) -> Path:
+    """Mean gap (time-score minus denoising estimator) / d against t, with 2-standard-error bars."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.errorbar(t, gap_mean / d, yerr=2 * gap_stderr / d, fmt="o-", ms=3, capsize=2)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise variance t")
+    ax.set_ylabel("(d_eff time - d_eff denoising) / d")
+    return _save(fig, path)
+
+
+def logp_vs_sparsity(pr: np.ndarray, db: np.ndarray, rho: float, path: Path) -> Path:
+    """Scatter of log p (dB/dim) against the Haar participation ratio, with Spearman's rho."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.scatter(pr, db, s=3 if len(db) > 2000 else 8, alpha=0.4)
+    ax.set_xlabel("Haar participation ratio (0 sparse, 1 dense)")
+    ax.set_ylabel("log p (dB/dim)")
+    ax.set_title(f"Spearman rho = {rho:.3f} ({len(db)} images)", fontsize=9)
+    return _save(fig, path)

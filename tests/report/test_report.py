@@ -1,0 +1,146 @@
+"""`dsm report` on a real `dsm score` output (an exact Gaussian fitted to 1200 digits), and `dsm sample`."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dsm.cli import main
+from dsm.report.build import SECTIONS, build_report
+
+FIGURES = ("logp_hist.png", "most_probable.png", "least_probable.png", "deff.png", "deff_gap.png",
+           "deff_reference_images.png", "logp_vs_sparsity.png")
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_report_has_every_section_and_logs_to_the_scoring_run(digits_scores, tmp_path, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from dsm.tracking import tracking_uri, use_experiment
+
+    scores, data, gauss = digits_scores
+    work = tmp_path / "scores"
+    shutil.copytree(scores, work)
+    ws = tmp_path / "ws"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(tracking_uri(ws))
+    rid = client.create_run(use_experiment("dsm-score", ws), run_name="score").info.run_id
+    info = json.loads((work / "scores.json").read_text())
+    (work / "scores.json").write_text(json.dumps({**info, "mlflow_run_id": rid}))
+
+    # dsm score prints DIR/parts last; the report accepts that folder.
+    rc = main(["report", str(work / "parts"), "--top", "6", "--workspace", str(ws)])
+    assert rc == 0
+    folder = work / "report"
+    assert _last_line(capsys) == str(folder)
+    md = (folder / "report.md").read_text()
+    for header in SECTIONS:
+        assert header in md, header
+    assert "Images not available" not in md
+    for name in FIGURES:
+        assert (folder / name).stat().st_size > 1000, name
+        assert f"]({name})" in md, name
+
+    # The numbers are the parquet's, recomputed independently here.
+    table = pq.read_table(work / "parts")
+    logp = table.column("logp_nats").to_numpy()
+    nll = table.column("nll_bpd").to_numpy()
+    keys = table.column("key").to_pylist()
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["n"] == 1200 and m["d"] == 64 and m["nll_convention"].startswith("continuous")
+    assert m["entropy"]["discrete_bits_per_dim"] == pytest.approx(nll.mean(), rel=1e-9)  # 8 + h = mean 8-bit NLL
+    assert m["entropy"]["log10_max_min_ratio"] == pytest.approx((logp.max() - logp.min()) / math.log(10))
+    assert m["most_probable_keys"][0] == keys[int(np.argmax(logp))]
+    assert m["least_probable_keys"][0] == keys[int(np.argmin(logp))]
+    assert len(m["most_probable_keys"]) == 6
+    assert m["gumbel"]["tail"] == "right" and m["gumbel"]["scale"] > 0
+    # d_eff of the exact Gaussian on these images, in closed form (the estimator uses 2 noise draws per image).
+    x = torch.from_numpy(np.load(data).reshape(1200, 64) / 255.0)
+    for row in m["d_eff"]:
+        assert row["denoising_mean"] == pytest.approx(float(gauss.d_eff(x, row["t"]).mean()), rel=0.03)
+    assert -1 <= m["sparsity"]["spearman_rho"] <= 1 and m["sparsity"]["n"] == 1200
+
+    # Logged on the scoring run: the folder as artifacts under report/, the numbers as metrics.
+    arts = {a.path for a in client.list_artifacts(rid, "report")}
+    assert {"report/report.md", "report/logp_hist.png", "report/metrics.json"} <= arts
+    assert client.get_run(rid).data.metrics["report_gumbel_loc"] == pytest.approx(m["gumbel"]["loc"])
+
+
+def test_report_without_images_or_mlflow(digits_scores, tmp_path, capsys, monkeypatch):
+    scores, _, _ = digits_scores
+    # An unreachable tracking server: the command still succeeds, results on disk only.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    rc = main(["report", str(scores), "--data", str(tmp_path / "moved.npy"), "--out", str(tmp_path / "rep")])
+    out_err = capsys.readouterr()
+    assert rc == 0, out_err.err
+    assert out_err.out.strip().splitlines()[-1] == str(tmp_path / "rep")
+    assert "MLflow unavailable" in out_err.err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for header in SECTIONS:
+        assert header in md, header
+    assert "Images not available" in md and "moved.npy" in md
+    assert (tmp_path / "rep" / "logp_hist.png").stat().st_size > 1000
+    assert not (tmp_path / "rep" / "most_probable.png").exists()
+
+
+def test_report_bad_input_exits_2(tmp_path, capsys, digits_scores):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no parquet parts" in capsys.readouterr().err
+    assert main(["report", str(digits_scores[0]), "--top", "0"]) == 2
+    assert "--top" in capsys.readouterr().err
+
+
+def test_report_builds_without_grid_columns_or_scores_json(digits_scores, tmp_path):
+    """A minimal table (no t grid, no scores.json): d comes from the units, the d_eff section says why it is empty."""
+    scores, data, _ = digits_scores
+    full = pq.read_table(scores / "parts")
+    (tmp_path / "s" / "parts").mkdir(parents=True)
+    pq.write_table(full.select(["key", "label", "energy_t0", "logp_nats", "nll_bpd", "logp_db_per_dim"]),
+                   tmp_path / "s" / "parts" / "part-000000.parquet")
+    res = build_report(tmp_path / "s", data=data, top=3)
+    assert res["d"] == 64 and "d_eff" not in res and "most_probable.png" in res["figures"]
+    assert "empty t grid" in (tmp_path / "s" / "report" / "report.md").read_text()
+
+
+def _image_bundle(tmp_path):
+    from dsm.bundle import save_bundle
+    from dsm.config import load_config
+    from dsm.train import build
+    from dsm.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, "configs/digits-smoke.yaml")
+    torch.manual_seed(0)
+    model = build.build_model(cfg, build.DataShape((1, 8, 8), True))
+    return save_bundle(tmp_path / "model.pt", model, cfg, (1, 8, 8), True)
+
+
+def test_sample_command(tmp_path, capsys):
+    model = _image_bundle(tmp_path)  # untrained and unnormalized: sampling needs neither
+    args = ["sample", str(model), "--n", "5", "--seed", "3", "--steps", "4", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert _last_line(capsys) == str(tmp_path / "a")
+    x = np.load(tmp_path / "a" / "samples.npy")
+    assert x.shape == (5, 1, 8, 8) and np.isfinite(x).all()
+    assert (tmp_path / "a" / "samples.png").stat().st_size > 1000
+    meta = json.loads((tmp_path / "a" / "sample.json").read_text())
+    assert meta["t_max"] == 1e3 and meta["t_min"] == 1e-4 and meta["mean"] == 0.5  # the training range; images
+    assert main([*args, "--out", str(tmp_path / "b"), "--batch-size", "2"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "b" / "samples.npy"), x)
+    assert main(["sample", str(model), "--n", "5", "--seed", "4", "--steps", "4", "--quiet"]) == 0
+    default = _last_line(capsys)
+    assert default.endswith("samples/seed4-n5-steps4-eta0")
+    assert not np.array_equal(np.load(f"{default}/samples.npy"), x)
+
+    assert main(["sample", str(tmp_path / "nope.pt"), "--n", "2", "--seed", "0"]) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert main(["sample", str(model), "--n", "0", "--seed", "0"]) == 2
