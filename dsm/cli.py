@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=_ui)
     from dsm.data.cli import register as _register_data; _register_data(sub)  # noqa: E702 - `dsm data ...`
     from dsm.scoring.cli import register as _register_scoring; _register_scoring(sub)  # noqa: E702
+    from dsm.sweep.cli import register as _register_sweep; _register_sweep(sub)  # noqa: E702
+    from dsm.report.cli import register as _register_report; _register_report(sub)  # noqa: E702 - report, sample
+    from dsm.submit.cli import register as _register_submit; _register_submit(sub)  # noqa: E702 - submit, jobs
     return p
 
 
