@@ -69,6 +69,17 @@ def _tuner(plan: SweepPlan, info: dict):
     )
 
 
+def _error_summary(err: BaseException) -> str:
+    """One readable line for a trial's error: Ray wraps the worker's traceback (with colour
+    codes) in its own; the worker's last ``...Error: ...`` line is the cause."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", str(err))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
+    return (causes[-1] if causes else lines[0] if lines else type(err).__name__)[:300]
+
+
 def _collect(plan: SweepPlan, grid) -> list[TrialResult]:
     """One TrialResult per trial of Tune's ResultGrid, in trial order."""
     from dsm.sweep.trial import trial_name
@@ -87,7 +98,7 @@ def _collect(plan: SweepPlan, grid) -> list[TrialResult]:
         tcfg = plan.trials[index].cfg if index is not None else plan.trial_config(params, prepare=False)
         step = int(m.get("step", 0) or 0)
         out.append(TrialResult(name, params, value, step, tcfg.steps, status_of(step, tcfg.steps, r.error is not None),
-                               tcfg.model_dump(mode="json"), "" if r.error is None else f"{type(r.error).__name__}: {r.error}"))
+                               tcfg.model_dump(mode="json"), "" if r.error is None else _error_summary(r.error)))
     out.sort(key=lambda t: t.name)
     return out
 
@@ -178,6 +189,10 @@ def _print_summary(plan: SweepPlan, results: list[TrialResult], top: TrialResult
               + (f"  ({r.error[:120]})" if r.error else ""))
     if top is None:
         print("no trial reported the metric")
+    errors = sum(r.status == "error" for r in results)
+    if errors:
+        print(f"{errors} trial(s) failed (errors above; Tune's error.txt in each trial folder); re-running the "
+              "same command retries them and keeps the finished ones")
     print(f"results: {plan.folder / 'results'}")
 
 

@@ -39,3 +39,15 @@ def test_table_figure_and_best_config(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     cfg = yaml.safe_load(write_best_config(r[0], tmp_path / "best.yaml").read_text())
     assert cfg == {"steps": 100}  # the run name is dropped: dsm train derives its own
+
+
+def test_trial_errors_are_summarized_to_their_cause():
+    from dsm.sweep.run import _error_summary
+
+    wrapped = RuntimeError(
+        "ray.exceptions.RayTaskError(WorkerGroupError): \x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n"
+        "  File \"loop.py\", line 3\nray.train.WorkerGroupError: Training failed due to worker errors:\n"
+        "[Rank 0,1 Error Snippet]:\nRuntimeError: Expected to have finished reduction in the prior iteration\n"
+        " Parameter indices which did not receive grad for rank 0: 25")
+    assert _error_summary(wrapped) == "RuntimeError: Expected to have finished reduction in the prior iteration"
+    assert _error_summary(ValueError("plain")) == "plain"
