@@ -217,17 +217,17 @@ def describe(plan: SweepPlan) -> str:
                 f"max {plan.max_steps} steps)" if s.scheduler.kind == "asha" else ""),
              f"base config: {(plan.spec_path.parent / s.base).resolve()}; outputs in {plan.folder}"]
     b = plan.base
-    per = (f"{s.resources.trial_cpu:g} CPU (driver) + {b.scaling.workers} worker(s) x "
-           f"{b.scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if b.scaling.gpu else ""))
-    conc = s.max_concurrent or "as many as fit"
+    per = (f"{b.scaling.workers} worker(s) x {b.scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if b.scaling.gpu else "")
+           + (f" + {s.resources.trial_cpu:g} CPU for the trial function" if s.resources.trial_cpu else ""))
+    conc = s.max_concurrent or "as many as the cluster holds"
     if plan.trials is None:
         lines.append(f"{s.samples} trial(s) proposed by Optuna over: "
                      + ", ".join(f"{k} {p.kind} {list(map(nice, p.extremes()))}" for k, p in s.space.items()))
-        lines.append(f"each trial: {per}; at most {conc} at once")
+        lines.append(f"each trial: {per}; at most {conc} training at once")
         return "\n".join(lines)
     keys = list(plan.trials[0].params)
     lines += [f"note: {n}" for n in plan.notes]
-    lines.append(f"{len(plan.trials)} trial(s); each: {per}; at most {conc} at once")
+    lines.append(f"{len(plan.trials)} trial(s); each: {per}; at most {conc} training at once")
     header = ["trial", *keys, "steps", "CPUs"]
     rows = [[t.name(plan.name), *[nice(t.params[k]) for k in keys], str(t.cfg.steps), f"{plan.trial_cpus(t.cfg):g}"]
             for t in plan.trials]

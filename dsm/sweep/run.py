@@ -27,7 +27,7 @@ def _info(plan: SweepPlan, parent_run_id: str | None) -> dict:
             "parent_run_id": parent_run_id}
 
 
-def _tuner(plan: SweepPlan, info: dict):
+def _tuner(plan: SweepPlan, info: dict, concurrent: int):
     """A new Tuner for the plan, or the restored one when the sweep's folder holds one."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -35,7 +35,7 @@ def _tuner(plan: SweepPlan, info: dict):
     from dsm.sweep.trial import name_from_trial, run_trial
 
     spec = plan.spec
-    resources = {"CPU": spec.resources.trial_cpu}
+    resources = {"CPU": spec.resources.trial_cpu, "memory": spec.resources.trial_memory_mb * 2**20}
     trainable = tune.with_resources(tune.with_parameters(run_trial, info=info), resources)
     if plan.trials is not None:
         space = {"trial": tune.grid_search([{"index": t.index, "params": t.params} for t in plan.trials])}
@@ -62,7 +62,7 @@ def _tuner(plan: SweepPlan, info: dict):
         trainable, param_space=space,
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=num_samples,
                                     scheduler=scheduler, search_alg=search_alg,
-                                    max_concurrent_trials=spec.max_concurrent or None,
+                                    max_concurrent_trials=concurrent,
                                     trial_name_creator=namer, trial_dirname_creator=namer),
         run_config=tune.RunConfig(name=plan.name, storage_path=str(plan.folder.parent),
                                   failure_config=tune.FailureConfig(max_failures=0)),
@@ -154,6 +154,26 @@ def _cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
+def concurrency(plan: SweepPlan) -> int:
+    """Trials training at once: ``max_concurrent``, else as many as the cluster's CPUs (and
+    GPUs) hold, at least one."""
+    import math
+
+    import ray
+
+    if plan.spec.max_concurrent:
+        return plan.spec.max_concurrent
+    res = ray.cluster_resources()
+    cfgs = [t.cfg for t in plan.trials] if plan.trials else [plan.base]
+    fits = []
+    for c in cfgs:
+        n = math.floor((res.get("CPU", 0.0) + 1e-9) / plan.trial_cpus(c))
+        if c.scaling.gpu:
+            n = min(n, math.floor(res.get("GPU", 0.0) / c.scaling.workers))
+        fits.append(n)
+    return max(1, min(fits))
+
+
 def run(plan: SweepPlan, address: str | None = None, verbose: bool = False) -> Path:
     """Run or resume the sweep; returns the best config's path (or the results table's)."""
     from dsm.ray_setup import connect
@@ -164,7 +184,11 @@ def run(plan: SweepPlan, address: str | None = None, verbose: bool = False) -> P
     check_local_cpus(plan, _cluster_cpus())
     check_cluster_storage(plan.folder.parent)  # trials checkpoint there: it must be shared on multi-node clusters
     parent = _open_parent(plan)
-    tuner = _tuner(plan, _info(plan, parent))
+    from dsm.sweep import slots
+
+    n = concurrency(plan)
+    holder = slots.create(plan.name, n)  # noqa: F841 - kept alive for the sweep's length
+    tuner = _tuner(plan, _info(plan, parent), n)
     grid = tuner.fit()
     results = _collect(plan, grid)
     out = plan.folder / "results"

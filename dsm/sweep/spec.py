@@ -77,12 +77,16 @@ class SchedulerSpec(StrictModel):
 
 
 class ResourcesSpec(StrictModel):
-    """Per trial: the Tune driver function's CPU share, plus its Ray Train workers.
+    """Per trial: its Ray Train workers, and what the small function that drives them reserves.
 
-    On a 2-CPU machine, 0.2 + 2 x 0.9 = 2.0 fits one trial at a time (design.md section 8).
+    The trial function reserves no CPU by default (a little memory only) and takes a training
+    slot before it starts its workers (dsm.sweep.slots), so trials waiting for their turn
+    never hold CPUs that a running trial's workers need (design.md section 8's 0.2 CPU per
+    trial deadlocked a restored sweep on 2 CPUs).
     """
 
-    trial_cpu: float = Field(0.2, gt=0, description="CPUs of the function that drives one trial")
+    trial_cpu: float = Field(0.0, ge=0, description="CPUs reserved by the function that drives one trial")
+    trial_memory_mb: int = Field(256, ge=1, description="memory reserved by that function (MiB)")
     workers: int | None = Field(None, ge=1, description="Ray Train workers per trial (default: the base config's)")
     cpus_per_worker: float | None = Field(None, gt=0)
     gpu: bool | None = None
@@ -108,7 +112,8 @@ class SweepSpec(StrictModel):
     seed: int = 0
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    max_concurrent: int = Field(0, ge=0, description="trials at once (0: as many as resources allow)")
+    max_concurrent: int = Field(0, ge=0, description="trials training at once (0: as many as the cluster's "
+                                                      "CPUs and GPUs hold)")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")

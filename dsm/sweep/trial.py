@@ -34,6 +34,7 @@ def run_trial(config: dict, info: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from dsm.config import load_config
+    from dsm.sweep import slots
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from dsm.train.run import NonFiniteTraining, Plan, make_trainer, open_tracking, outcome
@@ -62,7 +63,11 @@ def run_trial(config: dict, info: dict) -> None:
         tags["mlflow.parentRunId"] = info["parent_run_id"]  # nested under the sweep's run in the UI
     uri, run_tags, run_id = open_tracking(p, extra_tags=tags)
     trainer = make_trainer(p, uri, run_id, run_tags, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    slots.wait_for_slot(info["sweep"], name)  # its turn to train (see dsm.sweep.slots)
+    try:
+        trainer.fit()
+    finally:
+        slots.release(info["sweep"], name)
     try:
         outcome(p)
     except NonFiniteTraining as e:

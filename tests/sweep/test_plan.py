@@ -93,7 +93,7 @@ def test_dry_run_prints_trials_and_claims_nothing(write_spec, tmp_path):
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "2 trial(s)" in out and "-t000" in out and "-t001" in out and "0.2 CPU (driver) + 2 worker(s) x 0.9 CPU" in out
+    assert "2 trial(s)" in out and "-t000" in out and "-t001" in out and "each: 2 worker(s) x 0.9 CPU;" in out
     assert "nothing started" in out and "prepared on the first real run" in out
     assert not (ws / "mlflow.db").exists() and not (ws / "data").exists() and not (ws / "sweeps").exists()
 
