@@ -25,11 +25,28 @@ def tracking_uri(workspace: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_dir(workspace) / 'mlflow.db'}"
 
 
+def set_tracking_uri(uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect on ``$MLFLOW_TRACKING_URI``.
+
+    MLflow also writes the URI into the environment, where :func:`tracking_uri` would then
+    take it for the user's choice: a second workspace in the same process (a notebook, the
+    tests) would silently log to the first one's store.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def use_experiment(name: str, workspace: str | Path | None = None) -> str:
     """Point MLflow at the tracking URI and select (creating if needed) experiment ``name``."""
     import mlflow  # imported here: the math core and `dsm --help` should not pay for it
 
-    mlflow.set_tracking_uri(tracking_uri(workspace))
+    set_tracking_uri(tracking_uri(workspace))
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         artifacts = (workspace_dir(workspace) / "artifacts" / name).as_uri()

@@ -17,14 +17,13 @@ def _tracking(workspace: str | None, model_meta: dict, run_name: str, params: di
     """Log a run linked to the model's training run (nested under it when that run is in this
     store); never fails the command. Returns the run id or None."""
     try:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        from dsm.tracking import quick_fail_http, tracking_uri, use_experiment
+        from dsm.tracking import quick_fail_http, set_tracking_uri, tracking_uri, use_experiment
 
         quick_fail_http()
         uri = tracking_uri(workspace)
-        mlflow.set_tracking_uri(uri)
+        set_tracking_uri(uri)
         client = MlflowClient(uri)
         parent = model_meta.get("mlflow_run_id")
         tags = {"dsm.model_run_id": str(parent)} if parent else {}

@@ -26,13 +26,12 @@ def open_run(experiment: str, run_name: str, tracking_uri: str, workspace: Path,
     resumed run) or a new one with ``params`` and ``tags``. None, with a message, when the
     tracking server cannot be reached."""
     try:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
-        from dsm.tracking import quick_fail_http, use_experiment
+        from dsm.tracking import quick_fail_http, set_tracking_uri, use_experiment
 
         quick_fail_http()
-        mlflow.set_tracking_uri(tracking_uri)
+        set_tracking_uri(tracking_uri)
         exp_id = use_experiment(experiment, workspace)
         client = MlflowClient(tracking_uri)
         found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
