@@ -182,7 +182,7 @@ def train_loop(config: dict) -> None:
     batches = _batches(stream, cfg.data.loader_workers, state.step)
     window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
     t_start, step_start, t_window = time.time(), state.step, time.time()
-    stopped = None
+    stopped, finalized = None, False
     while state.step < cfg.steps:
         t_step = time.perf_counter()
         batch = next(batches)
@@ -256,12 +256,19 @@ def train_loop(config: dict) -> None:
                     save_state(tmp, model=unwrap(net), optimizer=opt, scheduler=sched, state=state,
                                config=config["cfg"], batches_per_epoch=per_epoch, world_size=world, sampler=sampler)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                    if step == cfg.steps:
+                        # Finish before the last report: a scheduler that stops the trial on
+                        # its final result (ASHA at max_t) would otherwise cut the export.
+                        log.flush(state.pending)
+                        state.pending = []
+                        _finalize(cfg, config, model, shape, held, log, state)
+                        finalized = True
                 ray.train.report(metrics, checkpoint=checkpoint)
             if rank == 0:
                 log.flush(state.pending)
                 state.pending = []
 
-    if rank != 0:
+    if rank != 0 or finalized:
         return
     if stopped:
         log.flush(state.pending)
