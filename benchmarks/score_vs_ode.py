@@ -9,6 +9,7 @@ dU/dt through training (TSM), the ODE only the spatial score, so the gap measure
 consistent the learned energy is across noise levels.
 
     .venv/bin/python benchmarks/score_vs_ode.py [--steps 1200] [--images 6] [--heat-weight 1.0] [--form inner]
+        [--ema-decay 0.999] [--batch-size 128] [--lr 1e-3]
 
 ``--heat-weight`` trains with the heat-equation residual regularizer (dsm.losses), which asks
 exactly for the consistency between dU/dt and the spatial score that this gap measures.
@@ -34,6 +35,9 @@ def main() -> None:
     ap.add_argument("--ode-steps", type=int, default=48)
     ap.add_argument("--heat-weight", type=float, default=0.0, help="loss.heat_weight (0: the paper's loss)")
     ap.add_argument("--form", default=None, help="model.form override (default: the smoke config's inner+c)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema-decay", type=float, default=None, help="evaluate an EMA of the weights (fit's ema_decay)")
     args = ap.parse_args()
     from dsm.config import load_config
     from dsm.fit import fit
@@ -50,15 +54,17 @@ def main() -> None:
     held = torch.cat([torch.from_numpy(x) for _, x, _ in iter_examples(open_input(cfg.data.eval_path))])
     torch.manual_seed(0)
     model = build.build_model(cfg, build.DataShape((1, 8, 8), True))
-    fit(model, build.build_loss(cfg), lambda n, g: train[torch.randint(0, len(train), (n,), generator=g)],
-        build.build_sampler(cfg), steps=args.steps, batch_size=128, lr=1e-3, progress=True)
+    model = fit(model, build.build_loss(cfg), lambda n, g: train[torch.randint(0, len(train), (n,), generator=g)],
+                build.build_sampler(cfg), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                ema_decay=args.ema_decay, progress=True).model
     lz = normalize(model, held, cfg.noise.t_max)
     x = held[:args.images]
     prior = DataMoments.of(held)
-    print(f"machine: {machine()}\n{args.steps} steps, form {cfg.model.form}, heat_weight {args.heat_weight:g}; log Z = {lz.value:.3f} +- {lz.stderr:.3f}\n")
+    print(f"machine: {machine()}\n{args.steps} steps, batch {args.batch_size}, lr {args.lr:g}, EMA {args.ema_decay}, "
+          f"form {cfg.model.form}, heat_weight {args.heat_weight:g}; log Z = {lz.value:.3f} +- {lz.stderr:.3f}\n")
     print("| t | energy - ODE, nats/dim, per image | mean |")
     print("|---|---|---|")
-    for t in (cfg.noise.t_min, 1e-3, 1e-2, 1e-1, 1.0):
+    for t in (cfg.noise.t_min, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0):
         tt = torch.full((len(x),), t)
         with torch.no_grad():
             e = (-model.energy(x, tt).double() - model.log_z).numpy()
