@@ -42,7 +42,7 @@ def main() -> None:
     from dsm.config import load_config
     from dsm.fit import fit
     from dsm.normalize import DataMoments, normalize
-    from dsm.ode import laplacian, ode_log_prob
+    from dsm.ode import ode_log_prob
     from dsm.scoring.inputs import iter_examples, open_input
     from dsm.train import build
     from dsm.train.config import TrainConfig
@@ -68,10 +68,9 @@ def main() -> None:
         tt = torch.full((len(x),), t)
         with torch.no_grad():
             e = (-model.energy(x, tt).double() - model.log_z).numpy()
-        ode = ode_log_prob(model, x, prior=prior, t_start=t, t_end=cfg.noise.t_max, steps=args.ode_steps)
-        _, lap, _ = laplacian(model, x, tt)
-        at_t = ode.log_prob.numpy() - 0.5 * t * lap.double().numpy()  # remove the [0, t] stretch
-        d = (e - at_t) / 64
+        ode = ode_log_prob(model, x, prior=prior, t_start=t, t_end=cfg.noise.t_max, steps=args.ode_steps,
+                           to_zero=False)  # log p(x, t), as the energy gives it
+        d = (e - ode.log_prob.numpy()) / 64
         print(f"| {t:g} | {' '.join(f'{v:+.3f}' for v in d)} | {d.mean():+.3f} |")
 
 

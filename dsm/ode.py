@@ -64,11 +64,13 @@ def laplacian(model: Energy, y: torch.Tensor, t: torch.Tensor, probes: torch.Ten
 def ode_log_prob(model: Energy, x: torch.Tensor, *, prior: DataMoments, t_end: float = 1e3,
                  t_start: float = 1e-6, steps: int = 64,
                  trace: Literal["exact", "hutchinson"] = "exact", n_probes: int = 4,
-                 keys: Sequence | None = None, salt: str = "ode") -> OdeLogProb:
+                 keys: Sequence | None = None, salt: str = "ode", to_zero: bool = True) -> OdeLogProb:
     """Integrate the PF-ODE from each x (B, *event_shape) at t_start to t_end.
 
     prior: data moments defining the Gaussian prior at t_end. steps: Heun steps, uniform in
     log t. trace: exact Laplacian or Hutchinson with ``n_probes`` probes (seeded per key).
+    to_zero: return log p(x, 0), adding the [0, t_start] stretch; False returns the density
+    at t_start itself, log p(x, t_start), which is what a model floored at t_start defines.
     """
     if not 0 < t_start < t_end:
         raise ValueError(f"need 0 < t_start < t_end, got t_start={t_start}, t_end={t_end}")
@@ -97,8 +99,7 @@ def ode_log_prob(model: Energy, x: torch.Tensor, *, prior: DataMoments, t_end: f
 
     log_ts = torch.linspace(math.log(t_start), math.log(t_end), steps + 1, dtype=torch.float64).tolist()
     y = x.detach().clone()
-    _, lap0 = drift(y, t_start)
-    acc = lap0  # t0/2 * Laplacian covers [0, t0] to first order (drift returns t/2 * lap)
+    acc = drift(y, t_start)[1] if to_zero else 0.0  # t0/2 * Laplacian covers [0, t0] to first order
     for s0, s1 in zip(log_ts[:-1], log_ts[1:]):
         h = s1 - s0
         k1y, k1a = drift(y, math.exp(s0))

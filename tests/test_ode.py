@@ -55,3 +55,12 @@ def test_bad_input(mixture, prior):
         ode_log_prob(mixture, x, prior=prior, t_start=10.0, t_end=1.0)
     with pytest.raises(ValueError, match="trace"):
         ode_log_prob(mixture, x, prior=prior, trace="skilling")
+
+
+def test_ode_at_t_start_is_the_noisy_density(mixture, prior):
+    """to_zero=False: log p(x, t_start) itself, which the exact energy gives in closed form."""
+    x = mixture.sample(16, torch.Generator().manual_seed(3), dtype=torch.float64)
+    t = torch.full((16,), 0.05, dtype=torch.float64)
+    res = ode_log_prob(mixture, x, prior=prior, t_start=0.05, steps=192, to_zero=False)
+    assert (res.log_prob + mixture.energy(x, t)).abs().max() < 0.03
+    assert res.nfe == 2 * 192  # no evaluation for the [0, t_start] stretch

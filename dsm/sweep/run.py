@@ -143,10 +143,6 @@ def _log_parent(plan: SweepPlan, parent: str | None, results: list[TrialResult],
                 client.set_tag(rid, "dsm.tune_status", r.status)
                 if r.status != "completed":
                     client.set_terminated(rid, "KILLED" if r.status == "stopped_early" else "FAILED")
-                elif found[0].info.status == "RUNNING":
-                    # A trial that reached its last step can be stopped by the scheduler (ASHA's
-                    # max_t) before its training worker closes the run; it did finish.
-                    client.set_terminated(rid, "FINISHED")
         client.set_terminated(parent, "FINISHED")
     except Exception as e:  # noqa: BLE001 - results are on disk either way
         print(f"dsm tune: MLflow unavailable ({type(e).__name__}: {e}); results are on disk only", file=sys.stderr)
