@@ -119,6 +119,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out: str):
         loss.backward()  # one plain backward; the input gradients used create_graph=True
         if rank == 0:
             torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (a rare SIGABRT in CI)
     finally:
         dist.destroy_process_group()
 
