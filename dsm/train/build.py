@@ -144,6 +144,19 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Opt
     return opt, sched
 
 
+def build_ema(cfg: TrainConfig, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """The weight EMA of ``optim.ema_decay`` (None when unset), starting from ``model``'s weights.
+
+    docs/scoring.md: at equal steps an EMA of 0.999 made the learned energy far more consistent
+    with its own PF-ODE (max per-image gap 0.27 against 0.66 nats/dim without).
+    """
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    if cfg.optim.ema_decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay))
+
+
 def check_buildable(cfg: TrainConfig) -> DataShape:
     """Open the (resolved) data and build the model on the meta device: shape errors surface here,
     as ConfigError, before Ray starts. Returns the data shape."""

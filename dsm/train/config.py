@@ -150,6 +150,9 @@ class OptimConfig(StrictModel):
     final_lr_fraction: float = Field(0.01, ge=0, le=1, description="cosine: final lr / lr")
     max_grad_norm: float | None = Field(None, gt=0)
     max_bad_steps: int = Field(20, ge=1, description="stop after this many non-finite steps in a row")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay "
+        "(e.g. 0.999); evaluation, normalization and the exported model then use the average")
 
 
 class EvalConfig(StrictModel):

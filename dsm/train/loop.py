@@ -116,6 +116,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every repeat of the run
     model = build.build_model(cfg, shape).to(device)
     opt, sched = build.build_optimizer(cfg, model)
+    ema = build.build_ema(cfg, model) if rank == 0 else None  # only rank 0 evaluates and exports
     stream = TrainStream(cfg.data.path, batch_size=cfg.per_worker_batch, mode=cfg.data.mode, seed=cfg.seed,
                          rank=rank, world_size=world, loader_workers=cfg.data.loader_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, flips=cfg.data.flips, on_error=cfg.data.on_error)
@@ -127,7 +128,7 @@ def train_loop(config: dict) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as folder:
             state, _ = load_state(folder, model=model, optimizer=opt, scheduler=sched, map_location=device,
-                                  sampler=sampler)
+                                  sampler=sampler, ema=ema)
         if rank == 0:
             _say(f"dsm train: resumed {config['run_name']} at step {state.step}/{cfg.steps}")
     log = RunLog(state.mlflow_run_id, config["tracking_uri"]) if rank == 0 else RunLog(None, "")
@@ -169,8 +170,10 @@ def train_loop(config: dict) -> None:
     run_dir = Path(config["export_path"]).parent
     eight_bit = build.is_eight_bit(open_source(cfg.data.eval_path))
 
+    final = ema.module if ema is not None else model  # what is evaluated, normalized and exported
+
     def run_eval(step: int) -> dict[str, float]:
-        res = evaluate(model, held[0], held[1], loss_fn=loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
+        res = evaluate(final, held[0], held[1], loss_fn=loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
                        psnrs=cfg.eval.psnrs if cfg.eval.enabled else [],
                        log_z_t=cfg.eval.log_z_t, eight_bit=eight_bit, batch_size=cfg.eval.batch_size,
                        grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0)
@@ -194,7 +197,7 @@ def train_loop(config: dict) -> None:
                  f"(keys {batch['key'][:3]}...)", err=True)
         gen = torch.Generator(device=device).manual_seed(key_seed(state.step, f"train/{cfg.seed}/{rank}"))
         res = train_step(net, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
-                         max_grad_norm=cfg.optim.max_grad_norm, all_finite=lambda ok: all_finite(ok and input_ok),
+                         max_grad_norm=cfg.optim.max_grad_norm, ema=ema, all_finite=lambda ok: all_finite(ok and input_ok),
                          all_reduce_sum=all_ranks_sum_tensor)
         state.step += 1
         step = state.step
@@ -254,14 +257,15 @@ def train_loop(config: dict) -> None:
                         state.pending.append((step, ev))
                         metrics.update(ev)
                     save_state(tmp, model=unwrap(net), optimizer=opt, scheduler=sched, state=state,
-                               config=config["cfg"], batches_per_epoch=per_epoch, world_size=world, sampler=sampler)
+                               config=config["cfg"], batches_per_epoch=per_epoch, world_size=world, sampler=sampler,
+                               ema=ema)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                     if step == cfg.steps:
                         # Finish before the last report: a scheduler that stops the trial on
                         # its final result (ASHA at max_t) would otherwise cut the export.
                         log.flush(state.pending)
                         state.pending = []
-                        _finalize(cfg, config, model, shape, held, log, state)
+                        _finalize(cfg, config, final, shape, held, log, state)
                         finalized = True
                 ray.train.report(metrics, checkpoint=checkpoint)
             if rank == 0:
@@ -277,7 +281,7 @@ def train_loop(config: dict) -> None:
         _say(f"dsm train: {stopped}", err=True)
         _write_status(run_dir, "non_finite", stopped)
         return
-    _finalize(cfg, config, model, shape, held, log, state)
+    _finalize(cfg, config, final, shape, held, log, state)
 
 
 def _write_status(run_dir: Path, status: str, message: str) -> None:

@@ -13,11 +13,13 @@ One file, ``state.pt``, in the checkpoint folder that Ray Train persists:
 - ``mlflow_run_id``: the run a resumed job keeps logging to;
 - ``pending``: metric rows not yet confirmed in MLflow when the checkpoint was written;
 - ``config``: the resolved training config;
-- ``sampler``: an adaptive t sampler's state (importance sampling), else None.
+- ``sampler``: an adaptive t sampler's state (importance sampling), else None;
+- ``ema``: the weight EMA's state dict (``optim.ema_decay``), else None.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ class TrainState:
 
 def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: Any, state: TrainState, config: dict, batches_per_epoch: int, world_size: int,
-               sampler: Any = None) -> Path:
+               sampler: Any = None, ema: torch.nn.Module | None = None) -> Path:
     """Write ``state.pt`` into ``folder`` (which must exist); returns its path."""
     path = Path(folder) / STATE_FILE
     blob = {
@@ -49,15 +51,21 @@ def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
         "rng": torch.get_rng_state(), "mlflow_run_id": state.mlflow_run_id,
         "pending": [(s, dict(m)) for s, m in state.pending], "config": config,
         "sampler": sampler.state_dict() if getattr(sampler, "adaptive", False) else None,
+        "ema": ema.state_dict() if ema is not None else None,
     }
     torch.save(blob, path)
     return path
 
 
 def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, map_location: str | torch.device = "cpu", sampler: Any = None) -> tuple[TrainState, dict]:
-    """Restore model, optimizer and scheduler in place from ``folder/state.pt``; returns the
-    counters and the raw blob (for its ``data`` and ``config`` entries)."""
+               scheduler: Any, map_location: str | torch.device = "cpu", sampler: Any = None,
+               ema: torch.nn.Module | None = None) -> tuple[TrainState, dict]:
+    """Restore model, optimizer and scheduler (and a weight EMA) in place from ``folder/state.pt``;
+    returns the counters and the raw blob (for its ``data`` and ``config`` entries).
+
+    An EMA asked for but absent from the checkpoint (``optim.ema_decay`` added on resume)
+    restarts from the restored weights, with a warning.
+    """
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint has no {STATE_FILE}")
@@ -70,6 +78,12 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
         if blob.get("sampler") is None:
             raise ValueError(f"{path}: the config samples t adaptively but the checkpoint holds no sampler state")
         sampler.load_state_dict(blob["sampler"])
+    if ema is not None:
+        if blob.get("ema") is None:
+            warnings.warn(f"{path}: the checkpoint holds no weight EMA; the EMA restarts from its weights", stacklevel=2)
+            ema.module.load_state_dict(model.state_dict())
+        else:
+            ema.load_state_dict(blob["ema"])
     state = TrainState(step=int(blob["step"]), skipped=int(blob["skipped"]), bad_run=int(blob["bad_run"]),
                        mlflow_run_id=blob.get("mlflow_run_id"), pending=[(int(s), m) for s, m in blob["pending"]])
     return state, blob

@@ -21,3 +21,15 @@ def test_fast_gelu_gradcheck():
     x = torch.randn(20, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(FastGELU(), (x,))
     assert torch.autograd.gradgradcheck(FastGELU(), (x,))
+
+
+def test_fast_gelu_third_derivative_is_exact():
+    """The heat regularizer differentiates a Laplacian: GELU''' must be right too."""
+    x = torch.linspace(-5, 5, 101, dtype=torch.float64).requires_grad_(True)
+
+    def third(f):
+        (g1,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.sum(), x, create_graph=True)
+        return torch.autograd.grad(g2.sum(), x)[0]
+
+    assert torch.allclose(third(FastGELU()), third(torch.nn.functional.gelu), atol=1e-12)

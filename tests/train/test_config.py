@@ -23,6 +23,7 @@ SMOKE = str(REPO / "configs" / "digits-smoke.yaml")
     (["model.form=scalar"], "model"),
     (["data.dataset=nope"], "data.dataset"),
     (["noise.sampler=cubic"], "noise.sampler"),
+    (["optim.ema_decay=1.5"], "optim.ema_decay"),
 ])
 def test_invalid_fields_are_named(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -29,7 +29,7 @@ def _steps(client, run_id, key):
 
 
 def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
-    cfg = make_cfg("steps=60", "checkpoint.every=30", "log_every=10", "name=two-workers")
+    cfg = make_cfg("steps=60", "checkpoint.every=30", "log_every=10", "optim.ema_decay=0.9", "name=two-workers")
     p = plan(cfg, digits_workspace, progress=False)
     export = train(p, log_to_driver=False)
     assert export == p.export_path and export.is_file()
@@ -56,6 +56,15 @@ def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
     assert b.normalization["value"] == pytest.approx(float(b.model.log_z))
     x = torch.rand(4, 1, 8, 8)
     assert torch.isfinite(b.model.log_prob(x)).all()
+    # optim.ema_decay: the checkpoint holds the weight EMA beside the raw weights, and the
+    # normalized, exported model is the EMA
+    last = sorted(d for d in p.run_dir.glob("checkpoint_*") if d.is_dir())[-1]
+    blob = torch.load(last / "state.pt", weights_only=False)
+    assert int(blob["ema"]["n_averaged"]) == 60
+    for name, value in b.model.state_dict().items():
+        if name != "log_z":
+            torch.testing.assert_close(value, blob["ema"][f"module.{name}"], rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(blob["model"][n], blob["ema"][f"module.{n}"]) for n in blob["model"])
 
     # Re-running the finished run resumes at its end: no new steps, same MLflow run.
     assert train(plan(cfg, digits_workspace, progress=False), log_to_driver=False) == export

@@ -9,15 +9,17 @@ from dsm.train import build
 from dsm.train.state import TrainState, load_state, save_state
 
 
-def _steps(cfg, model, opt, sched, x, start, stop, sampler):
+def _steps(cfg, model, opt, sched, x, start, stop, sampler, ema=None):
     loss_fn = build.build_loss(cfg)
     for step in range(start, stop):
         gen = torch.Generator().manual_seed(key_seed(step, f"train/{cfg.seed}/0"))
-        train_step(model, opt, loss_fn, x[step % 4 * 16:(step % 4 + 1) * 16], sampler, generator=gen, scheduler=sched)
+        train_step(model, opt, loss_fn, x[step % 4 * 16:(step % 4 + 1) * 16], sampler, generator=gen, scheduler=sched,
+                   ema=ema)
 
 
 @pytest.mark.parametrize("variant", [(), ("noise.sampler=importance", "noise.importance.bins=4",
-                                           "noise.importance.warmup=1", "loss.heat_weight=0.1")])
+                                           "noise.importance.warmup=1", "loss.heat_weight=0.1",
+                                           "optim.ema_decay=0.8")])
 def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     # the second variant has state beyond the model's: the importance sampler's, in the checkpoint
     cfg = make_cfg("optim.schedule=halving", "optim.halve_every=3", "scaling.workers=1", *variant)
@@ -27,26 +29,51 @@ def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     torch.manual_seed(0)
     ref = build.build_model(cfg, shape)
     opt, sched = build.build_optimizer(cfg, ref)
-    _steps(cfg, ref, opt, sched, x, 0, 10, build.build_sampler(cfg))
+    ema_ref = build.build_ema(cfg, ref)
+    _steps(cfg, ref, opt, sched, x, 0, 10, build.build_sampler(cfg), ema_ref)
 
     torch.manual_seed(0)
     a = build.build_model(cfg, shape)
     opt_a, sched_a = build.build_optimizer(cfg, a)
-    sampler_a = build.build_sampler(cfg)
-    _steps(cfg, a, opt_a, sched_a, x, 0, 6, sampler_a)
+    sampler_a, ema_a = build.build_sampler(cfg), build.build_ema(cfg, a)
+    _steps(cfg, a, opt_a, sched_a, x, 0, 6, sampler_a, ema_a)
     save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=6, mlflow_run_id="r"),
-               config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1, sampler=sampler_a)
+               config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1, sampler=sampler_a, ema=ema_a)
 
     torch.manual_seed(123)  # a fresh process: different init, fresh optimizer
     b = build.build_model(cfg, shape)
     opt_b, sched_b = build.build_optimizer(cfg, b)
-    sampler_b = build.build_sampler(cfg)
-    state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, sampler=sampler_b)
+    sampler_b, ema_b = build.build_sampler(cfg), build.build_ema(cfg, b)
+    state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, sampler=sampler_b, ema=ema_b)
     assert state.step == 6 and state.mlflow_run_id == "r"
     assert blob["data"] == {"epoch": 1, "offset": 2, "batches_per_epoch": 4, "world_size": 1}
     assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == cfg.optim.lr / 4
     if variant:
         assert not torch.allclose(sampler_b.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
-    _steps(cfg, b, opt_b, sched_b, x, 6, 10, sampler_b)
+    _steps(cfg, b, opt_b, sched_b, x, 6, 10, sampler_b, ema_b)
     for (name, p), q in zip(ref.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    if ema_ref is not None:  # the weight EMA resumes too (and is not the raw weights)
+        for (name, p), q, w in zip(ema_ref.module.named_parameters(), ema_b.module.parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+        assert any(not torch.equal(q, w) for q, w in zip(ema_b.module.parameters(), b.parameters()))
+
+
+def test_checkpoint_without_ema_restarts_it_from_the_weights(make_cfg, tmp_path):
+    """optim.ema_decay added when resuming an older run: the EMA starts from the restored weights."""
+    shape = build.DataShape((1, 8, 8), True)
+    cfg = make_cfg("scaling.workers=1")
+    torch.manual_seed(0)
+    a = build.build_model(cfg, shape)
+    opt_a, sched_a = build.build_optimizer(cfg, a)
+    save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=3),
+               config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1)
+    cfg = make_cfg("scaling.workers=1", "optim.ema_decay=0.99")
+    torch.manual_seed(1)
+    b = build.build_model(cfg, shape)
+    opt_b, sched_b = build.build_optimizer(cfg, b)
+    ema = build.build_ema(cfg, b)
+    with pytest.warns(UserWarning, match="no weight EMA"):
+        load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, ema=ema)
+    for p, q in zip(ema.module.parameters(), a.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
