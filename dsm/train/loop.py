@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
@@ -70,8 +71,11 @@ def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> di
 
 def _quiet_ray_train_logs() -> None:
     """Ray Train logs every report (all metrics) at INFO from the worker; they drown the progress
-    lines. Its loggers carry their own levels, so each one is raised."""
-    for name in ["ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.train")]]:
+    lines. Its loggers carry their own levels, so each one is raised. Some are named by
+    their file path (``logging.getLogger(__file__)``, as Train V2's report logger is)."""
+    path_part = f"{os.sep}ray{os.sep}train{os.sep}"
+    for name in ["ray.train", *[n for n in logging.root.manager.loggerDict
+                                if n.startswith("ray.train") or path_part in n]]:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
