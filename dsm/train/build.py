@@ -147,8 +147,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Opt
 def build_ema(cfg: TrainConfig, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
     """The weight EMA of ``optim.ema_decay`` (None when unset), starting from ``model``'s weights.
 
-    docs/scoring.md: at equal steps an EMA of 0.999 made the learned energy far more consistent
-    with its own PF-ODE (max per-image gap 0.27 against 0.66 nats/dim without).
+    docs/scoring.md: an EMA of 0.999 made the learned energy far more consistent with its own
+    PF-ODE (max per-image gap 0.27 nats/dim after 8000 steps, against 0.66 after 20000 without).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
