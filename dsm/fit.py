@@ -12,11 +12,10 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from dsm.noise import TSampler
-from dsm.step import train_step
+from dsm.step import train_step, weight_ema
 
 
 class NonFiniteTraining(RuntimeError):
@@ -45,7 +44,7 @@ def fit(model: nn.Module, loss_fn, sample_data: Callable[[int, torch.Generator],
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * final_lr_fraction)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
+    ema = weight_ema(model, ema_decay)
     losses, skipped, bad_run = [], 0, 0
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
     for i in bar:

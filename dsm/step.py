@@ -19,6 +19,14 @@ from dsm.losses import LossTerms
 from dsm.noise import TSampler
 
 
+def weight_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights for :func:`train_step` (None
+    when ``decay`` is None). Its ``.module`` is the averaged model."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
+
+
 @dataclass
 class StepResult:
     """What one step did. loss: batch mean (nan when non-finite); terms: detached (B,)."""
