@@ -3,7 +3,8 @@
 ``dsm train`` writes a bundle at the end of a run; ``dsm normalize``, ``dsm score`` and
 notebook users read it with :func:`load_model`. A bundle is a ``torch.save`` dict:
 
-- ``format`` / ``version``: ``"dsm-model"`` / 1;
+- ``format`` / ``version``: ``"dsm-model"`` / 2 (version 1 is read too: its ``paper`` UNet
+  preset was dsm's variant of the paper's network, now called ``paper-dsm``);
 - ``config``: the resolved training config (``TrainConfig.model_dump(mode="json")``);
 - ``shape``: the event shape, (C, H, W) or (d,); ``is_image``;
 - ``state_dict``: the weights (an energy's ``log_z`` buffer included, in nats);
@@ -15,8 +16,6 @@ Writes are atomic (a temporary file renamed into place), so a crash never leaves
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMAT, VERSION = "dsm-model", 1
+from dsm.fileio import atomic_path
+
+FORMAT, VERSION = "dsm-model", 2
 
 
 @dataclass
@@ -48,15 +49,17 @@ def save_bundle(path: str | Path, model: nn.Module, config: Any, shape: tuple[in
     blob = {"format": FORMAT, "version": VERSION, "config": config.model_dump(mode="json"),
             "shape": list(shape), "is_image": bool(is_image), "state_dict": state,
             "normalization": normalization, "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _upgrade_config(config: dict, version: int) -> dict:
+    """The config of an older bundle, as this dsm names the same model."""
+    if version < 2 and config.get("model", {}).get("preset") == "paper":
+        # version 1's `paper` preset is the function now called `paper-dsm` (docs/unet.md)
+        config = {**config, "model": {**config["model"], "preset": "paper-dsm"}}
+    return config
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bundle:
@@ -75,7 +78,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bu
         raise ValueError(f"{path}: not a dsm model bundle (format {blob.get('format') if isinstance(blob, dict) else '?'})")
     if blob["version"] > VERSION:
         raise ValueError(f"{path}: bundle version {blob['version']} is newer than this dsm reads ({VERSION})")
-    cfg = TrainConfig.model_validate(blob["config"])
+    cfg = TrainConfig.model_validate(_upgrade_config(blob["config"], blob["version"]))
     shape = DataShape(tuple(blob["shape"]), blob["is_image"])
     model = build_model(cfg, shape)
     model.load_state_dict(blob["state_dict"])

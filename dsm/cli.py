@@ -48,6 +48,54 @@ def _ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def _import_official(args: argparse.Namespace) -> int:
+    from dsm.official import OfficialCheckpointError, import_official
+
+    try:
+        path = import_official(args.src, args.out)
+    except OfficialCheckpointError as e:
+        print(f"dsm import official: {e}", file=sys.stderr)
+        return 2
+    print(f"imported {args.src} as the `paper` UNet; the bundle is unnormalized (log Z = 0): "
+          f"run `dsm normalize {path} --data HELD_OUT` before scoring")
+    print(path)
+    return 0
+
+
+def _export_official(args: argparse.Namespace) -> int:
+    from dsm.bundle import load_model
+    from dsm.official import export_official
+
+    try:
+        b = load_model(args.model)
+        folder = export_official(b.model, b.config, b.shape, args.out, step=int(b.meta.get("step") or 0))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dsm export official: {e}", file=sys.stderr)
+        return 2
+    print(folder)
+    return 0
+
+
+def _register_official(sub: argparse._SubParsersAction) -> None:
+    """``dsm import official`` and ``dsm export official``: the paper code's checkpoint layout."""
+    imp = sub.add_parser("import", help="import a model from another code base into a dsm bundle")
+    isub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    off = isub.add_parser("official", help="the paper's released checkpoints (models/<name>/ of its repository)",
+                          description="Read an official DualScoreMatching model folder (args.json and model.pth.tar) "
+                                      "without running pickled code, and write a dsm bundle: the energy models on the "
+                                      "`paper` UNet, the denoiser as a score model. The last line is the bundle path.")
+    off.add_argument("src", help="folder holding args.json and model.pth.tar")
+    off.add_argument("--out", required=True, help="bundle file to write (e.g. official-color.pt)")
+    off.set_defaults(func=_import_official)
+    exp = sub.add_parser("export", help="export a dsm bundle to another code base's layout")
+    esub = exp.add_subparsers(dest="target", required=True, metavar="TARGET")
+    eoff = esub.add_parser("official", help="the paper code's layout (args.json and model.pth.tar)",
+                           description="Write a `paper`-preset dsm model as an official model folder.")
+    eoff.add_argument("model", help="dsm model bundle")
+    eoff.add_argument("--out", required=True, help="folder to write args.json and model.pth.tar into")
+    eoff.set_defaults(func=_export_official)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsm", description="Normalized image densities by dual score matching.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -78,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
     ui.set_defaults(func=_ui)
+    _register_official(sub)
     from dsm.data.cli import register as _register_data; _register_data(sub)  # noqa: E702 - `dsm data ...`
     from dsm.scoring.cli import register as _register_scoring; _register_scoring(sub)  # noqa: E702
     from dsm.sweep.cli import register as _register_sweep; _register_sweep(sub)  # noqa: E702

@@ -157,19 +157,26 @@ class EnergyModel(Energy):
     c_net: maps t (B,) to (B,); required by ``inner+c`` (the learned c(t), in nats/dim).
     scaling: one of :data:`SCALINGS` (module docstring); ``variance`` needs ``sigma_data``.
     t_floor: noise variance below which ``inverse_t`` stops growing (the training t_min).
+    additive_normalization: add ``(d/2) log max(t, t_floor)`` to U, the official code's
+        option: the normalizer of the near-Gaussian large-t limit then needs no learning
+        (the inner forms' U(0, t) = 0 cannot carry it otherwise). Needs t_floor > 0, which
+        keeps U(x, 0) finite.
     """
 
     def __init__(self, backbone: nn.Module, event_shape: tuple[int, ...], form: EnergyForm = "inner",
                  c_net: nn.Module | None = None, sigma_data: float | None = None,
-                 scaling: Scaling | None = None, t_floor: float = 0.0):
+                 scaling: Scaling | None = None, t_floor: float = 0.0, additive_normalization: bool = False):
         super().__init__(event_shape)
         if form not in ENERGY_FORMS:
             raise ValueError(f"energy form must be one of {ENERGY_FORMS}, got {form!r}")
         if form == "inner+c" and c_net is None:
             raise ValueError("energy form 'inner+c' needs a c_net (the learned scalar c(t))")
+        if additive_normalization and not t_floor > 0:
+            raise ValueError(f"additive_normalization needs t_floor > 0 (the training t_min), got {t_floor}")
         self.scaling = _check_scaling(scaling, sigma_data, t_floor)
         self.backbone, self.form, self.c_net = backbone, form, c_net
         self.sigma_data, self.t_floor = sigma_data, float(t_floor)
+        self.additive_normalization = bool(additive_normalization)
 
     def energy(self, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         c_in, c_out = _input_output_scales(self.scaling, self.sigma_data, self.t_floor, t)
@@ -178,12 +185,17 @@ class EnergyModel(Energy):
         yy = y.flatten(1)
         if self.form == "scalar":
             h = self.backbone(yt, t).reshape(y.shape[0])
-            return 0.5 * c_in * c_out * yy.square().sum(1) + d * h
+            return self._additive(0.5 * c_in * c_out * yy.square().sum(1) + d * h, t)
         f = self.backbone(yt, t)
         u = 0.5 * c_out * (yy * f.flatten(1)).sum(1)
         if self.form == "inner+c":
             u = u + d * self.c_net(t).reshape(y.shape[0])
-        return u
+        return self._additive(u, t)
+
+    def _additive(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not self.additive_normalization:
+            return u
+        return u + 0.5 * self.dim * torch.log(t.clamp_min(self.t_floor)).to(u.dtype)
 
 
 def _check_scaling(scaling, sigma_data, t_floor) -> str:

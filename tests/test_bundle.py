@@ -31,3 +31,23 @@ def test_roundtrip_and_errors(tmp_path):
         load_model(bad)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_version_1_paper_bundles_load_as_paper_dsm(tmp_path):
+    """dsm <= 0.13 called its own variant `paper`; such a bundle must rebuild that same function."""
+    cfg = load_config(TrainConfig, None, [f"data.path={tmp_path}", "model.preset=paper-dsm", "model.unet.scales=1",
+                                          "model.unet.base_width=4"])
+    model = build.build_model(cfg, build.DataShape((1, 8, 8), True))
+    path = save_bundle(tmp_path / "new.pt", model, cfg, (1, 8, 8), True)
+    blob = torch.load(path, weights_only=True)
+    blob["version"] = 1
+    blob["config"]["model"]["preset"] = "paper"
+    for k in ("additive_normalization",):
+        blob["config"]["model"].pop(k)
+    for k in ("norm_eps", "time_mlp"):
+        blob["config"]["model"]["unet"].pop(k)
+    torch.save(blob, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.config.model.preset == "paper-dsm"
+    y, t = torch.rand(3, 1, 8, 8), torch.tensor([1e-9, 0.1, 10.0])
+    torch.testing.assert_close(old.model.energy(y, t), model.energy(y, t), rtol=0, atol=0)

@@ -42,3 +42,11 @@ def test_errors_name_the_field(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(Cfg, bad)
+
+
+def test_additive_normalization_is_an_energy_option():
+    from dsm.config import ConfigError, load_config
+    from dsm.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="additive_normalization is an energy option"):
+        load_config(TrainConfig, None, ["data.path=x", "model.kind=score", "model.additive_normalization=true"])

@@ -128,3 +128,18 @@ def test_score_model_denoiser():
     # zero-initialised output + skip: the initial score is the Gaussian reference y / (1 + t)
     assert torch.allclose(sm.score(y, t), y / (1 + t[:, None]), atol=1e-6)
     assert isinstance(sm, ScoreModel)
+
+
+def test_additive_normalization_adds_the_gaussian_log_t():
+    """U += (d/2) log max(t, t_floor): on a backbone that outputs 0 that is all of U, and
+    dU/dt = d / (2 t) above the floor."""
+    m = models.unet_energy(1, 8, "tiny", additive_normalization=True, t_min=1e-4).double()
+    y = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0.0, 1e-6, 0.5, 300.0], dtype=torch.float64)
+    s = m.scores(y, t)
+    want = 32 * torch.log(t.clamp_min(1e-4))
+    torch.testing.assert_close(s.energy, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.grad_t[2:], 32 / t[2:], rtol=1e-12, atol=0)
+    assert (s.grad_t[:2] == 0).all()  # below the floor U no longer moves with t
+    with pytest.raises(ValueError, match="additive_normalization needs t_floor > 0"):
+        EnergyModel(torch.nn.Identity(), (2,), additive_normalization=True)

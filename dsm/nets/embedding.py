@@ -1,9 +1,11 @@
 """Noise-level embeddings: t (B,) -> features (B, n_features).
 
-Both embeddings floor t at ``t_min`` so that the network is *defined* at t = 0 and below
-the training range (design.md section 2: a network evaluated far outside its training
-range, e.g. log t at t = 1e-12, returns garbage). Below ``t_min`` the features, and hence
-any time dependence through them, are frozen at their ``t_min`` values.
+dsm's two embeddings (``log``, ``linear``) floor t at ``t_min`` so that the network is
+*defined* at t = 0 and below the training range (design.md section 2: a network evaluated
+far outside its training range, e.g. log t at t = 1e-12, returns garbage). Below ``t_min``
+the features, and hence any time dependence through them, are frozen at their ``t_min``
+values. The ``official`` embedding is the paper's code's, unfloored: it is bounded and
+smooth at t = 0 anyway (cos and sin of t itself).
 """
 
 from __future__ import annotations
@@ -53,11 +55,34 @@ class LinearTimeEmbedding(nn.Module):
         return torch.cat([a.sin(), a.cos()], dim=1)
 
 
-TIME_EMBEDDINGS = {"log": LogTimeEmbedding, "linear": LinearTimeEmbedding}
+class OfficialTimeEmbedding(nn.Module):
+    """The paper's code's embedding of t itself: ``[cos(t f), sin(t f)]``, no floor.
+
+    ``f = exp(-linspace(log 1, log 100, n_freq))`` in float32: the official defaults
+    t_min = 1 and t_max = 100 of the embedding, which the released models keep
+    (``embed_noise_level_in_range: false``), whatever the training range of t. The training
+    range arguments are therefore ignored. The frequencies are recomputed, not stored, so a
+    state dict carries no copy of them.
+    """
+
+    LOW, HIGH = 1.0, 100.0
+
+    def __init__(self, t_min: float, t_max: float, n_freq: int = 32):
+        super().__init__()
+        freqs = torch.exp(-torch.linspace(math.log(self.LOW), math.log(self.HIGH), n_freq, dtype=torch.float32))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.n_features = 2 * n_freq
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        a = t[:, None] * self.freqs
+        return torch.cat([a.cos(), a.sin()], dim=1)
+
+
+TIME_EMBEDDINGS = {"log": LogTimeEmbedding, "linear": LinearTimeEmbedding, "official": OfficialTimeEmbedding}
 
 
 def make_time_embedding(kind: str, t_min: float, t_max: float, n_freq: int | None = None) -> nn.Module:
-    """Build a registered embedding by name (``log`` or ``linear``)."""
+    """Build a registered embedding by name (``log``, ``linear`` or ``official``)."""
     if kind not in TIME_EMBEDDINGS:
         raise ValueError(f"unknown time embedding {kind!r}; known: {sorted(TIME_EMBEDDINGS)}")
     kwargs = {} if n_freq is None else {"n_freq": n_freq}

@@ -17,7 +17,7 @@ from torch import nn
 
 from dsm.nets.activations import FastGELU
 from dsm.nets.conv import Conv2d, ConvTranspose2d
-from dsm.nets.unet import HomogeneousNorm
+from dsm.nets.unet import HomogeneousNorm, norm_factor
 
 
 class StockHomogeneousNorm(HomogeneousNorm):
@@ -26,9 +26,8 @@ class StockHomogeneousNorm(HomogeneousNorm):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         var, mean = torch.var_mean(x.reshape(b, self.groups, -1), dim=2, unbiased=False, keepdim=True)
-        m = var.mean(dim=1, keepdim=True)
-        m = torch.where(m > 0, m, torch.ones_like(m))
-        xn = ((x.reshape(b, self.groups, -1) - mean) * torch.sqrt(m / (var + self.eps * m))).reshape(b, c, h, w)
+        factor = norm_factor(var[..., 0], self.eps, self.eps_form)[..., None]
+        xn = ((x.reshape(b, self.groups, -1) - mean) * factor).reshape(b, c, h, w)
         return xn * (self.weight * (1 + self.cond(emb)))[:, :, None, None]
 
 
@@ -43,7 +42,7 @@ def _stock(module: nn.Module) -> nn.Module | None:
         return nn.GELU()
     elif isinstance(module, HomogeneousNorm) and not isinstance(module, StockHomogeneousNorm):
         new = StockHomogeneousNorm(module.channels, module.cond.in_features, module.channels // module.groups,
-                                   module.eps)
+                                   module.eps, module.eps_form)
     else:
         return None
     new.to(module.weight).load_state_dict(module.state_dict())  # dtype and device too

@@ -13,8 +13,17 @@ The paper's design (design.md section 3):
   group of channels): centre, divide by the std, rescale by the RMS of the stds across
   channels (so the layer is degree-1 homogeneous up to its epsilon), times a learned gain,
   times ``1 + e(t)`` where e(t) is a linear map of the shared time embedding.
-- The time embedding is sinusoidal (``linear``: the paper's embedding of t itself; ``log``:
-  of log t), followed by a 2-layer MLP to ``emb_dim`` features.
+- The time embedding is sinusoidal (``official``: the paper's code's embedding of t itself;
+  ``linear``: dsm's variant of it, floored at t_min; ``log``: of log t), followed by a
+  2-layer MLP to ``emb_dim`` features.
+
+Two variants of the same structure (docs/unet.md says which to train with):
+
+- ``paper`` is the paper's function exactly: the official code's normalization
+  ``sqrt(m / (var + eps) + eps)``, time MLP Linear-SiLU-Linear-SiLU and embedding
+  ``[cos(t f), sin(t f)]``. ``dsm import official`` loads the released checkpoints into it.
+- ``paper-dsm`` and the CPU presets use dsm's choices: the relative-eps normalization
+  ``sqrt(m / (var + eps m))``, time MLP Linear-GELU-Linear and a floored embedding.
 
 With ``activation="relu"`` the whole network satisfies f(a y, t) = a f(y, t) for a > 0 (up to
 the normalization epsilon); with GELU only approximately.
@@ -30,6 +39,11 @@ from torch import nn
 from dsm.nets.conv import Conv2d, ConvTranspose2d
 from dsm.nets.embedding import make_time_embedding
 from dsm.nets.mlp import make_activation
+
+
+# How the normalization keeps its division finite (HomogeneousNorm), and the time MLP's shape.
+NORM_EPS_FORMS = ("relative", "official")
+TIME_MLPS = ("gelu", "official")
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,8 @@ class UNetConfig:
     emb_dim: int = 256
     group_size: int = 1
     eps: float = 1e-5
+    norm_eps: str = "relative"
+    time_mlp: str = "gelu"
     t_min: float = 1e-9
     t_max: float = 1e3
 
@@ -59,6 +75,10 @@ class UNetConfig:
         if self.convs_per_block < 2:
             raise ValueError(f"convs_per_block must be >= 2 (the middle block needs a down- and an "
                              f"up-sampling convolution), got {self.convs_per_block}")
+        if self.norm_eps not in NORM_EPS_FORMS:
+            raise ValueError(f"unknown norm_eps {self.norm_eps!r}; known: {NORM_EPS_FORMS}")
+        if self.time_mlp not in TIME_MLPS:
+            raise ValueError(f"unknown time_mlp {self.time_mlp!r}; known: {TIME_MLPS}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd to keep the image size, got {self.kernel_size}")
         factor = 2**self.scales  # scales - 1 encoder downsamplings, then one into the middle block
@@ -78,9 +98,13 @@ class UNetConfig:
             raise ValueError(f"group_size {self.group_size} must divide every block's channel count")
 
 
+_PAPER_SHAPE = dict(base_width=64, scales=3, convs_per_block=3, n_freq=32, emb_dim=256)
 PRESETS: dict[str, dict] = {
-    # The paper's network: 8,649,856 parameters for colour 64x64, 8,647,552 for grayscale.
-    "paper": dict(base_width=64, scales=3, convs_per_block=3, embedding="linear", n_freq=32, emb_dim=256),
+    # The paper's network, exactly the official code's function: 8,649,856 parameters for
+    # colour 64x64, 8,647,552 for grayscale.
+    "paper": dict(_PAPER_SHAPE, embedding="official", norm_eps="official", time_mlp="official"),
+    # The same structure and size with dsm's choices (the `paper` preset of dsm <= 0.13).
+    "paper-dsm": dict(_PAPER_SHAPE, embedding="linear", norm_eps="relative", time_mlp="gelu"),
     # CPU-sized networks for 8x8 to 28x28 data.
     "small": dict(base_width=32, scales=2, convs_per_block=2, embedding="log", n_freq=16, emb_dim=128),
     "tiny": dict(base_width=16, scales=1, convs_per_block=2, embedding="log", n_freq=8, emb_dim=64),
@@ -94,22 +118,43 @@ def unet_config(preset: str = "small", **overrides) -> UNetConfig:
     return UNetConfig(**{**PRESETS[preset], **overrides})
 
 
+def norm_factor(var: torch.Tensor, eps: float, eps_form: str) -> torch.Tensor:
+    """The per-group multiplier of the centred input, (B, G) -> (B, G), degree 0 in x.
+
+    var: per-sample, per-group variances. m below is their mean over the groups of a sample,
+    so the output keeps the input's overall scale.
+
+    ``relative`` (dsm): ``sqrt(m / (var + eps m))``. The epsilon is relative to m: an
+    absolute one breaks homogeneity exactly where it matters (tiny inputs at small t) and,
+    with activations shrinking through depth, drove variances into denormals and then to 0,
+    where sqrt has an infinite gradient (NaN losses, and 4x slower steps on CPU). An all-zero
+    input (m = 0) maps to exactly 0, with a finite gradient.
+
+    ``official`` (the paper's code: input statistics, preserve_scale, stddev,
+    symmetric_eps=False): ``sqrt(m / (var + eps) + eps)``.
+    """
+    m = var.mean(dim=1, keepdim=True)
+    if eps_form == "official":
+        return torch.sqrt(m / (var + eps) + eps)
+    # where() keeps the m = 0 branch out of the gradient (a plain guard overflows there)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return torch.sqrt(m / (var + eps * m))
+
+
 class HomogeneousNorm(nn.Module):
     """Per-sample, per-group normalization that is degree-1 homogeneous in its input.
 
     x (B, C, H, W) -> centre and divide by the std of each group, multiply by the RMS of the
-    group stds (the input's overall scale), then by a learned gain and ``1 + e(t)``.
-
-    The epsilon is *relative* to the mean group variance m: ``sqrt(m / (var + eps m))``. An
-    absolute epsilon breaks homogeneity exactly where it matters (tiny inputs at small t)
-    and, with activations shrinking through depth, drove variances into denormals and then
-    to 0, where sqrt has an infinite gradient (NaN losses, and 4x slower steps on CPU).
-    An all-zero input (m = 0) maps to exactly 0, with a finite gradient.
+    group stds (the input's overall scale), then by a learned gain and ``1 + e(t)``. How the
+    division stays finite is ``eps_form`` (:func:`norm_factor`).
     """
 
-    def __init__(self, channels: int, emb_dim: int, group_size: int = 1, eps: float = 1e-5):
+    def __init__(self, channels: int, emb_dim: int, group_size: int = 1, eps: float = 1e-5,
+                 eps_form: str = "relative"):
         super().__init__()
-        self.channels, self.groups, self.eps = channels, channels // group_size, eps
+        if eps_form not in NORM_EPS_FORMS:
+            raise ValueError(f"unknown eps_form {eps_form!r}; known: {NORM_EPS_FORMS}")
+        self.channels, self.groups, self.eps, self.eps_form = channels, channels // group_size, eps, eps_form
         self.weight = nn.Parameter(torch.ones(channels))
         self.cond = nn.Linear(emb_dim, channels)
         nn.init.zeros_(self.cond.weight)
@@ -122,10 +167,7 @@ class HomogeneousNorm(nn.Module):
         # and on the CPU faster than var_mean's kernel over rows this short (docs/benchmarks.md).
         xc = xr - xr.mean(dim=2, keepdim=True)
         var = xc.square().mean(dim=2)  # (B, G)
-        m = var.mean(dim=1, keepdim=True)
-        # where() keeps the m = 0 branch out of the gradient (a plain guard overflows there)
-        m = torch.where(m > 0, m, torch.ones_like(m))
-        factor = torch.sqrt(m / (var + self.eps * m))  # degree 0 in x: the output scales with x
+        factor = norm_factor(var, self.eps, self.eps_form)
         if self.groups != c:
             factor = factor.repeat_interleave(c // self.groups, dim=1)
         # All per-(sample, channel) coefficients are combined first, so the full-size tensor
@@ -141,11 +183,19 @@ class _Layer(nn.Module):
     def __init__(self, conv: nn.Module, channels: int, cfg: UNetConfig):
         super().__init__()
         self.conv = conv
-        self.norm = HomogeneousNorm(channels, cfg.emb_dim, cfg.group_size, cfg.eps)
+        self.norm = HomogeneousNorm(channels, cfg.emb_dim, cfg.group_size, cfg.eps, cfg.norm_eps)
         self.act = make_activation(cfg.activation)
 
     def forward(self, x, emb):
         return self.act(self.norm(self.conv(x), emb))
+
+
+def _time_mlp(n_features: int, emb_dim: int, kind: str) -> nn.Sequential:
+    """Embedding features -> (B, emb_dim). ``official``: Linear-SiLU-Linear-SiLU, the paper's
+    code; ``gelu``: Linear-GELU-Linear (dsm). Both keep the Linear layers at indices 0 and 2."""
+    if kind == "official":
+        return nn.Sequential(nn.Linear(n_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU())
+    return nn.Sequential(nn.Linear(n_features, emb_dim), nn.GELU(), nn.Linear(emb_dim, emb_dim))
 
 
 class UNet(nn.Module):
@@ -162,8 +212,7 @@ class UNet(nn.Module):
         n = cfg.convs_per_block
 
         self.embed = make_time_embedding(cfg.embedding, cfg.t_min, cfg.t_max, cfg.n_freq)
-        self.time_mlp = nn.Sequential(nn.Linear(self.embed.n_features, cfg.emb_dim), nn.GELU(),
-                                      nn.Linear(cfg.emb_dim, cfg.emb_dim))
+        self.time_mlp = _time_mlp(self.embed.n_features, cfg.emb_dim, cfg.time_mlp)
 
         def block(layers):
             return nn.ModuleList(_Layer(c, ch, cfg) for c, ch in layers)
@@ -221,4 +270,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["UNet", "UNetConfig", "HomogeneousNorm", "PRESETS", "unet_config", "count_parameters"]
+__all__ = ["UNet", "UNetConfig", "HomogeneousNorm", "PRESETS", "NORM_EPS_FORMS", "TIME_MLPS", "norm_factor",
+           "unet_config", "count_parameters"]

@@ -102,7 +102,8 @@ def build_model(cfg: TrainConfig, shape: DataShape) -> nn.Module:
         over.update(t_min=n.t_min, t_max=n.t_max)
         try:
             if m.kind == "energy":
-                return models.unet_energy(c, h, m.preset, form=m.form, scaling=m.scaling, **over)
+                return models.unet_energy(c, h, m.preset, form=m.form, scaling=m.scaling,
+                                          additive_normalization=m.additive_normalization, **over)
             return models.unet_score_model(c, h, m.preset, scaling=m.scaling, **over)
         except ValueError as e:
             raise ConfigError(f"model.unet: {e}") from None
@@ -110,7 +111,7 @@ def build_model(cfg: TrainConfig, shape: DataShape) -> nn.Module:
     kw = dict(t_min=n.t_min, t_max=n.t_max, width=o.width, depth=o.depth, sigma_data=o.sigma_data,
               homogeneous=o.homogeneous, activation=o.activation, embedding=o.embedding)
     if m.kind == "energy":
-        return models.mlp_energy(shape.dim, form=m.form, **kw)
+        return models.mlp_energy(shape.dim, form=m.form, additive_normalization=m.additive_normalization, **kw)
     return models.mlp_score_model(shape.dim, **kw)
 
 

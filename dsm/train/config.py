@@ -62,11 +62,15 @@ class UNetOptions(StrictModel):
     convs_per_block: int | None = Field(None, ge=2)
     kernel_size: int | None = Field(None, ge=1)
     activation: Literal["gelu", "relu", "silu"] | None = None
-    embedding: Literal["log", "linear"] | None = None
+    embedding: Literal["log", "linear", "official"] | None = None
     n_freq: int | None = Field(None, ge=1)
     emb_dim: int | None = Field(None, ge=1)
     group_size: int | None = Field(None, ge=1)
     eps: float | None = Field(None, gt=0)
+    norm_eps: Literal["relative", "official"] | None = Field(
+        None, description="normalization epsilon: relative sqrt(m/(var+eps m)) (dsm) or official sqrt(m/(var+eps)+eps)")
+    time_mlp: Literal["gelu", "official"] | None = Field(
+        None, description="time MLP: Linear-GELU-Linear (dsm) or Linear-SiLU-Linear-SiLU (official)")
 
 
 class MLPOptions(StrictModel):
@@ -87,7 +91,10 @@ class ModelConfig(StrictModel):
     arch: Literal["unet", "mlp"] = "unet"
     form: Literal["inner", "inner+c", "scalar"] = "inner"
     scaling: Literal["none", "variance", "inverse_t"] = "none"
-    preset: Literal["paper", "small", "tiny"] = "small"
+    preset: Literal["paper", "paper-dsm", "small", "tiny"] = Field(
+        "small", description="UNet preset: paper (the paper's exact network), paper-dsm (the same size with "
+                             "dsm's normalization, time MLP and embedding), small, tiny (docs/unet.md)")
+    additive_normalization: bool = Field(False, description="energy only: U += (d/2) log t, the official option")
     unet: UNetOptions = Field(default_factory=UNetOptions)
     mlp: MLPOptions = Field(default_factory=MLPOptions)
 
@@ -95,6 +102,8 @@ class ModelConfig(StrictModel):
     def _form(self) -> "ModelConfig":
         if self.arch == "unet" and self.form == "scalar":
             raise ValueError("model.form 'scalar' needs model.arch 'mlp' (the UNet is vector-valued)")
+        if self.kind == "score" and self.additive_normalization:
+            raise ValueError("model.additive_normalization is an energy option; model.kind is 'score'")
         return self
 
 

@@ -61,12 +61,17 @@ def test_bfloat16_autocast_matches_torch_convolutions():
     x, w, ours, ref = _pair(False, 1, 1, 3)
     x, w = x.detach().float().requires_grad_(True), w.detach().float().requires_grad_(True)
 
-    def grads(conv):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    def grads(conv, autocast=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             u = torch.nn.functional.gelu(conv(x, w)).float().square().sum()
         (gx,) = torch.autograd.grad(u, x, create_graph=True)
         return torch.autograd.grad(gx.square().sum(), (x, w))
 
-    for a, b in zip(grads(ours), grads(ref)):
+    # bf16 rounding differs with the order of the sums (and with the CPU's kernels: on one
+    # machine the two agreed to 2 %, on another 4 % at a few entries), so each is compared
+    # with the float32 answer: ours must be about as close to it as torch's own.
+    for a, b, exact in zip(grads(ours), grads(ref), grads(ref, autocast=False)):
         assert a.dtype == torch.float32
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-2)
+        err_ours, err_torch = float((a - exact).norm() / exact.norm()), float((b - exact).norm() / exact.norm())
+        # bf16 was used (an fp32 path would be exact to 1e-6) and did no worse than torch
+        assert 1e-4 < err_ours < 0.05 and err_ours <= 2 * err_torch + 1e-3, (err_ours, err_torch)

@@ -4,13 +4,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from dsm import losses, models
 from dsm.energy import EnergyModel
 from dsm.nets.activations import FastGELU
 from dsm.nets.conv import Conv2d
 from dsm.nets.stock import with_stock_ops
-from dsm.nets.unet import PRESETS, UNet, count_parameters, unet_config
+from dsm.nets.unet import PRESETS, UNet, count_parameters, norm_factor, unet_config
 
 
 def _perturbed(module, scale=0.05, seed=0):
@@ -22,9 +23,80 @@ def _perturbed(module, scale=0.05, seed=0):
     return module
 
 
+@pytest.mark.parametrize("preset", ["paper", "paper-dsm"])
 @pytest.mark.parametrize("channels,count", [(3, 8_649_856), (1, 8_647_552)])
-def test_paper_preset_has_the_published_size(channels, count):
-    assert count_parameters(UNet(unet_config("paper", channels=channels, image_size=64))) == count
+def test_paper_presets_have_the_published_size(preset, channels, count):
+    assert count_parameters(UNet(unet_config(preset, channels=channels, image_size=64))) == count
+
+
+def _official_forward(net: UNet, y: torch.Tensor, t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The paper's UNet recomputed from its formulas (issue #15), reusing only the weights and
+    the wiring of ``net``: embedding [cos(t f), sin(t f)] with f = exp(-linspace(log 1, log 100,
+    F)) in float32 and t unfloored; time MLP Linear-SiLU-Linear-SiLU; normalization factor
+    sqrt(mean_c(var) / (var + eps) + eps) per channel."""
+    n_freq = net.cfg.n_freq
+    f = torch.exp(-torch.linspace(math.log(1.0), math.log(100.0), n_freq, dtype=torch.float32)).to(y.dtype)
+    a = t[:, None] * f
+    l0, l2 = net.time_mlp[0], net.time_mlp[2]
+    emb = F.silu(F.linear(F.silu(F.linear(torch.cat([a.cos(), a.sin()], 1), l0.weight, l0.bias)), l2.weight, l2.bias))
+
+    def layer(x, lay):
+        c = lay.conv
+        if isinstance(c, torch.nn.ConvTranspose2d):
+            x = F.conv_transpose2d(x, c.weight, stride=c.stride)
+        else:
+            x = F.conv2d(x, c.weight, stride=c.stride, padding=c.padding)
+        var = x.var(dim=(2, 3), unbiased=False)
+        factor = torch.sqrt(var.mean(1, keepdim=True) / (var + eps) + eps)
+        x = (x - x.mean((2, 3), keepdim=True)) * factor[:, :, None, None] * lay.norm.weight[:, None, None]
+        x = x * (1 + F.linear(emb, lay.norm.cond.weight, lay.norm.cond.bias))[:, :, None, None]
+        return F.gelu(x)
+
+    h, skips = y, []
+    for blk in net.encoder:
+        for lay in blk:
+            h = layer(h, lay)
+        skips.append(h)
+    for lay in net.middle:
+        h = layer(h, lay)
+    for blk, skip in zip(net.decoder, reversed(skips)):
+        h = torch.cat([h, skip], 1)
+        for lay in blk:
+            h = layer(h, lay)
+    return F.conv2d(h, net.out.weight, padding=net.out.padding)
+
+
+@pytest.mark.parametrize("inputs", ["unit", "large"])
+def test_paper_preset_is_the_official_function(inputs):
+    """The `paper` preset at a tiny size against the formulas, at t from 0 to 1e3; dsm's
+    variant (`paper-dsm`) on the same weights is a different function."""
+    torch.manual_seed(3)
+    size = dict(base_width=4, scales=2, convs_per_block=3, n_freq=8, emb_dim=16)
+    net = _perturbed(UNet(unet_config("paper", channels=2, image_size=8, **size)), scale=0.2).double()
+    y = torch.rand(5, 2, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0.0, 1e-9, 1e-2, 3.0, 1e3], dtype=torch.float64)
+    if inputs == "large":
+        y = 40 * y  # large inputs: the normalization's eps no longer matters, the embedding still does
+    with torch.no_grad():
+        ours, ref = net(y, t), _official_forward(net, y, t)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+        dsm_net = UNet(unet_config("paper-dsm", channels=2, image_size=8, **size)).double()
+        dsm_net.load_state_dict(net.state_dict(), strict=False)  # its linear embedding has a freqs buffer
+        assert (dsm_net(y, t) - ref).norm() > 1e-3 * ref.norm()
+
+
+def test_official_norm_factor_by_hand():
+    var = torch.tensor([[1.0, 3.0], [0.0, 0.0]], dtype=torch.float64)
+    eps = 1e-5
+    got = norm_factor(var, eps, "official")
+    want = torch.tensor([[math.sqrt(2 / (1 + eps) + eps), math.sqrt(2 / (3 + eps) + eps)], [math.sqrt(eps)] * 2],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    rel = norm_factor(var, eps, "relative")  # dsm's: an all-zero input stays exactly 0
+    torch.testing.assert_close(rel[0], torch.tensor([math.sqrt(2 / (1 + 2 * eps)), math.sqrt(2 / (3 + 2 * eps))],
+                                                    dtype=torch.float64), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match="unknown norm_eps 'abs'"):
+        unet_config("paper", norm_eps="abs")
 
 
 def test_image_size_must_fit_the_depth():
