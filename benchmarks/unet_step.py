@@ -4,9 +4,11 @@ Same UNet preset, same batch, both through dsm.step.train_step with Adam. The is
 reference: the paper's own code, `paper` UNet at 32x32x3, batch 16, on a 2-core CPU:
 1.80 s per energy step, 0.89 s per score step (2.0x). ``--stock`` also times both models
 with PyTorch's stock convolutions, GELU and var_mean (dsm.nets.stock), in the same run, so
-that what dsm's fast ops save is a ratio on one machine.
+that what dsm's fast ops save is a ratio on one machine. ``--compare PRESET`` also times the
+energy step of another preset of the same size (``paper-dsm``: dsm's variant of the paper's
+network), interleaved in the same run.
 
-    .venv/bin/python benchmarks/unet_step.py [--preset paper] [--size 32] [--batch 16] [--stock]
+    .venv/bin/python benchmarks/unet_step.py [--preset paper] [--size 32] [--batch 16] [--stock] [--compare paper-dsm]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--stock", action="store_true", help="also time the stock-ops twins")
+    p.add_argument("--compare", default=None, metavar="PRESET", help="also time this preset's energy step")
     p.add_argument("--profile", action="store_true",
                    help="also split each step into convolution kernels and the rest (torch.profiler)")
     args = p.parse_args()
@@ -50,6 +53,10 @@ def main() -> None:
         opt_se, opt_ss = torch.optim.Adam(stock_e.parameters(), 5e-4), torch.optim.Adam(stock_s.parameters(), 5e-4)
         fns["stock energy"] = lambda: train_step(stock_e, opt_se, losses.DualScoreMatching(), x, sampler)
         fns["stock score"] = lambda: train_step(stock_s, opt_ss, losses.Denoising(), x, sampler)
+    if args.compare:
+        other = models.unet_energy(args.channels, args.size, args.compare).to(memory_format=fmt)
+        opt_o = torch.optim.Adam(other.parameters(), 5e-4)
+        fns[f"{args.compare} energy"] = lambda: train_step(other, opt_o, losses.DualScoreMatching(), x, sampler)
     t = time_interleaved(fns, repeats=args.repeats, inner=2, warmup=1)
     print(f"machine: {machine()}")
     print(f"preset {args.preset}, {args.channels}x{args.size}x{args.size}, batch {args.batch}"
@@ -60,6 +67,9 @@ def main() -> None:
               f"ratio {t['stock energy'] / t['stock score']:.2f}")
         print(f"fast ops speed-up: energy {t['stock energy'] / t['energy']:.2f}x, "
               f"score {t['stock score'] / t['score']:.2f}x")
+    if args.compare:
+        c = t[f"{args.compare} energy"]
+        print(f"{args.compare} energy step {c:.3f} s: {args.preset} / {args.compare} = {t['energy'] / c:.2f}")
     if args.profile:
         conv = {k: _conv_share(fn) for k, fn in fns.items()}
         for k, (c, rest) in conv.items():

@@ -12,8 +12,12 @@ dB/dim (``logp_db_per_dim``); d is the number of dimensions of one image.
   (scipy.stats.gumbel_r).
 - :func:`entropy_stats`: mean log p, differential entropy, the discrete entropy of 8-bit
   images, the size of the typical set, the most/least probable ratio.
-- :func:`haar_participation_ratio`: a sparsity measure of images.
+- :func:`haar_participation_ratio`: the paper's sparsity measure of images (L1/L2 of all Haar
+  coefficients); :func:`haar_detail_energy_participation_ratio`: dsm's earlier one.
 - :func:`generalization`: agreement of two models' log p on the same images.
+- :func:`gev_fit`: the generalized extreme value fit beside the Gumbel (its shape says Frechet,
+  Gumbel or Weibull); :func:`train_test_cross_entropy`: the paper's Table 2;
+  :func:`rows_evenly_spaced_in_value`: the paper's reference images along log p.
 """
 
 from __future__ import annotations
@@ -91,6 +95,50 @@ def gumbel_fit(x, tail: str = "right") -> GumbelFit:
 
 
 @dataclass(frozen=True)
+class GEVFit:
+    """A maximum-likelihood generalized extreme value fit (scipy.stats.genextreme), beside the Gumbel.
+
+    shape_c is scipy's shape; xi = -shape_c is the usual one: xi > 0 Frechet (heavy tail),
+    xi = 0 Gumbel, xi < 0 Weibull (bounded tail). tail: ``right`` fits the data, ``left`` fits
+    the mirrored data -x (loc is then reported in the data's frame: X = -Y, Y ~ GEV(c, -loc,
+    scale)). loc, scale in the data's units (dB/dim for log p); KS as in :class:`GumbelFit`.
+    """
+
+    tail: str
+    shape_c: float
+    loc: float
+    scale: float
+    ks_stat: float
+    ks_pvalue: float
+    n: int
+
+    @property
+    def xi(self) -> float:
+        return -self.shape_c
+
+    def pdf(self, x) -> np.ndarray:
+        from scipy import stats
+
+        sign = 1.0 if self.tail == "right" else -1.0
+        return stats.genextreme.pdf(sign * np.asarray(x, dtype=np.float64), self.shape_c, sign * self.loc, self.scale)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "xi": self.xi}
+
+
+def gev_fit(x, tail: str = "right") -> GEVFit:
+    """ML GEV (shape, location, scale) of the samples x, started from the Gumbel fit, with KS."""
+    from scipy import stats
+
+    g = gumbel_fit(x, tail)  # validates x and tail; also the start of the search
+    sign = 1.0 if tail == "right" else -1.0
+    a = sign * _finite_1d(x, "gev_fit")
+    c, loc, scale = stats.genextreme.fit(a, 0.0, loc=sign * g.loc, scale=g.scale)
+    ks = stats.kstest(a, stats.genextreme.cdf, args=(c, loc, scale))
+    return GEVFit(tail, float(c), float(sign * loc), float(scale), float(ks.statistic), float(ks.pvalue), int(a.size))
+
+
+@dataclass(frozen=True)
 class EntropyStats:
     """Entropy-type summaries of log p over n images of d dimensions.
 
@@ -142,23 +190,54 @@ def entropy_stats(logp_nats, d: int) -> EntropyStats:
     )
 
 
-def haar_participation_ratio(images) -> np.ndarray:
-    """Sparsity of images in the orthonormal Haar wavelet basis, one number per image.
+@dataclass(frozen=True)
+class CrossEntropyGap:
+    """The paper's Table 2: mean NLL on training and on held-out images, in bits/dim (the
+    inputs' convention, e.g. the 8-bit one of ``nll_bpd``), each with its standard error over
+    images, and gap = test - train with the error of two independent means."""
 
-    images: (n, H, W) or (n, C, H, W), any real values (pixels in [0, 1] for dsm). All
-    detail coefficients c (every level of a full ``pywt.wavedec2(..., 'haar',
-    mode='periodization')`` over the last two axes, every channel; the coarse approximation,
-    which carries the mean, is left out) give
+    n_train: int
+    n_test: int
+    train_bpd: float
+    train_stderr: float
+    test_bpd: float
+    test_stderr: float
+    gap_bpd: float
+    gap_stderr: float
 
-        PR = (sum c^2)^2 / (N sum c^4),     N = number of detail coefficients,
+    def as_dict(self) -> dict:
+        return asdict(self)
 
-    normalized by N so that PR lies in [1/N, 1]: 1 when all coefficients have the same
-    magnitude (dense), 1/N when one coefficient holds all the detail energy (sparse), about
-    1/3 for white Gaussian noise (E c^4 = 3 E[c^2]^2). It is invariant to the image's mean
-    and contrast. An image with no detail energy at all (constant) gets PR = 0: the sparse
-    end of the scale, so ranks stay meaningful.
-    Returns (n,) float64.
-    """
+
+def train_test_cross_entropy(train_nll_bpd, test_nll_bpd) -> CrossEntropyGap:
+    """Cross-entropy on train and test images from per-image NLLs (n_train,), (n_test,) bits/dim."""
+    from scipy import stats
+
+    tr, te = _finite_1d(train_nll_bpd, "train NLL"), _finite_1d(test_nll_bpd, "test NLL")
+    if tr.size < 2 or te.size < 2:
+        raise ValueError(f"need at least 2 images on each side, got {tr.size} train and {te.size} test")
+    se_tr, se_te = float(stats.sem(tr)), float(stats.sem(te))
+    return CrossEntropyGap(int(tr.size), int(te.size), float(tr.mean()), se_tr, float(te.mean()), se_te,
+                           float(te.mean() - tr.mean()), math.hypot(se_tr, se_te))
+
+
+def rows_evenly_spaced_in_value(values, k: int) -> list[int]:
+    """Rows whose value is nearest to each of k evenly spaced values from min to max: how the
+    paper picks its 15 reference images along log p (energy_histogram.ipynb). Distinct rows, in
+    increasing value; fewer than k when the nearest rows coincide."""
+    a = _finite_1d(values, "values")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    order = np.argsort(a, kind="stable")
+    targets = np.linspace(a[order[0]], a[order[-1]], k)
+    nearest = [int(order[np.argmin(np.abs(a[order] - v))]) for v in targets]
+    return list(dict.fromkeys(nearest))
+
+
+def _haar_coefficients(images) -> list:
+    """``pywt.wavedec2`` of (n, H, W) or (n, C, H, W) images over the last two axes: orthonormal
+    Haar ('periodization'), at the deepest level pywt allows for min(H, W) (down to 1x1 for a
+    power of two). Returns [approximation at level J, details at level J, ..., details at level 1]."""
     import pywt
 
     x = np.asarray(images, dtype=np.float64)
@@ -168,8 +247,58 @@ def haar_participation_ratio(images) -> np.ndarray:
     level = pywt.dwt_max_level(min(h, w), "haar")
     if level < 1:
         raise ValueError(f"images of {h}x{w} pixels are too small for a Haar decomposition")
-    coeffs = pywt.wavedec2(x, "haar", mode="periodization", level=level, axes=(-2, -1))
-    n = x.shape[0]
+    return pywt.wavedec2(x, "haar", mode="periodization", level=level, axes=(-2, -1))
+
+
+def haar_participation_ratio(images, scaling: str = "paper") -> np.ndarray:
+    """The paper's sparsity measure of images (its Fig. 5 right): one number per image.
+
+    images: (n, H, W) or (n, C, H, W), pixels in [0, 1] for dsm. All N coefficients c of a full
+    Haar decomposition (every level, the coarse approximation, which carries the mean, included;
+    every channel) give
+
+        PR = (sum |c|)^2 / (N sum c^2),
+
+    in [1/N, 1]: 1/N when one coefficient holds everything (a constant image: only the mean is
+    non-zero), 1 when all have the same magnitude. It is invariant to contrast, not to the mean.
+    scaling: ``paper`` (default), as the official notebook (affine_and_sparsity.ipynb) computes
+    it: the orthonormal coefficients of level j (1 the finest; the approximation at level J)
+    divided by 2^j, i.e. Haar coefficients normalized like block means; ``orthonormal``: the
+    orthonormal coefficients unscaled (white noise then gives about 2/pi). An all-zero image
+    gets 1/N, the limit of constant images.
+    Returns (n,) float64.
+    """
+    if scaling not in ("paper", "orthonormal"):
+        raise ValueError(f"scaling must be 'paper' or 'orthonormal', got {scaling!r}")
+    coeffs = _haar_coefficients(images)
+    n, levels = np.shape(images)[0], len(coeffs) - 1
+    # wavedec2 lists the coarsest first: entry k >= 1 holds the details of level levels - k + 1.
+    factors = [2.0 ** -levels] + [2.0 ** -(levels - k + 1) for k in range(1, len(coeffs))]
+    if scaling == "orthonormal":
+        factors = [1.0] * len(coeffs)
+    bands = [(coeffs[0], factors[0])] + [(b, f) for lev, f in zip(coeffs[1:], factors[1:]) for b in lev]
+    c = np.concatenate([f * b.reshape(n, -1) for b, f in bands], axis=1)
+    l1, l2 = np.abs(c).sum(1), np.square(c).sum(1)
+    out = np.full(n, 1.0 / c.shape[1])
+    ok = l2 > 0
+    out[ok] = l1[ok] ** 2 / l2[ok] / c.shape[1]
+    return out
+
+
+def haar_detail_energy_participation_ratio(images) -> np.ndarray:
+    """A sparsity measure on the detail energies only (dsm's earlier one; not the paper's).
+
+    images as :func:`haar_participation_ratio`. The detail coefficients c (every level and
+    channel of the orthonormal decomposition; the coarse approximation left out) give
+
+        PR = (sum c^2)^2 / (N sum c^4),     N = number of detail coefficients,
+
+    in [1/N, 1]: 1/N when one coefficient holds all the detail energy, about 1/3 for white
+    Gaussian noise (E c^4 = 3 E[c^2]^2). Invariant to mean and contrast. A constant image has
+    no detail energy and gets 0, the sparse end. Returns (n,) float64.
+    """
+    coeffs = _haar_coefficients(images)
+    n = np.shape(images)[0]
     details = np.concatenate([band.reshape(n, -1) for lev in coeffs[1:] for band in lev], axis=1)
     s2 = np.square(details).sum(1)
     s4 = np.square(np.square(details)).sum(1)

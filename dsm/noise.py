@@ -41,6 +41,24 @@ def psnr_to_t(psnr_db: torch.Tensor | float) -> torch.Tensor | float:
     return 10.0 ** (-psnr_db / 10.0)
 
 
+# An MSE of exactly 0 (a perfect denoiser, or a test) would give an infinite PSNR.
+MSE_FLOOR = 1e-20
+
+
+def psnr_of_mean_mse(mse_per_image) -> float:
+    """The paper's output PSNR over a set of [0, 1] images (its Table 1): ``-10 log10(mean_i MSE_i)``
+    in dB, the PSNR of the MSE averaged over images. mse_per_image: (n,) per-pixel MSEs."""
+    mse = torch.as_tensor(mse_per_image, dtype=torch.float64)
+    return float(t_to_psnr(mse.mean().clamp_min(MSE_FLOOR)))
+
+
+def mean_psnr_per_image(mse_per_image) -> float:
+    """The mean over images of each image's PSNR, ``mean_i -10 log10(MSE_i)`` in dB. By Jensen it
+    is at least :func:`psnr_of_mean_mse`, more so when the per-image MSEs spread widely."""
+    mse = torch.as_tensor(mse_per_image, dtype=torch.float64)
+    return float(t_to_psnr(mse.clamp_min(MSE_FLOOR)).mean())
+
+
 def add_noise(x: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(y, z)`` with ``y = x + sqrt(t) z``.

@@ -1,18 +1,21 @@
 """log Z of a trained energy, from the near-Gaussian limit at large t.
 
-At t much larger than the data variance, ``p(., t) ~ N(mu, Sigma + t I)``. Two estimators
+At t much larger than the data variance, ``p(., t) ~ N(mu, Sigma + t I)``. Three estimators
 of ``log Z = log int exp(-U(y, t)) dy`` use held-out x and ``y = x + sqrt(t) z``:
 
-plain
-    ``log Z = H_gauss(t) - E[U(y, t)]``, with ``H_gauss = 1/2 sum_i log(2 pi e (lambda_i + t))``.
-    Its per-sample spread is that of ``U``, about sqrt(d/2) nats.
-paired (control variate)
+plain (the paper's, as its official code computes it at t = 1e3)
+    ``log Z = d/2 log(2 pi e t) - E[U(y, t)]``: the entropy of N(., t I) stands in for that of
+    p_t. It is biased by ``-1/2 sum_i log(1 + lambda_i / t) ~ -tr(Sigma) / (2t)`` nats (about
+    -0.1 nats for 64x64 ImageNet at t = 1e3). Its per-sample spread is that of ``U``, about
+    sqrt(d/2) nats.
+plain_data_var
+    ``log Z = H_gauss(t) - E[U(y, t)]``, with ``H_gauss = 1/2 sum_i log(2 pi e (lambda_i + t))``
+    and lambda_i the per-dimension variances of the held-out data (the diagonal of Sigma):
+    the ``tr(Sigma) / (2t)`` correction to first order. Same spread as plain.
+paired (control variate; dsm's default)
     ``log Z = E[-U(y, t) - log q_t(y)]`` with ``q_t = N(mu, diag(var) + t I)``. The same
-    expectation up to ``KL(p_t || q_t) = O(1/t^2)``, but ``-U - log q_t`` is nearly constant
-    in y, so its variance is far lower.
-
-Here lambda_i / var are the per-dimension variances of the held-out data (the diagonal of
-Sigma, which gives the ``tr(Sigma) / (2t)`` correction of H_gauss to first order).
+    expectation as plain_data_var up to ``KL(p_t || q_t) = O(1/t^2)``, but ``-U - log q_t`` is
+    nearly constant in y, so its variance is far lower.
 Estimates at several large t should agree if TSM has made Z constant in t; a spread beyond
 the standard errors means mass is not conserved (:func:`log_z_agreement`).
 """
@@ -30,6 +33,11 @@ from dsm.noise import bcast
 from dsm.seeding import default_keys, keyed_normal
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_entropy(d: int, t: float) -> float:
+    """Entropy of the isotropic Gaussian N(., t I) in d dimensions, ``d/2 log(2 pi e t)`` nats."""
+    return 0.5 * d * (LOG_2PI + 1 + math.log(t))
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,11 @@ def _per_sample(model: Energy, x: torch.Tensor, t: float, keys, salt: str, batch
     return torch.cat(vals).cpu()
 
 
-def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["paired", "plain"] = "paired",
+LogZMethod = Literal["paired", "plain", "plain_data_var"]
+LOG_Z_METHODS: tuple[str, ...] = ("paired", "plain", "plain_data_var")
+
+
+def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: LogZMethod = "paired",
                    moments: DataMoments | None = None, keys: Sequence | None = None, salt: str = "log_z",
                    batch_size: int = 1024) -> LogZ:
     """Estimate log Z at noise variance ``t`` from held-out clean data ``x`` (B, *event_shape).
@@ -97,8 +109,8 @@ def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["pa
     """
     if not t > 0:
         raise ValueError(f"log Z needs a noise variance t > 0, got {t}")
-    if method not in ("paired", "plain"):
-        raise ValueError(f"method must be 'paired' or 'plain', got {method!r}")
+    if method not in LOG_Z_METHODS:
+        raise ValueError(f"method must be one of {', '.join(LOG_Z_METHODS)}; got {method!r}")
     n = x.shape[0]
     if n < 2:
         raise ValueError("need at least 2 held-out examples to estimate log Z with an error")
@@ -107,8 +119,8 @@ def estimate_log_z(model: Energy, x: torch.Tensor, t: float, method: Literal["pa
     keys = list(keys) if keys is not None else default_keys(n)
     if method == "paired":  # -U(y) - log q_t(y)
         estimate = lambda u, y, tb: -u - moments.log_q(y, tb)  # noqa: E731
-    else:  # H_gauss(t) - U(y)
-        h = moments.entropy(t)
+    else:  # H(t) - U(y), H the entropy of N(., t I) (plain) or of N(., diag(var) + t I)
+        h = gaussian_entropy(model.dim, t) if method == "plain" else moments.entropy(t)
         estimate = lambda u, y, tb: h - u  # noqa: E731
     vals = _per_sample(model, x, t, keys, salt, batch_size, estimate)
     if not torch.isfinite(vals).all():

@@ -51,23 +51,52 @@ def test_entropy_arithmetic_by_hand():
     assert e.log10_max_min_ratio == pytest.approx(86.858896, abs=1e-5)
 
 
-def test_haar_participation_ratio_by_hand():
+def test_haar_participation_ratio_is_the_papers_by_hand():
+    """(sum |c|)^2 / (N sum c^2) over all N = 16 coefficients of a 4x4 image (2 levels)."""
+    const = np.full((1, 4, 4), 0.3)  # only the mean is non-zero: PR = 1/N
+    zero = np.zeros((1, 4, 4))  # the limit of constant images
+    delta = np.zeros((1, 4, 4))
+    delta[0, 1, 2] = 1.0
+    # Orthonormal: the delta has 3 details of magnitude 1/2 at level 1, 3 of 1/4 at level 2 and an
+    # approximation of 1/4: sum |c| = 2.5, sum c^2 = 1 (Parseval), PR = 6.25 / 16.
+    np.testing.assert_allclose(ds.haar_participation_ratio(np.concatenate([const, zero, delta]), "orthonormal"),
+                               [1 / 16, 1 / 16, 6.25 / 16], rtol=1e-12)
+    # The paper's (the notebook divides level j by 2^j): magnitudes 1/4 (x3), 1/16 (x3) and 1/16,
+    # sum |c| = 1, sum c^2 = 52/256, PR = 256 / (52 * 16).
+    np.testing.assert_allclose(ds.haar_participation_ratio(np.concatenate([const, zero, delta])),
+                               [1 / 16, 1 / 16, 256 / 832], rtol=1e-12)
+    # Contrast-invariant, not mean-invariant; channels pooled; orthonormal white noise gives 2/pi.
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(4, 3, 64, 64))
+    np.testing.assert_allclose(ds.haar_participation_ratio(noise, "orthonormal"), 2 / np.pi, atol=0.01)
+    pr = ds.haar_participation_ratio(noise)
+    np.testing.assert_allclose(ds.haar_participation_ratio(7 * noise), pr, rtol=1e-9)
+    assert (ds.haar_participation_ratio(5 + noise) < pr - 0.005).all()  # the mean is one more coefficient
+    # Natural-image-like ordering: a flat image with one edge is sparser than uniform noise.
+    edge = np.zeros((1, 64, 64))
+    edge[0, :, 40:] = 1
+    assert ds.haar_participation_ratio(edge)[0] < 0.05 < 0.3 < ds.haar_participation_ratio(rng.random((1, 64, 64)))[0]
+    with pytest.raises(ValueError, match="scaling"):
+        ds.haar_participation_ratio(noise, "l2")
+
+
+def test_haar_detail_energy_participation_ratio_by_hand():
     imgs = np.array([
         [[1.0, 1.0], [0.0, 0.0]],  # one horizontal detail coefficient: PR = 1/N = 1/3
         [[1.0, 0.0], [0.0, 0.0]],  # three details of equal magnitude 1/2: PR = 1
         [[0.7, 0.7], [0.7, 0.7]],  # no detail energy: PR = 0 by convention
     ])
-    np.testing.assert_allclose(ds.haar_participation_ratio(imgs), [1 / 3, 1.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(ds.haar_detail_energy_participation_ratio(imgs), [1 / 3, 1.0, 0.0], atol=1e-12)
     # Invariant to mean and contrast; channels pooled; white noise gives about 1/3 (E c^4 = 3 sigma^4).
     rng = np.random.default_rng(0)
     noise = rng.normal(size=(4, 3, 64, 64))
-    pr = ds.haar_participation_ratio(noise)
+    pr = ds.haar_detail_energy_participation_ratio(noise)
     np.testing.assert_allclose(pr, 1 / 3, atol=0.03)
-    np.testing.assert_allclose(ds.haar_participation_ratio(5 + 0.1 * noise), pr, rtol=1e-9)
+    np.testing.assert_allclose(ds.haar_detail_energy_participation_ratio(5 + 0.1 * noise), pr, rtol=1e-9)
     # A sparse image (one bright pixel on black) is far sparser than noise.
     spot = np.zeros((1, 1, 16, 16))
     spot[0, 0, 5, 9] = 1
-    assert ds.haar_participation_ratio(spot)[0] < 0.1
+    assert ds.haar_detail_energy_participation_ratio(spot)[0] < 0.1
 
 
 def test_generalization_metrics_by_hand():
@@ -90,3 +119,41 @@ def test_spearman_is_rank_based():
     x = np.arange(10.0)
     assert ds.spearman(x, np.exp(x))[0] == pytest.approx(1.0)
     assert ds.spearman(x, -x ** 3)[0] == pytest.approx(-1.0)
+
+
+def test_gev_fit_recovers_a_known_frechet_type_law():
+    # xi = 0.15 (scipy c = -0.15), at the paper's Gumbel location and scale (dB/dim).
+    x = stats.genextreme.rvs(-0.15, loc=9.57, scale=3.17, size=20000, random_state=np.random.default_rng(1))
+    fit = ds.gev_fit(x)
+    assert fit.tail == "right" and fit.n == 20000
+    assert abs(fit.xi - 0.15) < 0.03 and abs(fit.loc - 9.57) < 0.1 and abs(fit.scale - 3.17) < 0.1, fit
+    assert fit.ks_stat < 0.015 and fit.as_dict()["xi"] == fit.xi
+    # Its KS beats the Gumbel's on this heavy-tailed sample; on a Gumbel sample xi is about 0.
+    assert fit.ks_stat < ds.gumbel_fit(x).ks_stat
+    g = stats.gumbel_r.rvs(loc=9.57, scale=3.17, size=20000, random_state=np.random.default_rng(2))
+    assert abs(ds.gev_fit(g).xi) < 0.03
+    # Left orientation: the mirrored sample, the same shape and scale, the location negated.
+    left = ds.gev_fit(-x, tail="left")
+    assert left.shape_c == pytest.approx(fit.shape_c, abs=1e-3) and left.loc == pytest.approx(-fit.loc, abs=1e-2)
+    grid = np.linspace(-30, 0, 7)
+    np.testing.assert_allclose(left.pdf(grid), fit.pdf(-grid), rtol=1e-2, atol=1e-6)
+    assert np.trapezoid(fit.pdf(np.linspace(-10, 200, 20001)), dx=210 / 20000) == pytest.approx(1, abs=1e-3)
+
+
+def test_train_test_cross_entropy_by_hand():
+    gap = ds.train_test_cross_entropy([3.0, 4.0, 5.0], [4.0, 6.0])
+    assert gap.n_train == 3 and gap.n_test == 2
+    assert gap.train_bpd == pytest.approx(4.0) and gap.test_bpd == pytest.approx(5.0)
+    assert gap.train_stderr == pytest.approx(1 / math.sqrt(3))  # sample std 1 over sqrt(3)
+    assert gap.test_stderr == pytest.approx(math.sqrt(2) / math.sqrt(2))  # sample std sqrt(2) over sqrt(2)
+    assert gap.gap_bpd == pytest.approx(1.0) and gap.gap_stderr == pytest.approx(math.sqrt(1 / 3 + 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        ds.train_test_cross_entropy([1.0], [1.0, 2.0])
+
+
+def test_rows_evenly_spaced_in_value():
+    v = np.array([5.0, 0.0, 10.0, 2.4, 7.6, 9.0])
+    # targets 0, 2.5, 5, 7.5, 10 -> rows 1, 3, 0, 4, 2
+    assert ds.rows_evenly_spaced_in_value(v, 5) == [1, 3, 0, 4, 2]
+    assert ds.rows_evenly_spaced_in_value(v, 2) == [1, 2]
+    assert ds.rows_evenly_spaced_in_value(v, 30)[0] == 1 and len(ds.rows_evenly_spaced_in_value(v, 30)) == 6

@@ -16,6 +16,19 @@ def test_conversions_round_trip():
     assert noise.psnr_to_t(20.0) == pytest.approx(0.01)
 
 
+def test_output_psnr_conventions_by_hand():
+    # Two images with per-pixel MSE 1e-2 and 1e-4: PSNRs 20 and 40 dB.
+    mse = [1e-2, 1e-4]
+    # The paper's (Table 1): the PSNR of the mean MSE, -10 log10(5.05e-3) = 22.967 dB.
+    assert noise.psnr_of_mean_mse(mse) == pytest.approx(-10 * math.log10(5.05e-3), abs=1e-12)
+    assert noise.psnr_of_mean_mse(mse) == pytest.approx(22.9671, abs=1e-4)
+    # The mean of the per-image PSNRs, (20 + 40) / 2.
+    assert noise.mean_psnr_per_image(torch.tensor(mse, dtype=torch.float64)) == pytest.approx(30.0, abs=1e-12)
+    # Equal MSEs: the two agree; a zero MSE is floored, not infinite.
+    assert noise.psnr_of_mean_mse([1e-3] * 3) == pytest.approx(noise.mean_psnr_per_image([1e-3] * 3)) == pytest.approx(30)
+    assert noise.psnr_of_mean_mse([0.0, 0.0]) == pytest.approx(200.0)
+
+
 def test_add_noise_variance():
     x = torch.zeros(20000, 3)
     t = torch.full((20000,), 4.0)

@@ -32,11 +32,38 @@ def heldout(mixture):
 def test_exact_density_has_log_z_zero(mixture, heldout):
     paired = estimate_log_z(mixture, heldout, 1e3, method="paired")
     plain = estimate_log_z(mixture, heldout, 1e3, method="plain")
-    for est in (paired, plain):
+    plain_var = estimate_log_z(mixture, heldout, 1e3, method="plain_data_var")
+    for est in (paired, plain, plain_var):
         assert abs(est.value) < 4 * est.stderr + 1e-3, est
     # the control variate is what makes log Z usable: orders of magnitude less noise
     assert paired.stderr * 100 < plain.stderr
     assert plain.stderr == pytest.approx(math.sqrt(8 / 2) / math.sqrt(4000), rel=0.2)
+
+
+def test_plain_is_the_official_formula_and_plain_data_var_corrects_its_bias():
+    """plain: log Z = d/2 log(2 pi e t) - mean_i U(x_i + sqrt(t) z_i, t), the official code's formula.
+    On an exact Gaussian N(mu, diag(lam)) (log Z = 0) its expectation is -1/2 sum log(1 + lam/t):
+    visible at t = 1, negligible at the paper's t = 1e3."""
+    lam = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    gauss = toy.Gaussian(torch.tensor([0.3, -1.0, 2.0, 0.5], dtype=torch.float64), torch.diag(lam))
+    x = gauss.sample(8000, torch.Generator().manual_seed(7), dtype=torch.float64)
+    d, t = 4, 1.0
+    plain = estimate_log_z(gauss, x, t, method="plain")
+    # by hand: y ~ N(mu, lam + t), E U(y, t) = 1/2 sum log(2 pi (lam + t)) + d/2
+    assert plain.stderr == pytest.approx(math.sqrt(d / 2 / 8000), rel=0.1)
+    bias = -0.5 * math.log(1.5 * 2 * 3 * 5)  # -1/2 log 45 = -1.903 nats
+    assert plain.value == pytest.approx(bias, abs=4 * plain.stderr)
+    # the same noise, recomputed here from the formula
+    from dsm.seeding import default_keys, keyed_normal
+    z = keyed_normal(default_keys(len(x)), (d,), salt="log_z", dtype=x.dtype)
+    u = gauss.energy(x + math.sqrt(t) * z, torch.full((len(x),), t, dtype=x.dtype))
+    assert plain.value == pytest.approx(d / 2 * math.log(2 * math.pi * math.e * t) - float(u.mean()), abs=1e-9)
+    # the data-variance variant removes that bias (to the sampling error of the variances)
+    assert estimate_log_z(gauss, x, t, method="plain_data_var").value == pytest.approx(0.0, abs=4 * plain.stderr)
+    # at t = 1e3 the official formula recovers log Z = 0 within its Monte Carlo error
+    far = estimate_log_z(gauss, x, 1e3, method="plain")
+    assert abs(far.value) < 4 * far.stderr
+    assert -0.5 * float(torch.log1p(lam / 1e3).sum()) == pytest.approx(-0.00375, abs=1e-4)  # the bias left there
 
 
 def test_shift_is_recovered_and_cancels_in_log_prob(mixture, heldout):

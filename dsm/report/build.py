@@ -27,13 +27,33 @@ from dsm.report import figures
 REPORT_FILE, METRICS_FILE = "report.md", "metrics.json"
 REFERENCE_QUANTILES = (0.02, 0.25, 0.5, 0.75, 0.98)  # log p quantiles of the d_eff reference images
 
+N_REFERENCES = 15  # the paper's reference images, evenly spaced in log p (Fig. 5)
+AVERAGE_IMAGES = 256  # images behind the data-average curve of E[log p(y, t) | x], one draw each
+NOISY_T_POINTS = 25  # noise variances, log-spaced over the model's training range
+UNIFORM_NOISE_IMAGES = 100  # the paper's uniform-noise marker is the mean over 100 images
+
 SECTIONS = (
     "## Distribution of log p",
     "## Entropy and the typical set",
     "## Most and least probable images",
     "## Effective dimensionality",
     "## Sparsity: log p against the Haar participation ratio",
+    "## Train against test cross-entropy",
+    "## Probability under affine transforms",
+    "## Log probability along the noise",
 )
+
+
+@dataclass
+class Studies:
+    """What the model-based sections need: the model (``dsm.api.Model``, normalized), how many
+    reference images, noise draws and grid points, and the t range of E[log p(y, t) | x]."""
+
+    model: object | None = None
+    n_refs: int = N_REFERENCES
+    n_noise: int = 16
+    affine_grid: int = 21
+    t_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -128,10 +148,7 @@ def read_images(data: str | Path | None, wanted: set[str], shape: Sequence[int] 
 
         inp = open_input(data)
         by_key, pr = {}, {}
-        for i in range(len(inp.pieces)):
-            keys, x, _ = inp.read(i)
-            if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-                x = x.reshape(len(x), *shape)
+        for keys, x in iter_pieces(inp, shape):
             image_like = figures.is_image_shape(x.shape[1:]) and min(x.shape[-2:]) >= 2
             if image_like:
                 pr.update(zip(keys, ds.haar_participation_ratio(x).tolist()))
@@ -148,6 +165,17 @@ def read_images(data: str | Path | None, wanted: set[str], shape: Sequence[int] 
         return Images({}, {}, f"could not read the images from {data}: {e}")
 
 
+def iter_pieces(inp: "Input", shape: Sequence[int] | None = None, pieces: Sequence[int] | None = None):
+    """(keys, x (n, *shape) float32) per piece of an opened input (``dsm.scoring.inputs.open_input``:
+    the reader ``dsm score`` uses, so keys and pixel values, k/255 for 8-bit data, are the scored
+    ones); x reshaped to ``shape`` when the data stores flat vectors; only ``pieces`` when given."""
+    for i in range(len(inp.pieces)) if pieces is None else pieces:
+        keys, x, _ = inp.read(i)
+        if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+            x = x.reshape(len(x), *shape)
+        yield keys, x
+
+
 def reference_rows(logp: np.ndarray, quantiles: Sequence[float] = REFERENCE_QUANTILES) -> list[int]:
     """Rows whose log p is nearest to the given quantiles: reference images spread evenly in log p."""
     order = np.argsort(logp, kind="stable")
@@ -155,19 +183,34 @@ def reference_rows(logp: np.ndarray, quantiles: Sequence[float] = REFERENCE_QUAN
     return list(dict.fromkeys(rows))  # distinct, in order
 
 
-def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: int = 8, data: str | Path | None = None,
-                 shape: Sequence[int] | None = None, d: int | None = None, tail: str = "right") -> dict:
-    """Write the report folder; returns the metrics (also in ``metrics.json``), with ``folder``."""
+def _check_studies(studies: Studies, top: int) -> None:
     if top < 1:
         raise ValueError(f"--top must be >= 1, got {top}")
+    if studies.n_refs < 1 or studies.n_noise < 1 or studies.affine_grid < 2:
+        raise ValueError(f"need --ref-images >= 1, --n-noise >= 1 and --affine-grid >= 2; got {studies.n_refs}, "
+                         f"{studies.n_noise}, {studies.affine_grid}")
+
+
+def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: int = 8, data: str | Path | None = None,
+                 shape: Sequence[int] | None = None, d: int | None = None, tail: str = "right",
+                 train_scores: str | Path | None = None, studies: Studies | None = None) -> dict:
+    """Write the report folder; returns the metrics (also in ``metrics.json``), with ``folder``.
+
+    train_scores: a second ``dsm score`` folder, of training images, for the cross-entropy gap;
+    studies: the model and settings of the model-based sections (none without a model)."""
+    studies = studies or Studies()
+    _check_studies(studies, top)
     sc = read_scores_dir(scores_dir, d)
+    train = read_scores_dir(train_scores, sc.d) if train_scores else None
     folder = Path(out).expanduser().resolve() if out else sc.root / "report"
     folder.mkdir(parents=True, exist_ok=True)
     k = min(top, sc.n)
     order = np.argsort(-sc.logp_nats, kind="stable")
     top_rows, bottom_rows = order[:k].tolist(), order[::-1][:k].tolist()
     refs = reference_rows(sc.logp_nats) if "deff_denoising" in sc.grids else []
-    wanted = {sc.keys[r] for r in (*top_rows, *bottom_rows, *refs)}
+    paper_refs = ds.rows_evenly_spaced_in_value(sc.logp_nats, studies.n_refs) if studies.model is not None else []
+    avg_rows = _average_rows(sc.n) if studies.model is not None else []
+    wanted = {sc.keys[r] for r in (*top_rows, *bottom_rows, *refs, *paper_refs, *avg_rows)}
     data = data or sc.info.get("options", {}).get("data")
     images = read_images(data, wanted, shape)
 
@@ -180,11 +223,14 @@ def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: 
           "- units: log p in nats per image or dB/dim (10 log10 p / d); entropies per dimension. "
           + ("NLLs in the 8-bit 'continuous' convention, 8 - log p/(d ln 2) at x = k/255."
              if sc.eight_bit else "NLLs in the 'plain' convention, -log p/(d ln 2) (not 8-bit data)."), ""]
-    md += _logp_section(sc, folder, tail, metrics)
+    md += _logp_section(sc, folder, tail, metrics, _markers(studies.model, metrics))
     md += _entropy_section(sc, metrics)
+    md += _cross_entropy_section(sc, train, metrics)
     md += _extremes_section(sc, folder, top_rows, bottom_rows, images, metrics)
     md += _deff_section(sc, folder, refs, images, metrics)
     md += _sparsity_section(sc, folder, images, metrics)
+    md += _affine_section(sc, folder, paper_refs, images, studies, metrics)
+    md += _noisy_section(sc, folder, paper_refs, avg_rows, images, studies, metrics)
     pngs = sorted(p.name for p in folder.glob("*.png"))
     md += ["## Files", "", f"- `{METRICS_FILE}`: every number above", *[f"- `{p}`" for p in pngs], ""]
     (folder / REPORT_FILE).write_text("\n".join(md))
@@ -192,7 +238,7 @@ def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: 
     return {**metrics, "folder": str(folder), "figures": pngs}
 
 
-def _logp_section(sc: Scores, folder: Path, tail: str, metrics: dict) -> list[str]:
+def _logp_section(sc: Scores, folder: Path, tail: str, metrics: dict, markers: dict[str, float]) -> list[str]:
     from scipy import stats
 
     md = [SECTIONS[0], ""]
@@ -200,11 +246,11 @@ def _logp_section(sc: Scores, folder: Path, tail: str, metrics: dict) -> list[st
     metrics["logp_db_per_dim"] = {"mean": float(sc.logp_db.mean()), "std": float(sc.logp_db.std(ddof=1)) if sc.n > 1 else 0.0,
                                   "min": float(sc.logp_db.min()), "max": float(sc.logp_db.max()), "skewness": skew}
     try:
-        fit = ds.gumbel_fit(sc.logp_db, tail)
+        fit, gev = ds.gumbel_fit(sc.logp_db, tail), ds.gev_fit(sc.logp_db, tail)
     except ValueError as e:
-        fit = None
-        md.append(f"No Gumbel fit: {e}.")
-    figures.logp_histogram(sc.logp_db, fit, folder / "logp_hist.png")
+        fit = gev = None
+        md.append(f"No Gumbel or GEV fit: {e}.")
+    figures.logp_histogram(sc.logp_db, fit, folder / "logp_hist.png", gev, markers)
     m = metrics["logp_db_per_dim"]
     md += ["![log p histogram](logp_hist.png)", "",
            f"log p over {sc.n} images: mean {m['mean']:.3f} dB/dim, std {m['std']:.3f}, "
@@ -222,7 +268,60 @@ def _logp_section(sc: Scores, folder: Path, tail: str, metrics: dict) -> list[st
         if skew * (1 if fit.tail == "right" else -1) < 0:
             other = "left" if fit.tail == "right" else "right"
             md += [f"This sample is skewed the other way: `--gumbel-tail {other}` fits its orientation.", ""]
+        md += _gev_lines(fit, gev, metrics)
+    md += _marker_lines(metrics.get("markers"))
     return md
+
+
+def _gev_lines(fit: ds.GumbelFit, gev: ds.GEVFit, metrics: dict) -> list[str]:
+    """The GEV fit beside the Gumbel, and the Frechet law of p^(1/d) that the Gumbel fit implies."""
+    metrics["gev"] = gev.as_dict()
+    kind = "Frechet" if gev.xi > 0 else "Weibull"
+    md = ["| maximum-likelihood GEV fit (scipy.stats.genextreme, dashed) | value |", "|---|---|",
+          f"| shape xi = -c ({kind} type; 0 is the Gumbel) | {gev.xi:+.4f} |",
+          f"| location, scale | {gev.loc:.4f}, {gev.scale:.4f} dB/dim |",
+          f"| Kolmogorov-Smirnov statistic (Gumbel's: {fit.ks_stat:.4f}) | {gev.ks_stat:.4f} |", ""]
+    if fit.tail == "right":
+        # A Gumbel law of 10 log10(p)/d is a Frechet law of p^(1/d) (the paper's energy_histogram notebook).
+        scale, shape = 10 ** (fit.loc / 10), 10 / (fit.scale * math.log(10))
+        metrics["gumbel"].update({"frechet_scale_p_per_dim": scale, "frechet_shape_p_per_dim": shape})
+        md += [f"The Gumbel fit means p^(1/d) is Frechet with scale 10^(loc/10) = {scale:.4g} and shape "
+               f"10/(scale ln 10) = {shape:.4g} (from the paper's loc 9.57 and scale 3.17: 9.06 and 1.37).", ""]
+    return md
+
+
+def _markers(model, metrics: dict) -> dict[str, float]:
+    """The histogram's markers (dB/dim), for an image model: the best constant image and the
+    mean of uniform-noise images. Stored under ``markers`` in ``metrics``."""
+    if model is None or not getattr(model, "normalized", False) or not figures.is_image_shape(model.shape):
+        return {}
+    from dsm.studies import best_constant_image, uniform_noise_logp
+
+    energy = model.energy_model
+    c, best = best_constant_image(energy, dtype=_dtype(energy))
+    noise = uniform_noise_logp(energy, UNIFORM_NOISE_IMAGES, seed=0, dtype=_dtype(energy))
+    metrics["markers"] = {"best_constant_value": c, "best_constant_logp_db_per_dim": best,
+                          "uniform_noise_logp_db_per_dim_mean": float(noise.mean()),
+                          "uniform_noise_logp_db_per_dim_std": float(noise.std(ddof=1)), "uniform_noise_n": len(noise)}
+    return {f"best constant image (c = {c:.3f})": best, f"uniform noise (mean of {len(noise)})": float(noise.mean())}
+
+
+def _dtype(energy) -> "torch.dtype":
+    """The model's parameter dtype (float32 for an exact density without parameters)."""
+    import torch
+
+    return next(energy.parameters(), torch.empty(0)).dtype
+
+
+def _marker_lines(m: dict | None) -> list[str]:
+    if not m:
+        return ["Markers of the best constant image and of uniform noise: need `--model`, a normalized image "
+                "model.", ""]
+    return [f"Markers (dotted): the most probable constant image c 1 (c in [0, 1]) is c = "
+            f"{m['best_constant_value']:.4f} at {m['best_constant_logp_db_per_dim']:.3f} dB/dim; "
+            f"{m['uniform_noise_n']} images of uniform noise have mean log p "
+            f"{m['uniform_noise_logp_db_per_dim_mean']:.3f} dB/dim (std {m['uniform_noise_logp_db_per_dim_std']:.3f}).",
+            ""]
 
 
 def _entropy_section(sc: Scores, metrics: dict) -> list[str]:
@@ -307,6 +406,8 @@ def _deff_section(sc: Scores, folder: Path, refs: list[int], images: Images, met
 
 
 def _sparsity_section(sc: Scores, folder: Path, images: Images, metrics: dict) -> list[str]:
+    from scipy import stats
+
     md = [SECTIONS[4], ""]
     rows = [i for i, k in enumerate(sc.keys) if k in images.pr_by_key]
     if len(rows) < 3:
@@ -314,13 +415,120 @@ def _sparsity_section(sc: Scores, folder: Path, images: Images, metrics: dict) -
     pr = np.array([images.pr_by_key[sc.keys[i]] for i in rows])
     db = sc.logp_db[rows]
     rho, p = ds.spearman(pr, db)
-    figures.logp_vs_sparsity(pr, db, rho, folder / "logp_vs_sparsity.png")
+    line = stats.linregress(pr, db) if np.ptp(pr) > 0 else None
+    figures.logp_vs_sparsity(pr, db, rho, folder / "logp_vs_sparsity.png",
+                             (line.slope, line.intercept) if line is not None else None)
     metrics["sparsity"] = {"n": len(rows), "spearman_rho": rho, "spearman_pvalue": p,
-                           "pr_mean": float(pr.mean()), "pr_median": float(np.median(pr))}
-    md += ["Participation ratio of the Haar wavelet detail coefficients c of each image (all levels and channels; "
-           "the coarse approximation left out): PR = (sum c^2)^2 / (N sum c^4), N the number of coefficients, so "
-           "PR is in [1/N, 1]; about 1/3 for white noise, small for sparse images, 0 for a constant image.", "",
+                           "pr_mean": float(pr.mean()), "pr_median": float(np.median(pr)), "measure": "paper"}
+    if line is not None:
+        metrics["sparsity"].update({"slope_db_per_dim": float(line.slope),
+                                    "intercept_db_per_dim": float(line.intercept)})
+    md += ["The paper's participation ratio of each image's Haar coefficients c, all N of them (every level, the "
+           "coarse approximation included, every channel; level j divided by 2^j as in the paper's notebook): "
+           "PR = (sum |c|)^2 / (N sum c^2), in [1/N, 1]: 1/N for a constant image, small for sparse images "
+           "(`dsm.density_stats.haar_participation_ratio`).", "",
            "![log p against sparsity](logp_vs_sparsity.png)", "",
            f"Spearman rank correlation between PR and log p: rho = {rho:.4f} (p = {p:.3g}, {len(rows)} images"
-           + (f"; {sc.n - len(rows)} scored images not found in the data" if len(rows) < sc.n else "") + ").", ""]
+           + (f"; {sc.n - len(rows)} scored images not found in the data" if len(rows) < sc.n else "") + ")"
+           + (f"; least-squares slope {line.slope:.3f} dB/dim per unit of PR." if line is not None else "."), ""]
     return md
+
+
+def _cross_entropy_section(sc: Scores, train: Scores | None, metrics: dict) -> list[str]:
+    """The paper's Table 2: mean NLL on training and on test images, and the gap."""
+    md = [SECTIONS[5], ""]
+    if train is None:
+        return md + ["No training-set scores: pass `--train-scores DIR`, a `dsm score` folder of training images "
+                     "scored by the same model.", ""]
+    if train.d != sc.d or train.eight_bit != sc.eight_bit:
+        raise ValueError(f"{train.root}: d = {train.d} ({'8-bit' if train.eight_bit else 'plain'} NLL) does not match "
+                         f"the test scores' d = {sc.d} ({'8-bit' if sc.eight_bit else 'plain'})")
+    gap = ds.train_test_cross_entropy(train.nll_bpd, sc.nll_bpd)
+    metrics["cross_entropy"] = {**gap.as_dict(), "train_scores_dir": str(train.root)}
+    md += ["| images | n | NLL (bits/dim) |", "|---|---|---|",
+           f"| train (`{train.root.name}`) | {gap.n_train} | {gap.train_bpd:.4f} +- {gap.train_stderr:.4f} |",
+           f"| test (`{sc.root.name}`) | {gap.n_test} | {gap.test_bpd:.4f} +- {gap.test_stderr:.4f} |",
+           f"| test - train | | {gap.gap_bpd:+.4f} +- {gap.gap_stderr:.4f} |", "",
+           "NLL in the convention stated above; +- one standard error over images. A gap near 0 means the model "
+           "generalizes rather than memorizes its training images.", ""]
+    return md
+
+
+def _average_rows(n: int) -> list[int]:
+    """Rows spread evenly over the key-sorted table, for the data-average curve."""
+    return sorted(set(np.linspace(0, n - 1, min(n, AVERAGE_IMAGES)).round().astype(int).tolist()))
+
+
+def _study_inputs(sc: Scores, rows: list[int], images: Images, studies: Studies):
+    """(energy, images in the model's input shape) for these rows, or a reason why not."""
+    import torch
+
+    model = studies.model
+    if model is None:
+        return None, "need `--model` (the scored model, normalized)"
+    if not getattr(model, "normalized", False):
+        return None, "the model is not normalized (run `dsm normalize`)"
+    if not rows or not all(sc.keys[r] in images.by_key for r in rows):
+        return None, f"images not available: {images.note or 'not found'}"
+    x = torch.from_numpy(np.stack([images.by_key[sc.keys[r]] for r in rows])).to(_dtype(model.energy_model))
+    return model.energy_model, model.to_model(x.reshape(len(rows), *model.shape))
+
+
+def _ref_labels(sc: Scores, rows: list[int]) -> list[str]:
+    return [f"{sc.logp_db[r]:.2f} dB/dim" for r in rows]
+
+
+def _affine_section(sc: Scores, folder: Path, rows: list[int], images: Images, studies: Studies,
+                    metrics: dict) -> list[str]:
+    """Fig. 4: log p(a x + b) over contrast a and offset b in [0, 1], for the reference images."""
+    from dsm.studies import logp_affine
+
+    md = [SECTIONS[6], ""]
+    energy, x = _study_inputs(sc, rows, images, studies)
+    if energy is None:
+        return md + [f"No affine study: {x}.", ""]
+    grid = np.linspace(0, 1, studies.affine_grid)
+    logp = logp_affine(energy, x, grid, grid)
+    heat = len(rows) // 2
+    figures.logp_affine(grid, grid, logp, _ref_labels(sc, rows), heat, folder / "logp_affine.png")
+    np.savez(folder / "logp_affine.npz", a=grid, b=grid, logp_db_per_dim=logp,
+             keys=np.array([sc.keys[r] for r in rows]))
+    j = int(np.argmin(np.abs(grid - 0.5)))
+    best = [np.unravel_index(np.argmax(m), m.shape) for m in logp]
+    metrics["affine"] = {"keys": [sc.keys[r] for r in rows], "a": grid.tolist(), "b_contrast_curve": float(grid[j]),
+                         "contrast_curve_db_per_dim": logp[:, j].tolist(),
+                         "best_a": [float(grid[k]) for _, k in best], "best_b": [float(grid[i]) for i, _ in best],
+                         "file": "logp_affine.npz"}
+    return md + [f"log p(a x + b) in dB/dim for the {len(rows)} reference images evenly spaced in log p (as the paper "
+                 f"picks them), a and b on a {studies.affine_grid}-point grid of [0, 1] (the paper's: 101). Left: "
+                 f"against the contrast a at b = {grid[j]:.2f}; right: the (a, b) map of the median reference image, "
+                 "blank where a + b > 1. Every value is in `logp_affine.npz`.", "",
+                 "![log p under affine transforms](logp_affine.png)", ""]
+
+
+def _noisy_section(sc: Scores, folder: Path, rows: list[int], avg_rows: list[int], images: Images,
+                   studies: Studies, metrics: dict) -> list[str]:
+    """Fig. 5 left: E[log p(y, t) | x] against t for the reference images and the data average."""
+    from dsm.studies import noisy_logp
+
+    md = [SECTIONS[7], ""]
+    energy, x = _study_inputs(sc, rows, images, studies)
+    if energy is None or studies.t_range is None:
+        return md + [f"No noisy log p study: {x if energy is None else 'no t range (pass the model file)'}.", ""]
+    t = np.geomspace(*studies.t_range, NOISY_T_POINTS)
+    refs = noisy_logp(energy, x, t, studies.n_noise, keys=[sc.keys[r] for r in rows])
+    avg_energy, xa = _study_inputs(sc, avg_rows, images, studies)
+    avg = noisy_logp(energy, xa, t, 1, keys=[sc.keys[r] for r in avg_rows]).mean.mean(0) if avg_energy else None
+    labels = _ref_labels(sc, rows)
+    figures.noisy_logp(t, refs.mean, labels, folder / "logp_noisy.png", avg, studies.t_range[0])
+    figures.image_grid(np.stack([images.by_key[sc.keys[r]] for r in rows]), folder / "logp_reference_images.png",
+                       labels, suptitle="reference images, evenly spaced in log p (dB/dim)")
+    metrics["noisy_logp"] = {"keys": [sc.keys[r] for r in rows], "t": t.tolist(), "n_noise": studies.n_noise,
+                             "mean_db_per_dim": refs.mean.tolist(), "stderr_db_per_dim": refs.stderr.tolist(),
+                             "average_db_per_dim": None if avg is None else avg.tolist(),
+                             "average_images": 0 if avg is None else len(avg_rows)}
+    return md + [f"E[log p(y, t) | x] in dB/dim, y = x + sqrt(t) z, averaged over {studies.n_noise} noise draws per "
+                 f"image (`--n-noise`; the paper: 1000), at {NOISY_T_POINTS} noise variances over the model's "
+                 f"training range (gray line: t_min), for the {len(rows)} reference images and, dashed, the mean over "
+                 f"{len(avg_rows)} scored images with one draw each. log p(y, t) = -U(y, t) - log Z.", "",
+                 "![log p along the noise](logp_noisy.png)", "", "![reference images](logp_reference_images.png)", ""]

@@ -16,7 +16,7 @@ from pathlib import Path
 def _numeric_metrics(metrics: dict) -> dict[str, float]:
     """The report's scalar numbers as flat MLflow metric names (``report_<section>_<name>``)."""
     out: dict[str, float] = {}
-    for section in ("logp_db_per_dim", "gumbel", "entropy", "sparsity"):
+    for section in ("logp_db_per_dim", "gumbel", "gev", "markers", "entropy", "cross_entropy", "sparsity"):
         for k, v in metrics.get(section, {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[f"report_{section}_{k}"] = float(v)
@@ -66,12 +66,13 @@ def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dic
         return None
 
 
-def _model_info(path: str | None, *, required: bool) -> tuple[dict, tuple[int, ...] | None]:
-    """(meta, event shape) of a model bundle; with ``required`` a bad file raises, else it is ignored."""
+def _model_info(path: str | None, *, required: bool) -> tuple[dict, tuple[int, ...] | None, tuple[float, float] | None]:
+    """(meta, event shape, training t range) of a model bundle; with ``required`` a bad file
+    raises, else it is ignored."""
     if not path:
-        return {}, None
+        return {}, None, None
     if not Path(path).is_file() and not required:
-        return {}, None
+        return {}, None, None
     from dsm.bundle import load_model
 
     try:
@@ -79,21 +80,34 @@ def _model_info(path: str | None, *, required: bool) -> tuple[dict, tuple[int, .
     except (ValueError, FileNotFoundError):
         if required:
             raise
-        return {}, None
-    return dict(b.meta), tuple(b.shape)
+        return {}, None, None
+    return dict(b.meta), tuple(b.shape), (float(b.config.noise.t_min), float(b.config.noise.t_max))
+
+
+def _studies(args: argparse.Namespace, t_range: tuple[float, float] | None):
+    """The model-based sections' settings; the model itself only with --model."""
+    from dsm.report.build import Studies
+
+    model = None
+    if args.model:
+        from dsm.api import load
+
+        model = load(args.model)
+    return Studies(model=model, n_refs=args.ref_images, n_noise=args.n_noise, affine_grid=args.affine_grid,
+                   t_range=t_range)
 
 
 def _report(args: argparse.Namespace) -> int:
     from dsm.report.build import build_report, resolve_scores_dir
 
     try:
-        meta, shape = _model_info(args.model, required=True)
+        meta, shape, t_range = _model_info(args.model, required=True)
         opt_file = resolve_scores_dir(args.scores_dir) / "scores.json"
         info = json.loads(opt_file.read_text()) if opt_file.is_file() else {}
         if not args.model:  # the scored model, when its file is still there: only for MLflow nesting
-            meta, _ = _model_info(info.get("options", {}).get("model"), required=False)
+            meta, _, _ = _model_info(info.get("options", {}).get("model"), required=False)
         result = build_report(args.scores_dir, args.out, top=args.top, data=args.data, shape=shape,
-                              tail=args.gumbel_tail)
+                              tail=args.gumbel_tail, train_scores=args.train_scores, studies=_studies(args, t_range))
     except (ValueError, FileNotFoundError) as e:  # json.JSONDecodeError is a ValueError
         print(f"dsm report: {e}", file=sys.stderr)
         return 2
@@ -103,8 +117,13 @@ def _report(args: argparse.Namespace) -> int:
           f"differential entropy {e['entropy_bits_per_dim']:.4f} bits/dim, "
           f"max/min probability 10^{e['log10_max_min_ratio']:.1f}")
     if "gumbel" in result:
-        g = result["gumbel"]
-        print(f"Gumbel ({g['tail']} tail): location {g['loc']:.3f}, scale {g['scale']:.3f} dB/dim, KS {g['ks_stat']:.4f}")
+        g, v = result["gumbel"], result["gev"]
+        print(f"Gumbel ({g['tail']} tail): location {g['loc']:.3f}, scale {g['scale']:.3f} dB/dim, "
+              f"KS {g['ks_stat']:.4f}; GEV: xi {v['xi']:+.3f}, KS {v['ks_stat']:.4f}")
+    if "cross_entropy" in result:
+        c = result["cross_entropy"]
+        print(f"NLL train {c['train_bpd']:.4f} +- {c['train_stderr']:.4f}, test {c['test_bpd']:.4f} +- "
+              f"{c['test_stderr']:.4f} bits/dim (test - train {c['gap_bpd']:+.4f} +- {c['gap_stderr']:.4f})")
     _log_report(args.workspace, folder, info, meta, result)
     print(folder)
     return 0
@@ -158,12 +177,25 @@ def _sample(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="figures and statistics of a `dsm score` output: report.md + PNGs",
                          description="Turn a `dsm score` output into a report folder: log p histogram with a "
-                                     "Gumbel fit, entropies and the typical set, the most/least probable images, "
-                                     "d_eff against t, log p against Haar sparsity. Logs the folder to MLflow. "
+                                     "Gumbel and GEV fits, entropies and the typical set, train vs test "
+                                     "cross-entropy (--train-scores), the most/least probable images, d_eff against "
+                                     "t, log p against Haar sparsity, and with --model log p under affine transforms "
+                                     "and along the noise. Logs the folder to MLflow. "
                                      "The last line printed is the report folder. Sections: docs/analysis.md.")
     rep.add_argument("scores_dir", metavar="SCORES_DIR", help="dsm score's --out folder (or its parts/ folder)")
-    rep.add_argument("--model", default=None, help="the scored model: its shape (for vector-stored images) and "
-                                                   "training run (MLflow nesting)")
+    rep.add_argument("--model", default=None, help="the scored model: its shape (for vector-stored images), "
+                                                   "training run (MLflow nesting), and the model-based sections "
+                                                   "(affine transforms, log p along the noise, histogram markers)")
+    rep.add_argument("--train-scores", default=None, metavar="DIR",
+                     help="a dsm score folder of training images scored by the same model: train vs test "
+                          "cross-entropy (the paper's Table 2)")
+    rep.add_argument("--ref-images", type=int, default=15,
+                     help="reference images evenly spaced in log p for the model-based sections "
+                          "(default 15, the paper's)")
+    rep.add_argument("--n-noise", type=int, default=16,
+                     help="noise draws per reference image for E[log p(y, t) | x] (default 16; the paper: 1000)")
+    rep.add_argument("--affine-grid", type=int, default=21,
+                     help="points per axis of the contrast/offset grid on [0, 1] (default 21; the paper: 101)")
     rep.add_argument("--data", default=None, help="the scored data, when it moved (default: scores.json's)")
     rep.add_argument("--out", default=None, help="report folder (default SCORES_DIR/report)")
     rep.add_argument("--top", type=int, default=8, help="images in the most/least probable grids (default 8)")

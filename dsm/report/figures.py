@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsm.density_stats import GumbelFit
+from dsm.density_stats import GEVFit, GumbelFit
 
 DPI = 110
 
@@ -84,24 +84,39 @@ def scatter_pairs(x: np.ndarray, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def logp_histogram(db: np.ndarray, fit: GumbelFit | None, path: Path) -> Path:
-    """Histogram of log p (dB/dim) on a log-frequency axis, with the ML Gumbel density scaled to counts."""
+def logp_histogram(db: np.ndarray, fit: GumbelFit | None, path: Path, gev: GEVFit | None = None,
+                   markers: dict[str, float] | None = None) -> Path:
+    """Histogram of log p (dB/dim) on a log-frequency axis, with the ML Gumbel density (and the GEV
+    density, dashed) scaled to counts, and vertical lines at ``markers`` (label -> dB/dim)."""
     plt = _plt()
     db = np.asarray(db, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     _, edges, _ = ax.hist(db, bins=min(80, max(10, len(db) // 25)), color="tab:blue", alpha=0.7,
                                label=f"{len(db)} images")
     ax.set_yscale("log")
+    grid = np.linspace(edges[0], edges[-1], 400)
+    curves = []
     if fit is not None:
-        grid = np.linspace(edges[0], edges[-1], 400)
-        expected = fit.pdf(grid) * len(db) * (edges[1] - edges[0])
+        curves.append((fit, "k-", f"Gumbel ({fit.tail} tail): loc {fit.loc:.2f}, scale {fit.scale:.2f}\n"
+                                  f"KS {fit.ks_stat:.3f}"))
+    if gev is not None:
+        curves.append((gev, "r--", f"GEV: xi {gev.xi:+.3f}, loc {gev.loc:.2f}, scale {gev.scale:.2f}\n"
+                                   f"KS {gev.ks_stat:.3f}"))
+    for law, style, label in curves:
+        expected = law.pdf(grid) * len(db) * (edges[1] - edges[0])
         keep = expected >= 0.1  # below a tenth of an image per bin the curve only stretches the log axis
-        ax.plot(grid[keep], expected[keep], "k-", lw=1.5,
-                label=f"Gumbel ({fit.tail} tail): loc {fit.loc:.2f}, scale {fit.scale:.2f}\nKS {fit.ks_stat:.3f}")
+        ax.plot(grid[keep], expected[keep], style, lw=1.5, label=label)
+    lo, hi = edges[0], edges[-1]
+    span = hi - lo
+    for (label, value), color in zip((markers or {}).items(), ("tab:green", "tab:brown", "tab:purple")):
+        # A marker far outside the histogram would squash it: draw it at the edge, its value in the label.
+        off = not lo - span / 2 <= value <= hi + span / 2
+        x = min(max(value, lo - 0.05 * span), hi + 0.05 * span) if off else value
+        ax.axvline(x, color=color, ls=":", lw=1.5, label=f"{label}: {value:.2f}" + (" (off scale)" if off else ""))
     ax.set_ylim(bottom=0.5)
     ax.set_xlabel("log p (dB/dim)")
     ax.set_ylabel("images (log scale)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     return _save(fig, path)
 
 
@@ -139,12 +154,67 @@ def deff_gap(t: np.ndarray, gap_mean: np.ndarray, gap_stderr: np.ndarray, d: int
     return _save(fig, path)
 
 
-def logp_vs_sparsity(pr: np.ndarray, db: np.ndarray, rho: float, path: Path) -> Path:
-    """Scatter of log p (dB/dim) against the Haar participation ratio, with Spearman's rho."""
+def logp_vs_sparsity(pr: np.ndarray, db: np.ndarray, rho: float, path: Path,
+                     line: tuple[float, float] | None = None) -> Path:
+    """Scatter of log p (dB/dim) against the Haar participation ratio, with Spearman's rho and,
+    as the paper draws it, the least-squares line ``line`` = (slope, intercept)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.8))
     ax.scatter(pr, db, s=3 if len(db) > 2000 else 8, alpha=0.4)
-    ax.set_xlabel("Haar participation ratio (0 sparse, 1 dense)")
+    if line is not None:
+        xs = np.array([np.min(pr), np.max(pr)])
+        ax.plot(xs, line[0] * xs + line[1], "k-", lw=1, label=f"least squares: slope {line[0]:.2f} dB/dim per unit PR")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("Haar participation ratio (1/N sparse, 1 dense)")
     ax.set_ylabel("log p (dB/dim)")
     ax.set_title(f"Spearman rho = {rho:.3f} ({len(db)} images)", fontsize=9)
+    return _save(fig, path)
+
+
+def _ref_colors(k: int) -> np.ndarray:
+    """The paper's colors for reference images ordered by log p (plasma, low to high)."""
+    return _plt().cm.plasma(np.linspace(0, 0.9, max(1, k)))
+
+
+def logp_affine(a: np.ndarray, b: np.ndarray, logp_db: np.ndarray, labels: Sequence[str], heat: int,
+                path: Path) -> Path:
+    """Fig. 4: left, log p(a x + b) against a at the b nearest 1/2, one curve per reference image
+    (a up to 1/2, where a x + 1/2 stays in [0, 1]); right, the (a, b) map of image ``heat``,
+    blank where a + b > 1. logp_db: (k, len(b), len(a)) in dB/dim."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    j = int(np.argmin(np.abs(b - 0.5)))
+    keep = a <= 1 - b[j] + 1e-9
+    for c, curve, lab in zip(_ref_colors(len(logp_db)), logp_db[:, j], labels):
+        left.plot(a[keep], curve[keep], color=c, lw=1.2, label=lab)
+    left.set_xlabel("contrast a")
+    left.set_ylabel(f"log p(a x + {b[j]:.2f}) (dB/dim)")
+    left.legend(fontsize=5, ncol=2)
+    grid = np.where(a[None, :] + b[:, None] <= 1 + 1e-9, logp_db[heat], np.nan)
+    da, db = (a[-1] - a[0]) / (len(a) - 1) / 2, (b[-1] - b[0]) / (len(b) - 1) / 2  # pixels centred on the grid
+    im = right.imshow(grid, origin="lower", extent=(a[0] - da, a[-1] + da, b[0] - db, b[-1] + db), aspect="auto",
+                      cmap="hot")
+    fig.colorbar(im, ax=right, label="log p(a x + b) (dB/dim)")
+    right.set_xlabel("contrast a")
+    right.set_ylabel("offset b")
+    right.set_title(f"reference image at {labels[heat]}", fontsize=8)
+    return _save(fig, path)
+
+
+def noisy_logp(t: np.ndarray, curves: np.ndarray, labels: Sequence[str], path: Path, average: np.ndarray | None = None,
+               t_min: float | None = None) -> Path:
+    """Fig. 5 left: E[log p(y, t) | x] (dB/dim) against t, one curve per reference image (k, T),
+    the data average dashed, and the training t_min as a vertical line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c, curve, lab in zip(_ref_colors(len(curves)), curves, labels):
+        ax.plot(t, curve, color=c, lw=1.2, label=lab)
+    if average is not None:
+        ax.plot(t, average, "k--", lw=1.5, label="data average")
+    if t_min is not None:
+        ax.axvline(t_min, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise variance t")
+    ax.set_ylabel("E[log p(y, t) | x] (dB/dim)")
+    ax.legend(fontsize=5, ncol=2)
     return _save(fig, path)

@@ -8,7 +8,13 @@ Metrics (names as logged; nats unless said):
 
 - ``eval/loss`` and ``eval/loss_band{i}``: the training loss at t drawn log-uniformly within
   each of ``BANDS`` equal log-width bands of [t_min, t_max] (``eval/dsm``, ``eval/tsm`` too).
-- ``eval/psnr_out_in{p}dB``: mean per-image output PSNR of the denoiser at input PSNR p.
+- ``eval/loss_train_t_dist``: the training loss with one t per example drawn from the training
+  objective's t law, log-uniform on [t_min, t_max] (the official code's "test loss"). Every
+  registered sampler targets that law (importance sampling reweights to it). ``eval/loss``
+  estimates the same expectation, stratified over the bands with every example in each band.
+- ``eval/psnr_out_in{p}dB``: the paper's output PSNR of the denoiser at input PSNR p, the PSNR
+  of the MSE averaged over images (:func:`dsm.noise.psnr_of_mean_mse`);
+  ``eval/psnr_out_mean_per_image_in{p}dB``: the mean of per-image PSNRs, which is higher.
 - energies only: ``eval/log_z`` and ``eval/log_z_stderr`` (paired estimator at t = log_z_t),
   ``eval/nll_bpd`` (8-bit convention for 8-bit images, plain bits/dim otherwise) and
   ``eval/nll_bpd_stderr``.
@@ -49,11 +55,80 @@ def _denoise(model: nn.Module, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor
 
 def metric_names(*, energy: bool, psnrs: list[float]) -> set[str]:
     """The keys :func:`evaluate` returns for an energy (or score) model and these input PSNRs."""
-    names = {f"eval/loss_band{i}" for i in range(BANDS)} | {"eval/loss", "eval/dsm"}
-    names |= {f"eval/psnr_out_in{p:g}dB" for p in psnrs}
+    names = {f"eval/loss_band{i}" for i in range(BANDS)} | {"eval/loss", "eval/dsm", "eval/loss_train_t_dist"}
+    names |= {f"eval/psnr_out_in{p:g}dB" for p in psnrs} | {f"eval/psnr_out_mean_per_image_in{p:g}dB" for p in psnrs}
     if energy:
         names |= {"eval/tsm", "eval/log_z", "eval/log_z_stderr", "eval/nll_bpd", "eval/nll_bpd_stderr"}
     return names
+
+
+def _keyed_log_uniform(keys: list[str], lo: float, hi: float, salt: str) -> torch.Tensor:
+    """One t per example key, log-uniform on [lo, hi], (n,) float64: the same t whatever the batch."""
+    u = keyed_uniform(keys, (), salt, dtype=torch.float64)
+    return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def _loss_terms(model: nn.Module, x: torch.Tensor, keys: list[str], t_all: torch.Tensor, *, loss_fn, salt: str,
+                batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-example (total, dsm, tsm or None) losses, each (n,), at noise variances ``t_all`` (n,)
+    with z seeded by key and ``salt``."""
+    total, dsms, tsms = [], [], []
+    for a in range(0, x.shape[0], batch_size):
+        xb, tb = x[a:a + batch_size], t_all[a:a + batch_size].to(device=x.device, dtype=x.dtype)
+        z = keyed_normal(keys[a:a + batch_size], tuple(x.shape[1:]), salt=salt, dtype=x.dtype, device=x.device)
+        with torch.enable_grad():
+            terms = loss_fn(model, xb, tb, z)
+        total.append(terms.total.detach())
+        dsms.append(terms.dsm.detach())
+        if terms.tsm is not None:
+            tsms.append(terms.tsm.detach())
+    return torch.cat(total), torch.cat(dsms), (torch.cat(tsms) if tsms else None)
+
+
+def _loss_metrics(model, x, keys, *, loss_fn, edges: list[float], batch_size: int) -> dict[str, float]:
+    """``eval/loss``, ``eval/loss_band{i}``, ``eval/dsm``, ``eval/tsm`` and ``eval/loss_train_t_dist``."""
+    metrics: dict[str, float] = {}
+    totals, dsms, tsms = [], [], []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        t_all = _keyed_log_uniform(keys, lo, hi, f"eval-band{i}")
+        total, dsm_, tsm = _loss_terms(model, x, keys, t_all, loss_fn=loss_fn, salt=f"eval-z{i}", batch_size=batch_size)
+        totals.append(total)
+        dsms.append(dsm_)
+        if tsm is not None:
+            tsms.append(tsm)
+        metrics[f"eval/loss_band{i}"] = float(total.mean())
+    metrics["eval/loss"] = float(torch.cat(totals).mean())
+    metrics["eval/dsm"] = float(torch.cat(dsms).mean())
+    if tsms:
+        metrics["eval/tsm"] = float(torch.cat(tsms).mean())
+    # One t per example over the whole range, as the official code's test loss draws it.
+    t_train = _keyed_log_uniform(keys, edges[0], edges[-1], "eval-train-t")
+    total, _, _ = _loss_terms(model, x, keys, t_train, loss_fn=loss_fn, salt="eval-train-t-z", batch_size=batch_size)
+    metrics["eval/loss_train_t_dist"] = float(total.mean())
+    return metrics
+
+
+def _psnr_metrics(model, x, keys, psnrs: list[float], *, batch_size: int,
+                  grid_examples: int) -> tuple[dict[str, float], dict[float, torch.Tensor]]:
+    """Output PSNR at each input PSNR in both conventions, and a few denoised examples per PSNR."""
+    metrics: dict[str, float] = {}
+    denoised: dict[float, torch.Tensor] = {}
+    for p in psnrs:
+        t = float(noise.psnr_to_t(p))
+        mse = []
+        for a in range(0, x.shape[0], batch_size):
+            xb = x[a:a + batch_size]
+            z = keyed_normal(keys[a:a + batch_size], tuple(x.shape[1:]), salt="eval-psnr", dtype=x.dtype,
+                             device=x.device)
+            tb = torch.full((xb.shape[0],), t, dtype=x.dtype, device=x.device)
+            db = _denoise(model, xb + math.sqrt(t) * z, tb)
+            mse.append((db - xb).flatten(1).double().square().mean(1).cpu())
+            if a == 0 and grid_examples:
+                denoised[p] = db[:grid_examples].cpu()
+        mse_all = torch.cat(mse)
+        metrics[f"eval/psnr_out_in{p:g}dB"] = noise.psnr_of_mean_mse(mse_all)
+        metrics[f"eval/psnr_out_mean_per_image_in{p:g}dB"] = noise.mean_psnr_per_image(mse_all)
+    return metrics, denoised
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_min: float, t_max: float,
@@ -67,46 +142,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_m
     was_training = model.training
     model.eval()
     n, d = x.shape[0], math.prod(x.shape[1:])
-    metrics: dict[str, float] = {}
     edges = torch.logspace(math.log10(t_min), math.log10(t_max), BANDS + 1, dtype=torch.float64).tolist()
-    totals, dsms, tsms = [], [], []
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        u = keyed_uniform(keys, (), f"eval-band{i}", dtype=torch.float64)
-        t_all = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))).to(x.dtype)
-        band = []
-        for a in range(0, n, batch_size):
-            xb, tb = x[a:a + batch_size], t_all[a:a + batch_size]
-            z = keyed_normal(keys[a:a + batch_size], tuple(x.shape[1:]), salt=f"eval-z{i}", dtype=x.dtype,
-                             device=x.device)
-            with torch.enable_grad():
-                terms = loss_fn(model, xb, tb.to(x.device), z)
-            band.append(terms.total.detach())
-            dsms.append(terms.dsm.detach())
-            if terms.tsm is not None:
-                tsms.append(terms.tsm.detach())
-        band_t = torch.cat(band)
-        totals.append(band_t)
-        metrics[f"eval/loss_band{i}"] = float(band_t.mean())
-    metrics["eval/loss"] = float(torch.cat(totals).mean())
-    metrics["eval/dsm"] = float(torch.cat(dsms).mean())
-    if tsms:
-        metrics["eval/tsm"] = float(torch.cat(tsms).mean())
-
-    denoised: dict[float, torch.Tensor] = {}
-    for p in psnrs:
-        t = float(noise.psnr_to_t(p))
-        out = []
-        for a in range(0, n, batch_size):
-            xb = x[a:a + batch_size]
-            z = keyed_normal(keys[a:a + batch_size], tuple(x.shape[1:]), salt="eval-psnr", dtype=x.dtype,
-                             device=x.device)
-            tb = torch.full((xb.shape[0],), t, dtype=x.dtype, device=x.device)
-            db = _denoise(model, xb + math.sqrt(t) * z, tb)
-            mse = (db - xb).flatten(1).double().square().mean(1).clamp_min(1e-20)
-            out.append(-10 * torch.log10(mse))
-            if a == 0 and grid_examples:
-                denoised[p] = db[:grid_examples].cpu()
-        metrics[f"eval/psnr_out_in{p:g}dB"] = float(torch.cat(out).mean())
+    metrics = _loss_metrics(model, x, keys, loss_fn=loss_fn, edges=edges, batch_size=batch_size)
+    psnr_metrics, denoised = _psnr_metrics(model, x, keys, psnrs, batch_size=batch_size, grid_examples=grid_examples)
+    metrics.update(psnr_metrics)
 
     log_z = None
     if isinstance(model, Energy):

@@ -144,3 +144,76 @@ def test_sample_command(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nope.pt"), "--n", "2", "--seed", "0"]) == 2
     assert "nope.pt" in capsys.readouterr().err
     assert main(["sample", str(model), "--n", "0", "--seed", "0"]) == 2
+
+
+def test_report_model_sections_and_train_test_cross_entropy(digits_scores, tmp_path):
+    """With the model (the exact Gaussian) and a train-scores folder: every paper study, checked in closed form."""
+    import dsm.api
+    from dsm import density_stats as ds
+    from dsm.report.build import Studies, read_scores_dir
+
+    from .conftest import SHAPE
+
+    scores, data, gauss = digits_scores
+    model = dsm.api.Model(gauss, SHAPE, eight_bit=True, normalized=True)
+    studies = Studies(model=model, n_refs=5, n_noise=64, affine_grid=11, t_range=(1e-3, 1.0))
+    # The test scores given as train scores too: the gap is exactly 0.
+    res = build_report(scores, tmp_path / "rep", data=data, train_scores=scores, studies=studies)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for header in SECTIONS:
+        assert header in md, header
+    assert "No affine study" not in md and "No noisy log p study" not in md and "need `--model`" not in md
+    for name in ("logp_affine.png", "logp_noisy.png", "logp_reference_images.png", "logp_hist.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 1000, name
+        assert f"]({name})" in md, name
+    m = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    sc = read_scores_dir(scores)
+    assert m["cross_entropy"]["gap_bpd"] == 0 and m["cross_entropy"]["test_bpd"] == pytest.approx(sc.nll_bpd.mean())
+    assert m["gev"]["n"] == 1200 and math.isfinite(m["gev"]["xi"])
+    # The best constant image of N(mu, S): c* = 1'S^-1 mu / 1'S^-1 1, clipped to [0, 1].
+    s_inv = torch.linalg.inv(gauss.covs[0])
+    ones = torch.ones(64, dtype=torch.float64)
+    c_star = min(1.0, max(0.0, float(ones @ s_inv @ gauss.means[0] / (ones @ s_inv @ ones))))
+    assert m["markers"]["best_constant_value"] == pytest.approx(c_star, abs=1e-4)
+    # References evenly spaced in log p; log p(1 x + 0) is each reference's own scored log p.
+    rows = ds.rows_evenly_spaced_in_value(sc.logp_nats, 5)
+    assert m["affine"]["keys"] == m["noisy_logp"]["keys"] == [sc.keys[r] for r in rows]
+    grid = np.load(tmp_path / "rep" / "logp_affine.npz")
+    np.testing.assert_allclose(grid["logp_db_per_dim"][:, 0, -1], sc.logp_db[rows], atol=1e-3)
+    # E[log p(y, t) | x] of the first reference at the smallest t, in closed form (dB/dim).
+    x = torch.from_numpy(np.load(data)[rows[0]].reshape(1, 64) / 255.0)
+    t = m["noisy_logp"]["t"][0]
+    cov_t = gauss.covs[0] + t * torch.eye(64, dtype=torch.float64)
+    mvn = torch.distributions.MultivariateNormal(gauss.means[0], cov_t)
+    exact = mvn.log_prob(x) - 0.5 * t * torch.linalg.inv(cov_t).trace()
+    got, se = m["noisy_logp"]["mean_db_per_dim"][0][0], m["noisy_logp"]["stderr_db_per_dim"][0][0]
+    assert abs(got - float(exact) * 10 / (64 * math.log(10))) < 4 * se + 1e-3
+    assert len(m["noisy_logp"]["average_db_per_dim"]) == len(m["noisy_logp"]["t"])
+    assert res["affine"]["file"] == "logp_affine.npz"
+
+
+def test_report_command_with_a_model_file_and_train_scores(digits_scores, tmp_path, capsys, monkeypatch):
+    """The CLI wiring: --model (a UNet bundle), --train-scores and the study options; an
+    unnormalized model gets notes instead of the model-based sections."""
+    from dsm.bundle import load_model, save_bundle
+
+    scores, data, _ = digits_scores
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    plain = _image_bundle(tmp_path)
+    b = load_model(plain)
+    normalized = save_bundle(tmp_path / "normalized.pt", b.model, b.config, b.shape, b.is_image,
+                             normalization={"value": 0.0, "stderr": 0.0, "method": "test"})
+    opts = ["--train-scores", str(scores), "--data", str(data),
+            "--ref-images", "3", "--n-noise", "2", "--affine-grid", "5"]
+    assert main(["report", str(scores), "--model", str(normalized), "--out", str(tmp_path / "a"), *opts]) == 0
+    out = capsys.readouterr().out
+    assert "test - train +0.0000" in out and "GEV: xi" in out
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert len(m["affine"]["keys"]) == 3 and len(m["affine"]["a"]) == 5 and m["noisy_logp"]["n_noise"] == 2
+    assert m["noisy_logp"]["t"][0] == pytest.approx(1e-4) and m["noisy_logp"]["t"][-1] == pytest.approx(1e3)
+    assert 0 <= m["markers"]["best_constant_value"] <= 1 and m["markers"]["uniform_noise_n"] == 100
+    assert main(["report", str(scores), "--model", str(plain), "--out", str(tmp_path / "b"), *opts]) == 0
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "No affine study: the model is not normalized" in md and "need `--model`, a normalized image model" in md
+    assert main(["report", str(scores), "--affine-grid", "1"]) == 2
+    assert "--affine-grid" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dsm import losses, noise, toy, units
+from dsm.seeding import keyed_normal, keyed_uniform
 from dsm.train.evaluate import BANDS, denoising_figure, evaluate, metric_names
 
 
@@ -35,6 +36,42 @@ def test_exact_energy_gives_zero_log_z_and_its_own_nll(gaussian):
     assert all(math.isfinite(v) for v in m.values())
     # what dsm tune validates a sweep's metric against is exactly what evaluation returns
     assert set(m) == metric_names(energy=True, psnrs=[20.0, 0.0])
+
+
+def test_output_psnr_is_the_psnr_of_the_mean_mse_and_the_per_image_mean_is_kept(gaussian):
+    x = gaussian.sample(400, torch.Generator().manual_seed(3))
+    keys = [f"k{i}" for i in range(len(x))]
+    m = evaluate(gaussian, x, keys, loss_fn=losses.DualScoreMatching(), t_min=1e-3, t_max=1e2, psnrs=[10.0, -10.0],
+                 log_z_t=None, eight_bit=False, batch_size=128).metrics
+    for p in (10.0, -10.0):
+        t = noise.psnr_to_t(p)
+        z = keyed_normal(keys, (x.shape[1],), salt="eval-psnr", dtype=x.dtype)
+        y = x + math.sqrt(t) * z
+        mse = (gaussian.denoise(y, torch.full((len(x),), t, dtype=x.dtype)) - x).double().square().mean(1)
+        assert m[f"eval/psnr_out_in{p:g}dB"] == pytest.approx(float(-10 * torch.log10(mse.mean())), abs=1e-4)
+        assert m[f"eval/psnr_out_mean_per_image_in{p:g}dB"] == pytest.approx(float((-10 * torch.log10(mse)).mean()),
+                                                                            abs=1e-4)
+        # Jensen: the mean of per-image PSNRs exceeds the PSNR of the mean MSE when the MSEs spread.
+        assert m[f"eval/psnr_out_mean_per_image_in{p:g}dB"] > m[f"eval/psnr_out_in{p:g}dB"] + 0.01
+
+
+def test_loss_under_the_training_t_law(gaussian):
+    """eval/loss_train_t_dist: one log-uniform t on [t_min, t_max] per key, the official "test loss"."""
+    x = gaussian.sample(1000, torch.Generator().manual_seed(4))
+    keys = [f"k{i}" for i in range(len(x))]
+    loss_fn = losses.DualScoreMatching()
+    t_min, t_max = 1e-3, 1e2
+    m = evaluate(gaussian, x, keys, loss_fn=loss_fn, t_min=t_min, t_max=t_max, psnrs=[], log_z_t=None,
+                 eight_bit=False, batch_size=250).metrics
+    u = keyed_uniform(keys, (), "eval-train-t", dtype=torch.float64)
+    t = torch.exp(math.log(t_min) + u * (math.log(t_max) - math.log(t_min)))
+    assert t.min() < 2 * t_min and t.max() > t_max / 2  # the whole training range, not one band
+    z = keyed_normal(keys, (x.shape[1],), salt="eval-train-t-z", dtype=x.dtype)
+    per_example = loss_fn(gaussian, x, t.to(x.dtype), z).total.detach().double()
+    assert m["eval/loss_train_t_dist"] == pytest.approx(float(per_example.mean()), rel=1e-6)
+    # The band-stratified eval/loss estimates the same expectation.
+    se = float(per_example.std() / math.sqrt(len(x)))
+    assert abs(m["eval/loss_train_t_dist"] - m["eval/loss"]) < 4 * se
 
 
 def test_evaluation_does_not_depend_on_batch_size(gaussian):
