@@ -122,10 +122,23 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=p.name, storage_path=str(p.run_dir.parent), callbacks=callbacks or None,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+            checkpoint_config=_checkpoint_config(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # our own progress lines suffice
     )
+
+
+def _checkpoint_config(cfg: TrainConfig):
+    """Keep ``num_to_keep`` checkpoints: the best by held-out NLL when it is measured (Ray keeps
+    the latest one too, for resuming), else the most recent."""
+    import ray.train
+
+    from dsm.train.loop import SELECTED_BY
+
+    if cfg.model.kind == "energy" and cfg.eval.enabled:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep,
+                                          checkpoint_score_attribute=SELECTED_BY, checkpoint_score_order="min")
+    return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep)
 
 
 def outcome(p: Plan) -> Path:
@@ -179,6 +192,7 @@ def print_summary(p: Plan, export: Path) -> None:
     """Where things are; the export path comes last (scripts read the last line)."""
     from dsm.bundle import load_model
     from dsm.tracking import tracking_uri
+    from dsm.train.loop import BEST_FILE, SELECTED_BY
 
     b = load_model(export)
     if b.normalization:
@@ -187,6 +201,10 @@ def print_summary(p: Plan, export: Path) -> None:
     print(f"MLflow: {tracking_uri(p.workspace)} (experiment {p.cfg.tracking.experiment!r}, run {p.name!r}); "
           f"browse with `dsm ui --workspace {p.workspace}`")
     print(f"checkpoints: {p.run_dir}")
+    best = export.parent / BEST_FILE
+    if best.is_file():
+        m = load_model(best).meta
+        print(f"best held-out NLL: {m[SELECTED_BY]:.4f} bits/dim at step {m['step']}: {best}")
     print(export)
 
 

@@ -14,7 +14,9 @@ One file, ``state.pt``, in the checkpoint folder that Ray Train persists:
 - ``pending``: metric rows not yet confirmed in MLflow when the checkpoint was written;
 - ``config``: the resolved training config;
 - ``sampler``: an adaptive t sampler's state (importance sampling), else None;
-- ``ema``: the weight EMA's state dict (``optim.ema_decay``), else None.
+- ``ema``: the weight EMA's state dict (``optim.ema_decay``), else None;
+- ``best``: the best held-out evaluation so far, ``{"nll_bpd", "step"}`` (the model then
+  written to ``model-best.pt``), else None (absent in checkpoints of dsm <= 0.13).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class TrainState:
     bad_run: int = 0
     mlflow_run_id: str | None = None
     pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    best_nll_bpd: float | None = None  # lowest eval/nll_bpd so far, and the step it was measured at
+    best_step: int | None = None
 
 
 def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -52,6 +56,7 @@ def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
         "pending": [(s, dict(m)) for s, m in state.pending], "config": config,
         "sampler": sampler.state_dict() if getattr(sampler, "adaptive", False) else None,
         "ema": ema.state_dict() if ema is not None else None,
+        "best": ({"nll_bpd": state.best_nll_bpd, "step": state.best_step} if state.best_step is not None else None),
     }
     torch.save(blob, path)
     return path
@@ -84,6 +89,8 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
             ema.module.load_state_dict(model.state_dict())
         else:
             ema.load_state_dict(blob["ema"])
+    best = blob.get("best") or {}
     state = TrainState(step=int(blob["step"]), skipped=int(blob["skipped"]), bad_run=int(blob["bad_run"]),
-                       mlflow_run_id=blob.get("mlflow_run_id"), pending=[(int(s), m) for s, m in blob["pending"]])
+                       mlflow_run_id=blob.get("mlflow_run_id"), pending=[(int(s), m) for s, m in blob["pending"]],
+                       best_nll_bpd=best.get("nll_bpd"), best_step=best.get("step"))
     return state, blob

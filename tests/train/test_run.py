@@ -49,10 +49,19 @@ def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model", "figures"} <= artifacts
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model-best.pt",
+                                                                                 "model/model.pt"]
+    # model selection: model-best.pt is the evaluation with the lowest held-out NLL, normalized
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval/nll_bpd")}
+    best_step = min(history, key=history.get)
+    best = load_model(export.parent / "model-best.pt")
+    assert best.meta["step"] == best_step and best.meta["selected_by"] == "eval/nll_bpd"
+    assert best.meta["eval/nll_bpd"] == pytest.approx(history[best_step], rel=1e-6)
+    assert best.normalization["value"] == pytest.approx(float(best.model.log_z))
+    assert run.data.tags["dsm.best_step"] == str(best_step)
 
     b = load_model(export)
-    assert b.meta["mlflow_run_id"] == run.info.run_id and b.meta["step"] == 60
+    assert b.meta["mlflow_run_id"] == run.info.run_id and b.meta["step"] == 60 and b.meta["selected_by"] == "last"
     assert b.normalization["value"] == pytest.approx(float(b.model.log_z))
     x = torch.rand(4, 1, 8, 8)
     assert torch.isfinite(b.model.log_prob(x)).all()

@@ -37,7 +37,7 @@ def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     opt_a, sched_a = build.build_optimizer(cfg, a)
     sampler_a, ema_a = build.build_sampler(cfg), build.build_ema(cfg, a)
     _steps(cfg, a, opt_a, sched_a, x, 0, 6, sampler_a, ema_a)
-    save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=6, mlflow_run_id="r"),
+    save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=6, mlflow_run_id="r", best_nll_bpd=1.5, best_step=4),
                config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1, sampler=sampler_a, ema=ema_a)
 
     torch.manual_seed(123)  # a fresh process: different init, fresh optimizer
@@ -46,6 +46,7 @@ def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     sampler_b, ema_b = build.build_sampler(cfg), build.build_ema(cfg, b)
     state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, sampler=sampler_b, ema=ema_b)
     assert state.step == 6 and state.mlflow_run_id == "r"
+    assert (state.best_nll_bpd, state.best_step) == (1.5, 4)  # model selection survives a resume
     assert blob["data"] == {"epoch": 1, "offset": 2, "batches_per_epoch": 4, "world_size": 1}
     assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == cfg.optim.lr / 4
     if variant:
