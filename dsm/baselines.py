@@ -106,8 +106,9 @@ def fit_baselines(x, ks: Iterable[int], **fit_options) -> list[Baseline]:
 
 def log_prob(density: GaussianMixture, x, t: float = 0.0, batch_size: int | None = None) -> np.ndarray:
     """log p_t(x) = -U(x, t) in nats per image, (n,) float64: the baseline's exact log-density of
-    x + sqrt(t) z (t = 0: as fitted). Rows go in batches so that the (B, K, d) intermediates stay
-    near 64 MiB whatever d is; the (K, d, d) eigenbases are the only d^2 memory."""
+    x + sqrt(t) z (t = 0: as fitted). Rows go in batches so that each (B, K, d) intermediate stays
+    near 64 MiB whatever d is (a few live at once: about 250 MiB at the peak); the (K, d, d)
+    eigenbases are the only d^2 memory."""
     x = flatten(x)
     n, d = x.shape
     if d != density.dim:

@@ -18,11 +18,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dsm import density_stats as ds
 from dsm.report import figures
+
+if TYPE_CHECKING:
+    from dsm.report.baselines import BaselineOptions
+    from dsm.scoring.inputs import Input
 
 REPORT_FILE, METRICS_FILE = "report.md", "metrics.json"
 REFERENCE_QUANTILES = (0.02, 0.25, 0.5, 0.75, 0.98)  # log p quantiles of the d_eff reference images
@@ -41,6 +46,7 @@ SECTIONS = (
     "## Train against test cross-entropy",
     "## Probability under affine transforms",
     "## Log probability along the noise",
+    "## Classical baselines",
 )
 
 
@@ -193,15 +199,22 @@ def _check_studies(studies: Studies, top: int) -> None:
 
 def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: int = 8, data: str | Path | None = None,
                  shape: Sequence[int] | None = None, d: int | None = None, tail: str = "right",
-                 train_scores: str | Path | None = None, studies: Studies | None = None) -> dict:
+                 train_scores: str | Path | None = None, studies: Studies | None = None,
+                 baselines: BaselineOptions | None = None) -> dict:
     """Write the report folder; returns the metrics (also in ``metrics.json``), with ``folder``.
 
     train_scores: a second ``dsm score`` folder, of training images, for the cross-entropy gap;
-    studies: the model and settings of the model-based sections (none without a model)."""
+    studies: the model and settings of the model-based sections (none without a model);
+    baselines: the classical baselines to fit and compare (none by default)."""
+    # Imported here: dsm.report.baselines builds on this module.
+    from dsm.report import baselines as rb
+
     studies = studies or Studies()
     _check_studies(studies, top)
+    baselines = baselines or rb.BaselineOptions()
     sc = read_scores_dir(scores_dir, d)
     train = read_scores_dir(train_scores, sc.d) if train_scores else None
+    fitted = rb.fit(baselines, sc.d)  # before anything is written: a bad training split fails here
     folder = Path(out).expanduser().resolve() if out else sc.root / "report"
     folder.mkdir(parents=True, exist_ok=True)
     k = min(top, sc.n)
@@ -226,6 +239,7 @@ def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: 
     md += _logp_section(sc, folder, tail, metrics, _markers(studies.model, metrics))
     md += _entropy_section(sc, metrics)
     md += _cross_entropy_section(sc, train, metrics)
+    md += rb.section(sc, folder, fitted, baselines, data, shape, metrics)
     md += _extremes_section(sc, folder, top_rows, bottom_rows, images, metrics)
     md += _deff_section(sc, folder, refs, images, metrics)
     md += _sparsity_section(sc, folder, images, metrics)

@@ -16,7 +16,8 @@ from pathlib import Path
 def _numeric_metrics(metrics: dict) -> dict[str, float]:
     """The report's scalar numbers as flat MLflow metric names (``report_<section>_<name>``)."""
     out: dict[str, float] = {}
-    for section in ("logp_db_per_dim", "gumbel", "gev", "markers", "entropy", "cross_entropy", "sparsity"):
+    for section in ("logp_db_per_dim", "gumbel", "gev", "markers", "entropy", "cross_entropy", "sparsity",
+                    "baselines"):
         for k, v in metrics.get(section, {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[f"report_{section}_{k}"] = float(v)
@@ -66,13 +67,14 @@ def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dic
         return None
 
 
-def _model_info(path: str | None, *, required: bool) -> tuple[dict, tuple[int, ...] | None, tuple[float, float] | None]:
-    """(meta, event shape, training t range) of a model bundle; with ``required`` a bad file
-    raises, else it is ignored."""
+def _model_info(path: str | None, *, required: bool
+                ) -> tuple[dict, tuple[int, ...] | None, tuple[float, float] | None, str | None]:
+    """(meta, event shape, training t range, training split ``data.path``) of a model bundle; with
+    ``required`` a bad file raises, else it is ignored."""
     if not path:
-        return {}, None, None
+        return {}, None, None, None
     if not Path(path).is_file() and not required:
-        return {}, None, None
+        return {}, None, None, None
     from dsm.bundle import load_model
 
     try:
@@ -80,8 +82,9 @@ def _model_info(path: str | None, *, required: bool) -> tuple[dict, tuple[int, .
     except (ValueError, FileNotFoundError):
         if required:
             raise
-        return {}, None, None
-    return dict(b.meta), tuple(b.shape), (float(b.config.noise.t_min), float(b.config.noise.t_max))
+        return {}, None, None, None
+    return (dict(b.meta), tuple(b.shape), (float(b.config.noise.t_min), float(b.config.noise.t_max)),
+            b.config.data.path)
 
 
 def _studies(args: argparse.Namespace, t_range: tuple[float, float] | None):
@@ -97,17 +100,43 @@ def _studies(args: argparse.Namespace, t_range: tuple[float, float] | None):
                    t_range=t_range)
 
 
+def _baseline_options(args: argparse.Namespace, t_range: tuple[float, float] | None, model_data: str | None):
+    """--baselines and friends; the training split and t_min default to the --model bundle's config."""
+    from dsm.report.baselines import BaselineOptions, parse_ks
+
+    opts = BaselineOptions(parse_ks(args.baselines))
+    if args.baseline_max_train is not None:
+        opts.max_train = args.baseline_max_train
+    if args.reg_covar is not None:
+        opts.reg_covar = args.reg_covar
+    if args.train_data:
+        opts.train_data = args.train_data
+    elif model_data:
+        opts.train_data, opts.train_source = model_data, "the model's config data.path"
+    elif args.model:
+        opts.train_source = "the model's config names no data.path (a built-in data.dataset)"
+    if args.t_min is not None:
+        opts.t_min, opts.t_min_source = args.t_min, "--t-min"
+    elif t_range is not None:
+        opts.t_min, opts.t_min_source = t_range[0], "the model's noise.t_min"
+    if opts.ks and not opts.train_data and args.model:
+        raise ValueError(f"--baselines needs the training split: {opts.train_source}; pass --train-data PATH")
+    return opts
+
+
 def _report(args: argparse.Namespace) -> int:
     from dsm.report.build import build_report, resolve_scores_dir
 
     try:
-        meta, shape, t_range = _model_info(args.model, required=True)
+        meta, shape, t_range, model_data = _model_info(args.model, required=True)
         opt_file = resolve_scores_dir(args.scores_dir) / "scores.json"
         info = json.loads(opt_file.read_text()) if opt_file.is_file() else {}
         if not args.model:  # the scored model, when its file is still there: only for MLflow nesting
-            meta, _, _ = _model_info(info.get("options", {}).get("model"), required=False)
+            meta, _, _, _ = _model_info(info.get("options", {}).get("model"), required=False)
+        baselines = _baseline_options(args, t_range, model_data)
         result = build_report(args.scores_dir, args.out, top=args.top, data=args.data, shape=shape,
-                              tail=args.gumbel_tail, train_scores=args.train_scores, studies=_studies(args, t_range))
+                              tail=args.gumbel_tail, train_scores=args.train_scores, studies=_studies(args, t_range),
+                              baselines=baselines)
     except (ValueError, FileNotFoundError) as e:  # json.JSONDecodeError is a ValueError
         print(f"dsm report: {e}", file=sys.stderr)
         return 2
@@ -124,6 +153,8 @@ def _report(args: argparse.Namespace) -> int:
         c = result["cross_entropy"]
         print(f"NLL train {c['train_bpd']:.4f} +- {c['train_stderr']:.4f}, test {c['test_bpd']:.4f} +- "
               f"{c['test_stderr']:.4f} bits/dim (test - train {c['gap_bpd']:+.4f} +- {c['gap_stderr']:.4f})")
+    if "baselines" in result:
+        print(f"baselines: {result['baselines']['verdict']}")
     _log_report(args.workspace, folder, info, meta, result)
     print(folder)
     return 0
@@ -179,8 +210,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Turn a `dsm score` output into a report folder: log p histogram with a "
                                      "Gumbel and GEV fits, entropies and the typical set, train vs test "
                                      "cross-entropy (--train-scores), the most/least probable images, d_eff against "
-                                     "t, log p against Haar sparsity, and with --model log p under affine transforms "
-                                     "and along the noise. Logs the folder to MLflow. "
+                                     "t, log p against Haar sparsity, with --model log p under affine transforms "
+                                     "and along the noise, and with --baselines classical Gaussian-mixture "
+                                     "baselines on the same images. Logs the folder to MLflow. "
                                      "The last line printed is the report folder. Sections: docs/analysis.md.")
     rep.add_argument("scores_dir", metavar="SCORES_DIR", help="dsm score's --out folder (or its parts/ folder)")
     rep.add_argument("--model", default=None, help="the scored model: its shape (for vector-stored images), "
@@ -196,6 +228,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="noise draws per reference image for E[log p(y, t) | x] (default 16; the paper: 1000)")
     rep.add_argument("--affine-grid", type=int, default=21,
                      help="points per axis of the contrast/offset grid on [0, 1] (default 21; the paper: 101)")
+    rep.add_argument("--baselines", default=None, metavar="K,K,...",
+                     help="classical baselines to fit and compare on the same images: Gaussian mixtures with "
+                          "these numbers of full-covariance components (1 = the full Gaussian), e.g. 1,10")
+    rep.add_argument("--train-data", default=None, metavar="PATH",
+                     help="training split the baselines are fitted on (shards, .npy or image folder; "
+                          "default: the --model config's data.path)")
+    # Defaults (None here) live in dsm.report.baselines / dsm.baselines; not imported at parser time (torch).
+    rep.add_argument("--baseline-max-train", type=int, default=None, metavar="N",
+                     help="fit on a seeded subsample of at most N training images (default 10000)")
+    rep.add_argument("--reg-covar", type=float, default=None,
+                     help="added to each baseline covariance's diagonal (default 1e-6, scikit-learn's)")
+    rep.add_argument("--t-min", type=float, default=None,
+                     help="noise variance of the baselines' smoothed columns (default: the --model config's "
+                          "noise.t_min; without either they are left out)")
     rep.add_argument("--data", default=None, help="the scored data, when it moved (default: scores.json's)")
     rep.add_argument("--out", default=None, help="report folder (default SCORES_DIR/report)")
     rep.add_argument("--top", type=int, default=8, help="images in the most/least probable grids (default 8)")

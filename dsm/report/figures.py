@@ -218,3 +218,34 @@ def noisy_logp(t: np.ndarray, curves: np.ndarray, labels: Sequence[str], path: P
     ax.set_ylabel("E[log p(y, t) | x] (dB/dim)")
     ax.legend(fontsize=5, ncol=2)
     return _save(fig, path)
+
+
+def baselines(names: Sequence[str], m: dict, diffs: Sequence[np.ndarray], column: str, path: Path) -> Path:
+    """Left: held-out mean log p (nats/dim, 2-standard-error bars) of each baseline as fitted (open)
+    and smoothed to t_min (filled), the energy model as a line with its 2-SE band. Right: the
+    per-image paired differences model - baseline (nats/dim) in the verdict ``column``, one
+    histogram per baseline. m: ``metrics['baselines']``; diffs: one (n,) array per baseline."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    mu, se = m["model_logp_nats_per_dim"], m["model_logp_stderr_nats_per_dim"]
+    left.axhspan(mu - 2 * se, mu + 2 * se, color="tab:red", alpha=0.2)
+    left.axhline(mu, color="tab:red", lw=1.5, label="energy model")
+    xs = np.arange(len(names))
+    for tag, style, label in (("", "o", "as fitted"), ("smoothed_", "s", "smoothed to t_min")):
+        keys = [f"k{k}_{tag}logp" for k in m["ks"]]
+        if keys[0] + "_nats_per_dim" not in m:
+            continue
+        left.errorbar(xs + (0.1 if tag else -0.1), [m[k + "_nats_per_dim"] for k in keys],
+                      yerr=[2 * m[k + "_stderr_nats_per_dim"] for k in keys], fmt=style, capsize=3,
+                      mfc="none" if not tag else None, color="black", label=label)
+    left.set_xticks(xs, [f"K = {k}" for k in m["ks"]])
+    left.set_ylabel("held-out log p (nats/dim)")
+    left.legend(fontsize=7)
+    for c, name, diff in zip(plt.cm.tab10(np.arange(len(names))), names, diffs):
+        right.hist(diff, bins=min(60, max(10, len(diff) // 20)), histtype="step", color=c,
+                   label=f"{name}: mean {diff.mean():+.4f}")
+    right.axvline(0, color="gray", lw=0.8)
+    right.set_xlabel(f"model - baseline log p (nats/dim per image)\nbaseline {column}")
+    right.set_ylabel("images")
+    right.legend(fontsize=6)
+    return _save(fig, path)

@@ -86,6 +86,7 @@ def test_report_without_images_or_mlflow(digits_scores, tmp_path, capsys, monkey
     for header in SECTIONS:
         assert header in md, header
     assert "Images not available" in md and "moved.npy" in md
+    assert "No baselines: pass `--baselines 1,10`" in md
     assert (tmp_path / "rep" / "logp_hist.png").stat().st_size > 1000
     assert not (tmp_path / "rep" / "most_probable.png").exists()
 
@@ -217,3 +218,128 @@ def test_report_command_with_a_model_file_and_train_scores(digits_scores, tmp_pa
     assert "No affine study: the model is not normalized" in md and "need `--model`, a normalized image model" in md
     assert main(["report", str(scores), "--affine-grid", "1"]) == 2
     assert "--affine-grid" in capsys.readouterr().err
+
+
+@pytest.fixture
+def one_blas_thread():
+    """scikit-learn's EM on 64-dimensional digits makes many small BLAS calls; with two OpenBLAS
+    threads on a loaded 2-core machine each is ~50x slower (20 s against 0.9 s for the fits here)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def _digits_train(path):
+    """The 597 digits after the 1200 scored ones, 8-bit, as the baselines' training split."""
+    from sklearn.datasets import load_digits
+
+    np.save(path, np.round(load_digits().images[1200:] / 16 * 255).astype(np.uint8)[:, None])
+    return path
+
+
+def test_report_classical_baselines(digits_scores, tmp_path, capsys, monkeypatch, one_blas_thread):
+    """--baselines 1,2 on the exact-Gaussian scores: the K = 1 numbers equal a Gaussian fitted here by
+    hand (ML mean and covariance + reg_covar I; smoothed: + t I) on the same images, paired by key."""
+    from scipy import stats
+
+    from dsm.report.cli import _numeric_metrics
+
+    scores, data, _ = digits_scores
+    train = _digits_train(tmp_path / "train.npy")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    rep = tmp_path / "rep"
+    assert main(["report", str(scores), "--baselines", "1,2", "--train-data", str(train), "--t-min", "1e-3",
+                 "--reg-covar", "1e-5", "--out", str(rep)]) == 0
+    out = capsys.readouterr().out
+    m = json.loads((rep / "metrics.json").read_text())["baselines"]
+    assert f"baselines: {m['verdict']}" in out
+    md = (rep / "report.md").read_text()
+    assert "## Classical baselines" in md and m["verdict"] in md and "](baselines.png)" in md
+    assert (rep / "baselines.png").stat().st_size > 1000
+    assert m["n"] == 1200 and m["n_train"] == m["n_train_total"] == 597 and m["ks"] == [1, 2]
+    assert m["t_min"] == 1e-3 and m["t_min_source"] == "--t-min" and m["reg_covar"] == 1e-5
+
+    as_read = lambda a: (a.astype(np.float32) / 255).astype(np.float64)  # dsm score's reader: float32 k/255
+    xt = as_read(np.load(train).reshape(597, 64))
+    mean, cov = xt.mean(0), np.cov(xt.T, bias=True) + 1e-5 * np.eye(64)
+    table = pq.read_table(scores / "parts").sort_by("key")
+    x = as_read(np.load(data).reshape(1200, 64)[[int(k) for k in table.column("key").to_pylist()]])
+    model = table.column("logp_nats").to_numpy()
+    for tag, t in (("", 0.0), ("smoothed_", 1e-3)):
+        lp = stats.multivariate_normal(mean, cov + t * np.eye(64)).logpdf(x)
+        assert m[f"k1_{tag}logp_nats_per_dim"] == pytest.approx(lp.mean() / 64, rel=1e-8)
+        se = (lp / 64).std(ddof=1) / math.sqrt(1200)
+        assert m[f"k1_{tag}logp_stderr_nats_per_dim"] == pytest.approx(se, rel=1e-6)
+        diff = (model - lp) / 64
+        assert m[f"k1_{tag}diff_nats_per_dim"] == pytest.approx(diff.mean(), rel=1e-8)
+        assert m[f"k1_{tag}diff_stderr_nats_per_dim"] == pytest.approx(diff.std(ddof=1) / math.sqrt(1200), rel=1e-6)
+        assert m[f"k1_{tag}diff_bits_per_dim"] == pytest.approx(diff.mean() / math.log(2), rel=1e-8)
+    arrays = np.load(rep / "baselines_logp.npz")
+    assert arrays["keys"].tolist() == table.column("key").to_pylist()
+    np.testing.assert_allclose(arrays["k1_smoothed_logp_nats"], lp, rtol=1e-9)
+    # The verdict compares the model with the best baseline in the smoothed column.
+    best = max(m["ks"], key=lambda k: m[f"k{k}_smoothed_logp_nats_per_dim"])
+    assert m["best_k"] == best and m["verdict_column"] == "smoothed to t_min"
+    assert m["best_diff_nats_per_dim"] == m[f"k{best}_smoothed_diff_nats_per_dim"]
+    word = "beats" if m["best_diff_nats_per_dim"] > 2 * m["best_diff_stderr_nats_per_dim"] else "is worse than"
+    assert word in m["verdict"] and f"K = {best}" in m["verdict"]
+    assert isinstance(m["k2_converged"], bool) and m["k2_n_iter"] >= 1
+    flat = _numeric_metrics({"baselines": m})  # what goes to MLflow
+    assert flat["report_baselines_k2_smoothed_diff_nats_per_dim"] == m["k2_smoothed_diff_nats_per_dim"]
+    assert "report_baselines_k1_converged" not in flat and "report_baselines_verdict" not in flat
+
+
+def test_report_baselines_defaults_from_the_model_and_errors(digits_scores, tmp_path, capsys, monkeypatch,
+                                                             one_blas_thread):
+    """--model supplies the training split (config data.path) and t_min (noise.t_min); without a model
+    or --t-min the smoothed columns are left out with the reason; no training split exits 2."""
+    from dsm.bundle import load_model, save_bundle
+
+    scores, data, _ = digits_scores
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    train = _digits_train(tmp_path / "train.npy")
+    plain = _image_bundle(tmp_path)
+    b = load_model(plain)  # unnormalized: the model-based sections stay out of the way
+    cfg = b.config.model_copy(update={"data": b.config.data.model_copy(update={"dataset": None, "path": str(train)})})
+    bundle = save_bundle(tmp_path / "with-data.pt", b.model, cfg, b.shape, b.is_image)
+    assert main(["report", str(scores), "--model", str(bundle), "--baselines", "1", "--out", str(tmp_path / "a")]) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())["baselines"]
+    assert m["train_data"] == str(train) and m["t_min"] == 1e-4 and m["t_min_source"] == "the model's noise.t_min"
+    assert "the model's config data.path" in (tmp_path / "a" / "report.md").read_text()
+
+    capsys.readouterr()
+    assert main(["report", str(scores), "--baselines", "1"]) == 2
+    assert "--train-data" in capsys.readouterr().err
+    assert main(["report", str(scores), "--model", str(plain), "--baselines", "1"]) == 2
+    assert "names no data.path" in capsys.readouterr().err
+    assert main(["report", str(scores), "--baselines", "1,x", "--train-data", str(train)]) == 2
+    assert main(["report", str(scores), "--baselines", "1", "--train-data", str(tmp_path / "nope.npy")]) == 2
+    assert "nope.npy" in capsys.readouterr().err
+
+
+def test_baselines_section_subsample_and_no_t_min(digits_scores, tmp_path, one_blas_thread):
+    """The section alone: a seeded training subsample, and without t_min no smoothed columns, with the reason."""
+    from dsm.report import baselines as rb
+    from dsm.report.build import read_scores_dir
+
+    scores, data, _ = digits_scores
+    sc = read_scores_dir(scores)
+    opts = rb.BaselineOptions((1,), str(_digits_train(tmp_path / "train.npy")), max_train=100)
+    fitted = rb.fit(opts, sc.d)
+    again = rb.read_training(opts.train_data, sc.d, 100, opts.seed)[0]
+    np.testing.assert_array_equal(fitted.baselines[0].density.means[0].numpy(), again.mean(0))  # same subsample
+    metrics = {}
+    md = "\n".join(rb.section(sc, tmp_path, fitted, opts, data, None, metrics))
+    m = metrics["baselines"]
+    assert m["n_train"] == 100 and m["n_train_total"] == 597 and m["t_min"] is None and m["n"] == 1200
+    assert "k1_smoothed_logp_nats_per_dim" not in m and m["verdict_column"] == "as fitted"
+    assert "not computed: no --model and no --t-min (pass --t-min)" in md and "subsample of 100 of its 597" in md
+    # Moved images: fitted, not evaluated, and said so.
+    assert "not evaluated: could not read" in "\n".join(rb.section(sc, tmp_path, fitted, opts, tmp_path / "moved.npy",
+                                                                   None, {}))
+    from dsm import baselines as bl
+
+    assert rb.MAX_TRAIN == 10_000 and bl.REG_COVAR == 1e-6  # the defaults `dsm report --help` states
+    with pytest.raises(ValueError, match="distinct positive"):
+        rb.fit(rb.BaselineOptions((1, 1), "x.npy"), sc.d)
