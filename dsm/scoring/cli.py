@@ -62,12 +62,17 @@ def _normalize(args: argparse.Namespace) -> int:
     print("agreement across t: " + ", ".join(f"t={t:g}: {v:.3f} +- {s:.3f}" for t, v, s in
                                              zip(ag["t"], ag["log_z"], ag["stderr"]))
           + f"; chi2 {ag['chi2']:.2f} -> {'consistent' if ag['consistent'] else 'INCONSISTENT: train longer or raise t'}")
+    from dsm.consistency import PREFIX, out_of_bounds
+
+    for line in out_of_bounds({PREFIX + "log_z_spread_nats": ag["max_abs_diff"]}):
+        print(line)
     from dsm.bundle import load_model
 
     meta = load_model(args.model).meta
     _tracking(args.workspace, meta, f"normalize-{Path(args.model).parent.name}",
               {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"]},
-              {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"]},
+              {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"],
+               "log_z_spread_nats": ag["max_abs_diff"]},
               [], "dsm-score")
     print(f"stored in {args.model}")
     return 0
@@ -76,6 +81,7 @@ def _normalize(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     import json
 
+    from dsm.consistency import Options as ConsistencyOptions
     from dsm.scoring.columns import ScoreSpec, parse_t_grid
     from dsm.scoring.job import OPTIONS_FILE, read_scores, score
     from dsm.scoring.summary import figures, format_summary
@@ -89,7 +95,11 @@ def _score(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size)
         if args.actors < 1:
             raise ValueError(f"--actors must be >= 1, got {args.actors}")
-        summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu)
+        if args.consistency_samples == 1 or args.consistency_samples < 0:
+            raise ValueError(f"--consistency-samples must be 0 (skip) or >= 2, got {args.consistency_samples}")
+        consistency = ConsistencyOptions() if args.consistency_samples else None
+        summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
+                        consistency=consistency, consistency_samples=args.consistency_samples)
     except (ValueError, FileNotFoundError) as e:
         print(f"dsm score: {e}", file=sys.stderr)
         return 2
@@ -101,6 +111,7 @@ def _score(args: argparse.Namespace) -> int:
     meta = load_model(args.model).meta
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
+    flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
     rid = _tracking(args.workspace, meta, f"score-{Path(args.model).parent.name}-{Path(args.data).name}",
                     {"model": args.model, "data": args.data, "t_grid": list(spec.t_grid),
                      "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
@@ -139,6 +150,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sc.add_argument("--noise-samples", type=int, default=4, help="K noise draws per image and t (default 4)")
     sc.add_argument("--dequantize", action="store_true", help="also the dequantized NLL (8-bit images)")
     sc.add_argument("--batch-size", type=int, default=64)
+    sc.add_argument("--consistency-samples", type=int, default=256,
+                    help="examples for the self-consistency checks (log Z spread, PF-ODE gap, heat residual), "
+                         "run after the job; 0 skips them (default 256; docs/scoring.md)")
     sc.add_argument("--actors", type=int, default=2, help="scoring actors (default 2)")
     sc.add_argument("--gpu", action="store_true", help="one GPU per actor")
     sc.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")

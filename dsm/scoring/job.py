@@ -20,11 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
-from dsm.scoring.inputs import open_input
+from dsm.scoring.inputs import iter_examples, open_input
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
+# The noise range of a model given as a callable (an exact toy density): the shipped configs'.
+DEFAULT_T_RANGE = (1e-4, 1e3)
 
 
 def part_path(out: Path, index: int) -> Path:
@@ -134,12 +137,41 @@ def read_scores(out: Path):
     return table.sort_by("key")
 
 
+def _training_t_range(model_ref: ModelRef) -> tuple[float, float]:
+    """[t_min, t_max] of the model's training (its bundle's config), or DEFAULT_T_RANGE."""
+    if callable(model_ref):
+        return DEFAULT_T_RANGE
+    from dsm.bundle import load_model
+
+    noise = load_model(model_ref).config.noise
+    return noise.t_min, noise.t_max
+
+
+def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Options) -> dict:
+    """The consistency summary on the first ``samples`` examples of the input (on this process's CPU)."""
+    import torch
+
+    from dsm.scoring.summary import consistency_summary
+    from dsm.train.evaluate import band_edges
+
+    keys, xs = [], []
+    for k, x, _ in iter_examples(inp, samples):
+        keys += k
+        xs.append(torch.from_numpy(x))
+    x = model.to_model(torch.cat(xs))
+    return consistency_summary(model.energy_model, x, keys, band_edges=band_edges(*_training_t_range(model_ref)),
+                               options=options)
+
+
 def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpec | None = None, *,
-          actors: int = 2, gpu: bool = False, model_label: str | None = None) -> dict:
+          actors: int = 2, gpu: bool = False, model_label: str | None = None,
+          consistency: cons.Options | None = cons.Options(), consistency_samples: int = 256) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
 
     Checks everything it can before Ray starts: the model loads and is normalized, the data is
     readable and non-empty, its shape matches the model, and ``out`` holds this job or nothing.
+    consistency: the self-consistency checks (:mod:`dsm.consistency`) run after the job on the
+    first ``consistency_samples`` examples (at least 2); None skips them.
     """
     import torch
 
@@ -166,6 +198,8 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     if len(keys) != inp.num_samples or len(set(keys)) != len(keys):
         raise RuntimeError(f"{out}: {len(keys)} rows ({len(set(keys))} distinct keys) for {inp.num_samples} inputs")
     summary = summarize(table, spec.t_grid, model.dim)
+    if consistency is not None and inp.num_samples >= 2:
+        summary["consistency"] = _consistency(model, model_ref, inp, max(2, consistency_samples), consistency)
     _write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
                                      "columns": table.column_names})
     return summary

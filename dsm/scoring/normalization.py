@@ -2,8 +2,9 @@
 
 log Z is estimated at a large noise variance t (default: the model's training t_max) with the
 paired estimator and its standard error, and checked by the several-large-t agreement
-diagnostic (the same data and noise at t/10, t/3 and t). The bundle is rewritten atomically
-with the new log Z and a record of how it was obtained.
+diagnostic (the same data and noise at t/10, t/3 and t, :func:`dsm.consistency.log_z_ts`; ``dsm
+normalize`` warns when their spread is beyond :data:`dsm.consistency.LOG_Z_SPREAD_MAX_NATS`). The
+bundle is rewritten atomically with the new log Z and a record of how it was obtained.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dsm.bundle import load_model, save_bundle
+from dsm.consistency import log_z_ts
 from dsm.energy import Energy
 from dsm.normalize import estimate_log_z, log_z_agreement
 from dsm.scoring.inputs import iter_examples, open_input
@@ -38,7 +40,7 @@ def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, 
         x = x.flatten(1)
     t = float(t or b.config.noise.t_max)
     est = estimate_log_z(b.model, x, t, keys=keys, batch_size=batch_size)
-    agree = log_z_agreement(b.model, x, [t / 10, t / 3, t], keys=keys, batch_size=batch_size)
+    agree = log_z_agreement(b.model, x, log_z_ts(t), keys=keys, batch_size=batch_size)
     b.model.log_z.fill_(est.value)
     record = {**est.as_dict(), "data": str(inp.path),
               "agreement": {"t": [e.t for e in agree.estimates], "log_z": [e.value for e in agree.estimates],

@@ -3,7 +3,9 @@
 - ``nll_bpd_mean`` with its standard error over images, ``logp_nats_mean``;
 - quantiles of log p (nats and dB/dim);
 - the d_eff estimators' gap at each t: mean of (time - denoising), its standard error, and the
-  mean of each estimator, so a reader sees the gap next to the values it separates.
+  mean of each estimator, so a reader sees the gap next to the values it separates;
+- the model's self-consistency (:func:`consistency_summary`, :mod:`dsm.consistency`) on the
+  first examples, with a warning line for each metric beyond its bound.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from dsm import consistency as cons
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 
@@ -43,6 +47,39 @@ def summarize(table, t_grid, dim: int) -> dict:
     return out
 
 
+def consistency_summary(energy, x, keys, *, band_edges: list[float], options: cons.Options) -> dict:
+    """The consistency metrics of ``energy`` (a :class:`dsm.energy.Energy`) on x (N, *event_shape)
+    with its keys, the heat bands ``band_edges``; JSON-able, with the warning lines."""
+    metrics = cons.check(energy, x, keys, band_edges=band_edges, options=options).metrics()
+    return {"n": int(x.shape[0]), "t_min": band_edges[0], "t_max": band_edges[-1], "ode_images": options.ode_images,
+            "ode_steps": options.ode_steps, "metrics": metrics, "warnings": cons.out_of_bounds(metrics)}
+
+
+def _format_consistency(c: dict) -> list[str]:
+    """The consistency block of :func:`format_summary`: values next to their bounds, then warnings."""
+    m, p = c["metrics"], cons.PREFIX
+    ts = sorted(((k[len(p + "log_z_nats_t"):], v) for k, v in m.items() if k.startswith(p + "log_z_nats_t")),
+                key=lambda a: float(a[0]))
+    lines = [f"consistency ({c['n']} images): log Z " + ", ".join(f"{v:.3f} at t={t}" for t, v in ts)
+             + f"; spread {m[p + 'log_z_spread_nats']:.3f} nats (bound {cons.LOG_Z_SPREAD_MAX_NATS:g})"]
+    if p + "ode_gap_nats_per_dim" in m:
+        lines.append(f"energy - PF-ODE log p: {m[p + 'ode_gap_nats_per_dim']:+.4f} +- "
+                     f"{m[p + 'ode_gap_stderr_nats_per_dim']:.4f} nats/dim, mean |gap| "
+                     f"{m[p + 'ode_gap_abs_nats_per_dim']:.4f} (bound {cons.ODE_GAP_ABS_MAX_NATS_PER_DIM:g}; "
+                     f"{c['ode_images']} images, {c['ode_steps']} Heun steps)")
+    bands = sorted((int(k.rsplit("band", 1)[1]), v) for k, v in m.items()
+                   if k.startswith(p + "heat_residual_rms_nats_per_dim_band"))
+    if bands:
+        lines.append("heat residual RMS of t R / d by band: " + ", ".join(f"{v:.4f}" for _, v in bands)
+                     + f" nats/dim (bound {cons.HEAT_RESIDUAL_RMS_MAX_NATS_PER_DIM:.4f})")
+    if p + "near_gaussian_t_lap_per_dim" in m:
+        lim = m[p + "near_gaussian_t_lap_per_dim"] - m[p + "near_gaussian_deviation"]
+        lines.append(f"t Laplacian U / d at the largest t: {m[p + 'near_gaussian_t_lap_per_dim']:.4f} +- "
+                     f"{m[p + 'near_gaussian_t_lap_per_dim_stderr']:.4f}, Gaussian limit {lim:.4f} "
+                     f"(bound on the difference {cons.NEAR_GAUSSIAN_DEVIATION_MAX:g})")
+    return lines + c["warnings"]
+
+
 def _grid(table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_pylist(), dtype=np.float64)
 
@@ -57,6 +94,8 @@ def format_summary(s: dict) -> str:
     for row in s.get("d_eff", []):
         lines.append(f"d_eff at t={row['t']:.3g}: denoising {row['denoising_mean']:.3f}, time {row['time_mean']:.3f}, "
                      f"gap {row['gap_mean']:+.3f} +- {row['gap_stderr']:.3f}")
+    if "consistency" in s:
+        lines += _format_consistency(s["consistency"])
     return "\n".join(lines)
 
 

@@ -173,6 +173,32 @@ class EvalConfig(StrictModel):
     psnrs: list[float] = Field(default_factory=lambda: list(PAPER_PSNRS), description="input PSNRs in dB")
     log_z_t: float | None = Field(None, gt=0, description="noise variance of the log Z estimate (default t_max)")
     grid: bool = Field(True, description="log a PNG grid of denoised held-out examples")
+    # Self-consistency metrics (dsm.consistency; energies only). The defaults add about 3 s per
+    # evaluation of the smoke run (2 CPUs); dsm score measures the same with more images and steps.
+    consistency: bool = Field(True, description="log the consistency/* metrics: log Z spread over large t, "
+                                                "energy vs PF-ODE gap, heat-equation residual by band")
+    log_z_ts: list[float] | None = Field(None, description="noise variances of the log Z spread (default "
+                                                           "t_max/10, t_max/3, t_max)")
+    ode_images: int = Field(2, ge=0, description="held-out images of the energy vs PF-ODE gap (0: skip it)")
+    ode_steps: int = Field(32, ge=1, description="Heun steps of that ODE, uniform in log t")
+    heat_examples: int = Field(32, ge=0, description="held-out examples per band for the heat residual "
+                                                     "and the near-Gaussian check (0: skip both)")
+    hutchinson_probes: int = Field(2, ge=2, description="Rademacher probes per example for Laplacians "
+                                                        "when d > 16 (even)")
+
+    @field_validator("log_z_ts")
+    @classmethod
+    def _two_ts(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) < 2 or not all(t > 0 for t in v)):
+            raise ValueError(f"give at least two noise variances > 0, got {v}")
+        return v
+
+    @field_validator("hutchinson_probes")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be even (two halves give an unbiased squared residual), got {v}")
+        return v
 
 
 class CheckpointConfig(StrictModel):

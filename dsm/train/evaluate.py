@@ -18,6 +18,9 @@ Metrics (names as logged; nats unless said):
 - energies only: ``eval/log_z`` and ``eval/log_z_stderr`` (paired estimator at t = log_z_t),
   ``eval/nll_bpd`` (8-bit convention for 8-bit images, plain bits/dim otherwise) and
   ``eval/nll_bpd_stderr``.
+- energies only, when asked (``consistency=``): the ``consistency/*`` self-consistency metrics
+  of :mod:`dsm.consistency` (log Z spread over large t, energy vs PF-ODE gap, heat-equation
+  residual per band, near-Gaussian Laplacian), the heat bands being ``BANDS`` above.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dsm import consistency as cons
 from dsm import noise, units
 from dsm.energy import Energy
 from dsm.normalize import LogZ, estimate_log_z
@@ -53,12 +57,33 @@ def _denoise(model: nn.Module, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor
         return model.denoise(y, t)
 
 
-def metric_names(*, energy: bool, psnrs: list[float]) -> set[str]:
-    """The keys :func:`evaluate` returns for an energy (or score) model and these input PSNRs."""
+def band_edges(t_min: float, t_max: float) -> list[float]:
+    """The ``BANDS + 1`` edges of the evaluation's equal log-width bands of [t_min, t_max]."""
+    return torch.logspace(math.log10(t_min), math.log10(t_max), BANDS + 1, dtype=torch.float64).tolist()
+
+
+def consistency_options(eval_cfg) -> cons.Options | None:
+    """The consistency checks an ``eval`` config section (:class:`dsm.train.config.EvalConfig`)
+    asks for, or None when ``eval.consistency`` is off."""
+    if not eval_cfg.consistency:
+        return None
+    return cons.Options(log_z_ts=tuple(eval_cfg.log_z_ts) if eval_cfg.log_z_ts else None,
+                        ode_images=eval_cfg.ode_images, ode_steps=eval_cfg.ode_steps,
+                        heat_examples=eval_cfg.heat_examples, hutchinson_probes=eval_cfg.hutchinson_probes)
+
+
+def metric_names(*, energy: bool, psnrs: list[float], consistency: cons.Options | None = None,
+                 t_max: float | None = None) -> set[str]:
+    """The keys :func:`evaluate` returns for an energy (or score) model and these input PSNRs;
+    with ``consistency`` also the consistency metrics (their log Z names need ``t_max``)."""
     names = {f"eval/loss_band{i}" for i in range(BANDS)} | {"eval/loss", "eval/dsm", "eval/loss_train_t_dist"}
     names |= {f"eval/psnr_out_in{p:g}dB" for p in psnrs} | {f"eval/psnr_out_mean_per_image_in{p:g}dB" for p in psnrs}
     if energy:
         names |= {"eval/tsm", "eval/log_z", "eval/log_z_stderr", "eval/nll_bpd", "eval/nll_bpd_stderr"}
+        if consistency is not None:
+            if t_max is None:
+                raise ValueError("metric_names needs t_max to name the consistency metrics")
+            names |= cons.metric_names(consistency, t_max=t_max, bands=BANDS)
     return names
 
 
@@ -133,16 +158,17 @@ def _psnr_metrics(model, x, keys, psnrs: list[float], *, batch_size: int,
 
 def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_min: float, t_max: float,
              psnrs: list[float], log_z_t: float | None, eight_bit: bool, batch_size: int = 256,
-             grid_examples: int = 0) -> EvalResult:
+             grid_examples: int = 0, consistency: cons.Options | None = None) -> EvalResult:
     """Evaluate ``model`` on held-out ``x`` (N, *event_shape) with per-example ``keys``.
 
     eight_bit: x holds k/255 pixel values, so the NLL uses the 8-bit convention.
     grid_examples: keep this many denoised examples per PSNR for a figure.
+    consistency: also the ``consistency/*`` metrics of an energy (:func:`consistency_options`).
     """
     was_training = model.training
     model.eval()
     n, d = x.shape[0], math.prod(x.shape[1:])
-    edges = torch.logspace(math.log10(t_min), math.log10(t_max), BANDS + 1, dtype=torch.float64).tolist()
+    edges = band_edges(t_min, t_max)
     metrics = _loss_metrics(model, x, keys, loss_fn=loss_fn, edges=edges, batch_size=batch_size)
     psnr_metrics, denoised = _psnr_metrics(model, x, keys, psnrs, batch_size=batch_size, grid_examples=grid_examples)
     metrics.update(psnr_metrics)
@@ -155,6 +181,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_m
         nll = units.nll_bpd_8bit(logp, d) if eight_bit else units.bits_per_dim(logp, d)
         metrics.update({"eval/log_z": log_z.value, "eval/log_z_stderr": log_z.stderr,
                         "eval/nll_bpd": float(nll.mean()), "eval/nll_bpd_stderr": float(nll.std() / math.sqrt(n))})
+        if consistency is not None:
+            metrics.update(cons.check(model, x, keys, band_edges=edges, options=consistency,
+                                      batch_size=batch_size).metrics())
     model.train(was_training)
     return EvalResult(metrics, log_z, edges, denoised)
 

@@ -31,7 +31,7 @@ from dsm.seeding import key_seed
 from dsm.step import train_step
 from dsm.train import build
 from dsm.train.config import TrainConfig
-from dsm.train.evaluate import BANDS, denoising_figure, evaluate
+from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate
 from dsm.train.runlog import RunLog
 from dsm.train.state import TrainState, load_state, save_state
 
@@ -100,7 +100,8 @@ def reported_metrics(cfg: TrainConfig) -> set[str]:
     if cfg.eval.enabled:
         from dsm.train.evaluate import metric_names
 
-        names |= metric_names(energy=cfg.model.kind == "energy", psnrs=cfg.eval.psnrs)
+        names |= metric_names(energy=cfg.model.kind == "energy", psnrs=cfg.eval.psnrs,
+                              consistency=consistency_options(cfg.eval), t_max=cfg.noise.t_max)
     return names
 
 
@@ -180,7 +181,8 @@ def train_loop(config: dict) -> None:
         res = evaluate(final, held[0], held[1], loss_fn=loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
                        psnrs=cfg.eval.psnrs if cfg.eval.enabled else [],
                        log_z_t=cfg.eval.log_z_t, eight_bit=eight_bit, batch_size=cfg.eval.batch_size,
-                       grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0)
+                       grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
+                       consistency=consistency_options(cfg.eval))
         if res.denoised:
             fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(run_dir / "figures" / f"denoised_{step:08d}.png"))
             log.artifact(fig, "figures")

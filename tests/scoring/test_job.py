@@ -1,6 +1,7 @@
 """`dsm score` as a Ray Data job on the session's real local Ray, writing real parquet."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,14 +17,28 @@ from dsm.bundle import save_bundle
 from dsm.cli import main
 from dsm.config import load_config
 from dsm.scoring.columns import ScoreSpec
-from dsm.scoring.job import read_scores, score
+from dsm.scoring.job import DEFAULT_T_RANGE, read_scores, score
 from dsm.train import build
 from dsm.train.config import TrainConfig
 
 
-def test_exact_gaussian_through_the_job(ray_cluster, gaussian, gaussian_ref, gaussian_npy, tmp_path):
+@pytest.fixture
+def one_thread():
+    """The driver-side consistency checks run tiny ops: a second thread only adds contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_exact_gaussian_through_the_job(ray_cluster, gaussian, gaussian_ref, gaussian_npy, tmp_path, one_thread):
     spec = ScoreSpec(t_grid=(0.01, 1.0), n_noise=4, batch_size=64)
     summary = score(gaussian_ref, gaussian_npy, tmp_path / "a", spec, actors=2)
+    # the self-consistency of an exact density: all in bounds, in the summary and in scores.json
+    c = summary["consistency"]
+    assert c["n"] == 256 and (c["t_min"], c["t_max"]) == pytest.approx(DEFAULT_T_RANGE) and c["warnings"] == []
+    assert c["metrics"]["consistency/log_z_spread_nats"] < 0.01
+    assert json.loads((tmp_path / "a" / "scores.json").read_text())["summary"]["consistency"] == c
     table = read_scores(tmp_path / "a")
     assert table.num_rows == 2500 and summary["n"] == 2500
     assert table.column("key").to_pylist()[:2] == ["000000", "000001"]  # .npy keys: zero-padded row index
@@ -38,7 +53,8 @@ def test_exact_gaussian_through_the_job(ray_cluster, gaussian, gaussian_ref, gau
         == [0.01, 1.0]
 
     # One actor and another batch size: the same numbers, row for row.
-    score(gaussian_ref, gaussian_npy, tmp_path / "b", ScoreSpec(t_grid=(0.01, 1.0), n_noise=4, batch_size=500), actors=1)
+    score(gaussian_ref, gaussian_npy, tmp_path / "b", ScoreSpec(t_grid=(0.01, 1.0), n_noise=4, batch_size=500), actors=1,
+          consistency=None)
     other = read_scores(tmp_path / "b")
     assert other.column("key").to_pylist() == table.column("key").to_pylist()
     for c in table.column_names[1:]:
@@ -56,6 +72,34 @@ def _vector_bundle(tmp_path, d=4, normalized=True, width=64):
     path = tmp_path / "model.pt"
     save_bundle(path, model, cfg, (d,), False, normalization={"value": 0.0} if normalized else None)
     return path
+
+
+def test_score_warns_about_an_inconsistent_model(ray_cluster, tmp_path, capsys, one_thread):
+    """An untrained MLP energy (U = |y|^2 / (2 (1 + t)), no learned c(t) yet): its Z grows with t,
+    so `dsm score` prints the warning line, and logs the consistency/* metrics to its MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from dsm.tracking import tracking_uri
+
+    model = _vector_bundle(tmp_path)
+    data = tmp_path / "data.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32))
+    out, ws = tmp_path / "out", tmp_path / "ws"
+    rc = main(["score", str(model), "--data", str(data), "--out", str(out), "--t-grid", "", "--consistency-samples",
+               "64", "--workspace", str(ws)])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    warning = next(line for line in stdout.splitlines() if line.startswith("WARNING: consistency/log_z_spread_nats"))
+    spread = json.loads((out / "scores.json").read_text())["summary"]["consistency"]["metrics"][
+        "consistency/log_z_spread_nats"]
+    assert warning == (f"WARNING: consistency/log_z_spread_nats = {spread:.4g} is beyond its bound 0.1 "
+                       "(max - min of log Z over large t; see docs/scoring.md)")
+    assert spread == pytest.approx(4 / 2 * math.log(10), rel=0.05)  # d/2 log(t1/t0) of an unnormalized Gaussian
+    assert "consistency (64 images): log Z" in stdout
+    rid = json.loads((out / "scores.json").read_text())["mlflow_run_id"]
+    logged = MlflowClient(tracking_uri(ws)).get_run(rid).data.metrics
+    assert logged["consistency/log_z_spread_nats"] == pytest.approx(spread)
+    assert "consistency/ode_gap_abs_nats_per_dim" in logged
 
 
 @pytest.mark.parametrize("case", ["missing", "shape", "unnormalized", "empty", "empty_folder"])
@@ -85,7 +129,8 @@ def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):
     np.save(data, np.random.default_rng(0).normal(size=(8000, 4)).astype(np.float32))  # 8 pieces
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "dsm.cli", "score", str(model), "--data", str(data), "--out", str(out),
-           "--t-grid", "1e-3:1e2:12", "--noise-samples", "8", "--workspace", str(tmp_path / "ws")]
+           "--t-grid", "1e-3:1e2:12", "--noise-samples", "8", "--consistency-samples", "0",
+           "--workspace", str(tmp_path / "ws")]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240

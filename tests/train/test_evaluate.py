@@ -5,9 +5,32 @@ import math
 import pytest
 import torch
 
+from dsm import consistency as cons
 from dsm import losses, noise, toy, units
+from dsm.energy import Energy
 from dsm.seeding import keyed_normal, keyed_uniform
-from dsm.train.evaluate import BANDS, denoising_figure, evaluate, metric_names
+from dsm.train.config import EvalConfig
+from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate, metric_names
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """An exact Gaussian's ops are tiny: a second thread only adds contention on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Scaled(Energy):
+    """1.05 U of an exact density: the wrong temperature, so Z moves with t and the heat equation fails."""
+
+    def __init__(self, base: Energy, scale: float = 1.05):
+        super().__init__(base.event_shape)
+        self.base, self.scale = base, scale
+
+    def energy(self, y, t):
+        return self.scale * self.base.energy(y, t)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +59,33 @@ def test_exact_energy_gives_zero_log_z_and_its_own_nll(gaussian):
     assert all(math.isfinite(v) for v in m.values())
     # what dsm tune validates a sweep's metric against is exactly what evaluation returns
     assert set(m) == metric_names(energy=True, psnrs=[20.0, 0.0])
+
+
+def test_consistency_metrics_with_the_training_defaults(gaussian):
+    """eval.consistency (on by default): the consistency/* metrics, named as metric_names says;
+    all in bounds on the exact density, out of bounds on 1.05 U."""
+    opts = consistency_options(EvalConfig())
+    assert opts is not None and consistency_options(EvalConfig(consistency=False)) is None
+    x = gaussian.sample(400, torch.Generator().manual_seed(5))
+    keys = [f"k{i}" for i in range(len(x))]
+    kw = dict(loss_fn=losses.DualScoreMatching(), t_min=1e-4, t_max=1e3, psnrs=[0.0], log_z_t=None, eight_bit=False,
+              batch_size=200, consistency=opts)
+    m = evaluate(gaussian, x, keys, **kw).metrics
+    names = metric_names(energy=True, psnrs=[0.0], consistency=opts, t_max=1e3)
+    assert set(m) == names and names - metric_names(energy=True, psnrs=[0.0]) == cons.metric_names(
+        opts, t_max=1e3, bands=BANDS)
+    assert {"consistency/log_z_spread_nats", "consistency/log_z_nats_t333", "consistency/ode_gap_abs_nats_per_dim",
+            f"consistency/heat_residual_rms_nats_per_dim_band{BANDS - 1}"} <= set(m)
+    # log Z at t_max is the one eval/log_z reports (same estimator, data and noise)
+    assert m["consistency/log_z_nats_t1000"] == pytest.approx(m["eval/log_z"], abs=1e-12)
+    assert cons.out_of_bounds(m) == [], {k: v for k, v in m.items() if k.startswith("consistency/")}
+    bad = evaluate(Scaled(gaussian), x, keys, **kw).metrics
+    flagged = {line.split()[1] for line in cons.out_of_bounds(bad)}
+    assert {"consistency/log_z_spread_nats", "consistency/ode_gap_abs_nats_per_dim",
+            "consistency/near_gaussian_deviation"} <= flagged
+    # score models have no energy: no consistency metrics
+    assert not any(k.startswith("consistency/") for k in metric_names(energy=False, psnrs=[], consistency=opts,
+                                                                      t_max=1e3))
 
 
 def test_output_psnr_is_the_psnr_of_the_mean_mse_and_the_per_image_mean_is_kept(gaussian):
@@ -78,7 +128,7 @@ def test_evaluation_does_not_depend_on_batch_size(gaussian):
     x = gaussian.sample(300, torch.Generator().manual_seed(2))
     keys = [str(i) for i in range(300)]
     kw = dict(loss_fn=losses.DualScoreMatching(), t_min=1e-3, t_max=1e2, psnrs=[10.0], log_z_t=50.0,
-              eight_bit=False)
+              eight_bit=False, consistency=cons.Options(ode_images=2, ode_steps=8, heat_examples=16))
     a = evaluate(gaussian, x, keys, batch_size=300, **kw).metrics
     b = evaluate(gaussian, x, keys, batch_size=7, **kw).metrics
     assert a.keys() == b.keys()
@@ -91,3 +141,16 @@ def test_denoising_figure(tmp_path):
     path = denoising_figure(x, {20.0: x, 0.0: x * 0.5}, str(tmp_path / "sub" / "grid.png"))
     assert (tmp_path / "sub" / "grid.png").stat().st_size > 1000 and path.endswith("grid.png")
     assert noise.psnr_to_t(20.0) == pytest.approx(0.01)
+
+
+def test_consistency_fields_are_validated():
+    from pydantic import ValidationError
+
+    for bad in ({"hutchinson_probes": 3}, {"log_z_ts": [1000.0]}, {"log_z_ts": [0.0, 10.0]}, {"ode_images": -1}):
+        with pytest.raises(ValidationError):
+            EvalConfig(**bad)
+    opts = consistency_options(EvalConfig(log_z_ts=[10.0, 20.0], ode_images=0, heat_examples=0))
+    names = metric_names(energy=True, psnrs=[], consistency=opts, t_max=1e3)
+    assert {n for n in names if n.startswith("consistency/")} == {
+        "consistency/log_z_spread_nats", "consistency/log_z_chi2", "consistency/log_z_nats_t10",
+        "consistency/log_z_nats_t20", "consistency/log_z_stderr_nats_t10", "consistency/log_z_stderr_nats_t20"}

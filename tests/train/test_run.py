@@ -45,7 +45,8 @@ def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
     assert _steps(client, run.info.run_id, "eval/nll_bpd") == [30, 60]
     nll = run.data.metrics["eval/nll_bpd"]
     assert np.isfinite(nll) and 0 < nll < 40
-    for key in ("eval/log_z", "eval/log_z_stderr", "eval/psnr_out_in20dB", "eval/loss_band0", "train/loss_band3"):
+    for key in ("eval/log_z", "eval/log_z_stderr", "eval/psnr_out_in20dB", "eval/loss_band0", "train/loss_band3",
+                "eval/loss_train_t_dist", "consistency/log_z_spread_nats", "consistency/ode_gap_abs_nats_per_dim"):
         assert key in run.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model", "figures"} <= artifacts
