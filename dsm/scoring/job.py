@@ -165,13 +165,14 @@ def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Op
 
 def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpec | None = None, *,
           actors: int = 2, gpu: bool = False, model_label: str | None = None,
-          consistency: cons.Options | None = cons.Options(), consistency_samples: int = 256) -> dict:
+          consistency: cons.Options | None = None, consistency_samples: int = 256) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
 
     Checks everything it can before Ray starts: the model loads and is normalized, the data is
     readable and non-empty, its shape matches the model, and ``out`` holds this job or nothing.
     consistency: the self-consistency checks (:mod:`dsm.consistency`) run after the job on the
-    first ``consistency_samples`` examples (at least 2); None skips them.
+    first ``consistency_samples`` examples (at least 2); None (the default here; ``dsm score``
+    runs them unless ``--consistency-samples 0``) skips them.
     """
     import torch
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dsm.consistency import Options as ConsistencyOptions
 from dsm.bundle import save_bundle
 from dsm.cli import main
 from dsm.config import load_config
@@ -33,7 +34,7 @@ def one_thread():
 
 def test_exact_gaussian_through_the_job(ray_cluster, gaussian, gaussian_ref, gaussian_npy, tmp_path, one_thread):
     spec = ScoreSpec(t_grid=(0.01, 1.0), n_noise=4, batch_size=64)
-    summary = score(gaussian_ref, gaussian_npy, tmp_path / "a", spec, actors=2)
+    summary = score(gaussian_ref, gaussian_npy, tmp_path / "a", spec, actors=2, consistency=ConsistencyOptions())
     # the self-consistency of an exact density: all in bounds, in the summary and in scores.json
     c = summary["consistency"]
     assert c["n"] == 256 and (c["t_min"], c["t_max"]) == pytest.approx(DEFAULT_T_RANGE) and c["warnings"] == []

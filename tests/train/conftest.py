@@ -17,7 +17,8 @@ def make_cfg(digits_workspace):
     """TrainConfig from the digits smoke config plus overrides, data resolved in the workspace."""
 
     def make(*overrides: str) -> TrainConfig:
-        cfg = load_config(TrainConfig, SMOKE, list(overrides))
+        # The consistency checks add seconds per evaluation: on only where a test asks for them
+        cfg = load_config(TrainConfig, SMOKE, ["eval.consistency=false", *overrides])
         return resolve_data(cfg, digits_workspace, progress=False)
 
     return make

@@ -29,7 +29,8 @@ def _steps(client, run_id, key):
 
 
 def test_two_worker_digits_run(ray_cluster, make_cfg, digits_workspace):
-    cfg = make_cfg("steps=60", "checkpoint.every=30", "log_every=10", "optim.ema_decay=0.9", "name=two-workers")
+    cfg = make_cfg("steps=60", "checkpoint.every=30", "log_every=10", "optim.ema_decay=0.9", "name=two-workers",
+                   "eval.consistency=true")
     p = plan(cfg, digits_workspace, progress=False)
     export = train(p, log_to_driver=False)
     assert export == p.export_path and export.is_file()
