@@ -53,3 +53,13 @@ def ray_dashboard_url(ray_cluster) -> str:
 
     url = ray._private.worker.get_dashboard_url()
     return url if "://" in url else f"http://{url}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tests of tiny tensors (toys, exact densities): a second thread only adds contention on a
+    busy 2-core machine (up to 15x slower), so they run on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

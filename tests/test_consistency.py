@@ -29,13 +29,7 @@ class Perturbed(Energy):
         return self.scale * self.base.energy(y, self.stretch * t) + self.c + self.c_of_t * torch.log(t)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The toys' ops are tiny: a second thread only adds contention (15x slower on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,7 @@ from dsm import toy
 from dsm.sample import sample, start_noise, t_schedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny (4000, 4) tensors: a second OpenMP thread only adds spin contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 MU = torch.tensor([0.3, -0.2, 0.5, 0.1], dtype=torch.float64)

@@ -13,13 +13,7 @@ from dsm.train.config import EvalConfig
 from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate, metric_names
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """An exact Gaussian's ops are tiny: a second thread only adds contention on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Scaled(Energy):
