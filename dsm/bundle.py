@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsm.fileio import atomic_path
+from dsm.fileio import atomic_path, load_torch_file
 
 FORMAT, VERSION = "dsm-model", 2
 
@@ -70,10 +70,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bu
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"{path}: not a readable dsm model ({e})") from None
+    blob = load_torch_file(path, "dsm model", map_location)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path}: not a dsm model bundle (format {blob.get('format') if isinstance(blob, dict) else '?'})")
     if blob["version"] > VERSION:

@@ -26,3 +26,43 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def load_torch_file(path: str | Path, what: str, map_location: str | object = "cpu") -> object:
+    """``torch.load(path, weights_only=True)`` with every failure as a one-line ValueError that
+    names the file and says, in dsm's words, what is wrong with it.
+
+    weights_only unpickles tensors, numbers, strings and plain containers and nothing else, so a
+    file that would import code when read (a pickled ``__reduce__`` naming ``os.system``, say) is
+    refused instead of run. torch's own message for that case recommends re-running with
+    ``weights_only=False``, the unsafe option, so it is never passed on to the user.
+    what: the kind of file expected, e.g. "dsm model" or "dsm training checkpoint".
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        names = _code_named_in(path)
+        if names:
+            raise ValueError(f"{path}: not a trusted {what}: reading it would import "
+                             f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}, and dsm never runs "
+                             f"code from a file") from None
+        raise ValueError(f"{path}: not a {what} (not a file written by torch.save)") from None
+    except (EOFError, RuntimeError, OSError) as e:
+        cause = "empty" if isinstance(e, EOFError) else str(e).split(". ")[0]
+        raise ValueError(f"{path}: not a readable {what} ({cause})") from None
+
+
+def _code_named_in(path: Path) -> list[str]:
+    """The importable names (module.attribute) a torch.save file's pickle refers to beyond what
+    weights_only allows; [] when the file is not a torch.save archive at all."""
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (ValueError, RuntimeError, OSError):
+        return []

@@ -19,12 +19,28 @@ from dsm.losses import LossTerms
 from dsm.noise import TSampler
 
 
-def weight_ema(model: nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+def weight_ema(model: nn.Module, decay: float | None,
+               warmup: bool = False) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of ``model``'s weights for :func:`train_step` (None
-    when ``decay`` is None). Its ``.module`` is the averaged model."""
+    when ``decay`` is None). Its ``.module`` is the averaged model.
+
+    warmup: after n updates the decay is min(decay, (1 + n) / (10 + n)), so the average
+    forgets the initial weights at the start of training. Without it, a decay of 0.999 still
+    gives the weights of the first step 37% of the average after 1000 steps.
+    """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
+    if not decay:
+        return None
+    if not warmup:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+    @torch.no_grad()
+    def warm_ema(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)  # updates so far; AveragedModel keeps it in its state dict, so resumes continue the ramp
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return AveragedModel(model, multi_avg_fn=warm_ema)
 
 
 @dataclass

@@ -167,6 +167,7 @@ def _sample(args: argparse.Namespace) -> int:
     from dsm.api import load
     from dsm.report import figures
     from dsm.sample import sample
+    from dsm.fileio import load_torch_file
 
     try:
         if min(args.n, args.steps, args.batch_size) < 1:
@@ -175,7 +176,7 @@ def _sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
         device = "cuda" if args.gpu else "cpu"
         model = load(args.model, device)
-        noise = torch.load(args.model, map_location="cpu", weights_only=True)["config"]["noise"]
+        noise = load_torch_file(args.model, "dsm model")["config"]["noise"]
         t_max = args.t_max if args.t_max is not None else float(noise["t_max"])
         t_min = args.t_min if args.t_min is not None else float(noise["t_min"])
         if not 0 < t_min < t_max:

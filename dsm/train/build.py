@@ -153,7 +153,7 @@ def build_ema(cfg: TrainConfig, model: nn.Module) -> torch.optim.swa_utils.Avera
     """
     from dsm.step import weight_ema
 
-    return weight_ema(model, cfg.optim.ema_decay)
+    return weight_ema(model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
 
 
 def check_buildable(cfg: TrainConfig) -> DataShape:

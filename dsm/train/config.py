@@ -162,6 +162,8 @@ class OptimConfig(StrictModel):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay "
         "(e.g. 0.999); evaluation, normalization and the exported model then use the average")
+    ema_warmup: bool = Field(False, description="ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) "
+                                                "after n updates, so that the average forgets the initial weights (no effect without ema_decay)")
 
 
 class EvalConfig(StrictModel):

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from dsm.fileio import load_torch_file
+
 STATE_FILE = "state.pt"
 
 
@@ -74,7 +76,8 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint has no {STATE_FILE}")
-    blob = torch.load(path, map_location=map_location, weights_only=False)  # our own file: optimizer state holds python scalars
+    # weights_only: a state.pt handed over (or swapped into the run folder) must not run code on resume
+    blob = load_torch_file(path, "dsm training checkpoint", map_location)
     model.load_state_dict(blob["model"])
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])

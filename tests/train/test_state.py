@@ -19,7 +19,7 @@ def _steps(cfg, model, opt, sched, x, start, stop, sampler, ema=None):
 
 @pytest.mark.parametrize("variant", [(), ("noise.sampler=importance", "noise.importance.bins=4",
                                            "noise.importance.warmup=1", "loss.heat_weight=0.1",
-                                           "optim.ema_decay=0.8")])
+                                           "optim.ema_decay=0.8", "optim.ema_warmup=true")])
 def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     # the second variant has state beyond the model's: the importance sampler's, in the checkpoint
     cfg = make_cfg("optim.schedule=halving", "optim.halve_every=3", "scaling.workers=1", *variant)
@@ -78,3 +78,22 @@ def test_checkpoint_without_ema_restarts_it_from_the_weights(make_cfg, tmp_path)
         load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, ema=ema)
     for p, q in zip(ema.module.parameters(), a.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_on_resume(make_cfg, tmp_path):
+    """A state.pt whose pending metric rows hold an object with __reduce__ (issue #17): resuming
+    must refuse it, naming the file, and never run the call."""
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    cfg = make_cfg("scaling.workers=1")
+    model = build.build_model(cfg, build.DataShape((1, 8, 8), True))
+    opt, sched = build.build_optimizer(cfg, model)
+    save_state(tmp_path, model=model, optimizer=opt, scheduler=sched, config={},
+               state=TrainState(step=1, pending=[(1, {"loss": RunsCode()})]), batches_per_epoch=4, world_size=1)
+    with pytest.raises(ValueError, match="not a trusted dsm training checkpoint") as e:
+        load_state(tmp_path, model=model, optimizer=opt, scheduler=sched)
+    assert not (tmp_path / "pwned").exists() and "weights_only" not in str(e.value)

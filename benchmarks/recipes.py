@@ -1,0 +1,135 @@
+"""Issue #16's acceptance table for one trained model: held-out log p against classical baselines,
+and the model's agreement with itself.
+
+For a model file (``dsm train``'s model.pt or model-best.pt) and its training and held-out shard
+folders, prints a markdown table of
+
+- held-out log p (nats/dim; NLL in bits/dim in the 8-bit convention) of the model, of the
+  full-covariance Gaussian and of Gaussian mixtures with K components (scikit-learn, full
+  covariances, ``dsm.baselines``' reg_covar), each baseline as fitted and smoothed to the model's
+  t_min, with the paired difference model - baseline and its standard error;
+- the energy - PF-ODE log p gap, mean |gap| over the first ``--ode-images`` held-out images
+  (target <= 0.05 nats/dim), and log Z at t = 100, 333, 1000 (target: spread <= 0.1 nats).
+
+    .venv/bin/python benchmarks/recipes.py RUN/model-best.pt --train WS/data/patches-*/train \
+        --test WS/data/patches-*/test --ks 1,10,50,100
+
+Everything here is dsm's library code (dsm.api, dsm.baselines, dsm.consistency); the script only
+arranges it. Units: nats/dim unless a column says bits/dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from _common import machine
+from dsm import baselines as bl
+from dsm import consistency as cons
+from dsm.api import load
+from dsm.bundle import load_model
+from dsm.report.baselines import read_training
+from dsm.report.build import iter_pieces
+from dsm.scoring.inputs import open_input
+
+LOG_Z_TS = (100.0, 333.0, 1000.0)
+
+
+def read_heldout(path: str, n: int, shape) -> tuple[list[str], torch.Tensor]:
+    """The first n held-out images (keys, (n, *shape) float32), read as ``dsm score`` reads them."""
+    keys, xs = [], []
+    for k, x in iter_pieces(open_input(path), shape):
+        keys += list(k)
+        xs.append(torch.as_tensor(np.asarray(x)))
+        if len(keys) >= n:
+            break
+    return keys[:n], torch.cat(xs)[:n].float()
+
+
+def model_logp(m, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """log p in nats per image, (n,)."""
+    return np.concatenate([m.log_prob(x[i:i + batch]).double().numpy() for i in range(0, len(x), batch)])
+
+
+def bpd8(nats_per_dim: float) -> float:
+    """NLL in bits/dim, 8-bit convention (pixels k/255 in [0, 1]): 8 - log p / (d ln 2)."""
+    return 8.0 - nats_per_dim / math.log(2)
+
+
+def baseline_rows(args, d: int, x: np.ndarray, lp_model: np.ndarray, t_min: float) -> tuple[list[str], dict]:
+    """Markdown rows and a JSON dict for every K: as fitted and smoothed to t_min, paired with the model."""
+    train, n_total, _ = read_training(args.train, d, args.max_train, bl.SEED)
+    rows, out = [], {}
+    for k in args.ks:
+        t0 = time.perf_counter()
+        b = bl.fit_baseline(train, k, max_iter=args.max_iter)
+        fit_s = time.perf_counter() - t0
+        for label, t in (("as fitted", 0.0), (f"smoothed to t_min = {t_min:g}", t_min)):
+            lp = bl.log_prob(b.density, x, t)
+            m, diff = bl.mean_se(lp, d), bl.paired_difference(lp_model, lp, d)
+            rows.append(f"| {b.name}, {label} | {m.mean_nats_per_dim:.3f} +- {m.stderr_nats_per_dim:.3f} | "
+                        f"{bpd8(m.mean_nats_per_dim):.3f} | {diff.mean_nats_per_dim:+.3f} +- {diff.stderr_nats_per_dim:.3f} | "
+                        f"{'converged' if b.converged else 'not converged'} in {b.n_iter} EM iterations, "
+                        f"{fit_s:.0f} s, {len(train)} of {n_total} training images |")
+            out[f"K{k} {label}"] = {"mean": m.as_dict(), "paired": diff.as_dict(), "converged": b.converged}
+    return rows, out
+
+
+def consistency_rows(m, x: torch.Tensor, keys: list[str], t_min: float, t_max: float,
+                     args) -> tuple[list[str], dict]:
+    """The energy - PF-ODE gap (t_min to t_max) on the first --ode-images images and log Z at LOG_Z_TS."""
+    opts = cons.Options(log_z_ts=LOG_Z_TS, ode_images=args.ode_images, ode_steps=args.ode_steps, heat_examples=0)
+    c = cons.check(m.energy_model, x, keys, band_edges=[t_min, t_max], options=opts)
+    z = c.log_z
+    gap = c.ode
+    rows = [f"- energy - PF-ODE log p over {len(gap.gap)} held-out images ({args.ode_steps} Heun steps, "
+            f"{'exact' if gap.exact else 'Hutchinson'} Laplacian): mean {gap.mean:+.3f} +- {gap.mean_stderr:.3f}, "
+            f"mean |gap| **{gap.mean_abs:.3f}** nats/dim (target <= 0.05)",
+            "- log Z at t = " + ", ".join(f"{e.t:g}: {e.value:.2f} +- {e.stderr:.2f}" for e in z.estimates)
+            + f" nats; spread **{z.max_abs_diff:.2f}** (target <= 0.1), chi2 {z.chi2:.1f}"]
+    return rows, {"ode_gap_mean_abs": gap.mean_abs, "ode_gap_mean": gap.mean, "log_z_spread": z.max_abs_diff,
+                  "log_z": {e.t: e.value for e in z.estimates}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--train", required=True, help="training shard folder (the baselines are fitted on it)")
+    p.add_argument("--test", required=True, help="held-out shard folder")
+    p.add_argument("--ks", default="1,10,50,100", type=lambda s: [int(k) for k in s.split(",")])
+    p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--max-train", type=int, default=20000)
+    p.add_argument("--max-iter", type=int, default=bl.MAX_ITER)
+    p.add_argument("--ode-images", type=int, default=16)
+    p.add_argument("--ode-steps", type=int, default=64)
+    p.add_argument("--json", help="also write the numbers here")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    m = load(args.model)
+    noise = load_model(args.model).config.noise  # the training t range
+    t_min, t_max = float(noise.t_min), float(noise.t_max)
+    keys, x = read_heldout(args.test, args.n_test, m.shape)
+    d = m.dim
+    lp = model_logp(m, x)
+    own = bl.mean_se(lp, d)
+    print(f"{args.model}: step {m.meta.get('step')}, t_min {t_min:g}, d = {d}, {len(x)} held-out images; {machine()}")
+    print("\n| density | held-out log p (nats/dim) | NLL (bits/dim, 8-bit) | model - this, paired (nats/dim) | fit |")
+    print("|---|---|---|---|---|")
+    print(f"| **dsm** | {own.mean_nats_per_dim:.3f} +- {own.stderr_nats_per_dim:.3f} | {bpd8(own.mean_nats_per_dim):.3f} | | |")
+    rows, base = baseline_rows(args, d, bl.flatten(x), lp, t_min)
+    print("\n".join(rows), flush=True)
+    crow, cdict = consistency_rows(m, x, keys, t_min, t_max, args)
+    print("\n" + "\n".join(crow))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": own.as_dict(), "baselines": base, "consistency": cdict,
+                       "step": m.meta.get("step")}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
