@@ -135,10 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse with ``key=value`` overrides accepted anywhere on the line, also after options
+    (``dsm train CONFIG --workspace W steps=120``): argparse's ``nargs="*"`` positional takes only
+    the run before the first option, and ``parse_intermixed_args`` does not support subcommands."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]  # after the earlier ones: later overrides win
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from dsm.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return args.func(args)
     except ConfigError as e:

@@ -42,8 +42,13 @@ class ShardError(ValueError):
     """A shard or its manifest is bad; ``path`` names the file and the message says what is wrong."""
 
     def __init__(self, path: str | Path, message: str):
-        self.path = str(path)
+        self.path, self.message = str(path), message
         super().__init__(f"{path}: {message}")
+
+    def __reduce__(self):
+        # Ray carries a worker's exception to the driver by pickling it; the default reduction
+        # would call ShardError(full_text) and fail, losing the worker's real error (issue #17).
+        return type(self), (self.path, self.message)
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,8 @@ def _score(args: argparse.Namespace) -> int:
             raise ValueError(f"--consistency-samples must be 0 (skip) or >= 2, got {args.consistency_samples}")
         consistency = ConsistencyOptions() if args.consistency_samples else None
         summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
-                        consistency=consistency, consistency_samples=args.consistency_samples)
+                        consistency=consistency, consistency_samples=args.consistency_samples,
+                        restart=args.restart)
     except (ValueError, FileNotFoundError) as e:
         print(f"dsm score: {e}", file=sys.stderr)
         return 2
@@ -150,6 +151,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     sc.add_argument("--noise-samples", type=int, default=4, help="K noise draws per image and t (default 4)")
     sc.add_argument("--dequantize", action="store_true", help="also the dequantized NLL (8-bit images)")
     sc.add_argument("--batch-size", type=int, default=64)
+    sc.add_argument("--restart", action="store_true",
+                    help="discard the scores OUT holds (another model, another log Z or other data) and start afresh; "
+                         "without it a re-run resumes the same job and refuses a different one")
     sc.add_argument("--consistency-samples", type=int, default=256,
                     help="examples for the self-consistency checks (log Z spread, PF-ODE gap, heat residual), "
                          "run after the job; 0 skips them (default 256; docs/scoring.md)")

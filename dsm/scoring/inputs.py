@@ -41,6 +41,29 @@ class Input:
     def num_samples(self) -> int:
         return sum(p.count for p in self.pieces)
 
+    def digest(self) -> str:
+        """What the data *is*, for telling a resumed scoring job from a new one (sha256, hex):
+
+        - shards: of ``manifest.json``, which records every shard's size and sha256;
+        - .npy: of the file;
+        - image folder: of every image's relative name, size and modification time (hashing the
+          pixels of a large folder on every run would cost more than the check is worth).
+        """
+        import hashlib
+
+        from dsm.data.shards import sha256_file
+
+        if self.kind == "shards":
+            return sha256_file(self.path / "manifest.json")
+        if self.kind == "npy":
+            return sha256_file(self.path)
+        h = hashlib.sha256()
+        for piece in self.pieces:
+            for rel in piece.name.split("\n"):
+                st = (self.path / rel).stat()
+                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
     def read(self, index: int) -> tuple[list[str], np.ndarray, np.ndarray]:
         """Piece ``index`` as (keys, x (n, *shape) float32, labels (n,) int64)."""
         piece = self.pieces[index]
@@ -81,16 +104,33 @@ def open_input(path: str | Path, piece_size: int = 1000) -> Input:
             if any(p.glob("*/manifest.json")):
                 raise ValueError(f"{p}: holds split folders; give one of them ({', '.join(sorted(m.parent.name for m in p.glob('*/manifest.json')))})")
             raise ValueError(f"{p}: empty input (no manifest.json, no images)")
-        from PIL import Image
-
-        with Image.open(files[0]) as im:
-            c = 1 if im.mode in ("L", "1", "I;16", "I") else 3
-            shape = (c, im.height, im.width)
+        shape = _check_images(files)
         rel = [str(f.relative_to(p)) for f in files]
         pieces = [Piece("\n".join(rel[a:a + piece_size]), len(rel[a:a + piece_size]))
                   for a in range(0, len(rel), piece_size)]
         return Input(p, "folder", pieces, shape, True)
     raise ValueError(f"{p}: not a shard folder, .npy or image folder")
+
+
+def _check_images(files: list[Path]) -> tuple[int, int, int]:
+    """The folder's image shape (C, H, W), from the first image; every image's header is read
+    here, before Ray starts, so that an unreadable file or a size mismatch is one line naming
+    the file instead of an actor's traceback. (Headers only: corrupt pixel data further in a
+    file still surfaces from the actor that decodes it.)"""
+    from PIL import Image
+
+    shape = None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                if shape is None:
+                    shape = (1 if im.mode in ("L", "1", "I;16", "I") else 3, im.height, im.width)
+                elif (im.height, im.width) != shape[1:]:
+                    raise ValueError(f"{f}: {im.width}x{im.height} pixels, but the folder's first image ({files[0].name}) is "
+                                     f"{shape[2]}x{shape[1]}; resize with `dsm data convert folder`")
+        except OSError as e:
+            raise ValueError(f"{f}: unreadable image ({e})") from None
+    return shape
 
 
 def _read_images(root: Path, piece: Piece, shape: tuple[int, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:

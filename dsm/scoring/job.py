@@ -23,7 +23,8 @@ import numpy as np
 from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
-from dsm.scoring.inputs import iter_examples, open_input
+from dsm.data.shards import sha256_file
+from dsm.scoring.inputs import Input, iter_examples, open_input
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
 # The noise range of a model given as a callable (an exact toy density): the shipped configs'.
@@ -76,23 +77,40 @@ class PieceScorer:
         return len(keys)
 
 
-def job_options(model_label: str, data: Path, spec: ScoreSpec, n_pieces: int) -> dict:
-    """What makes two runs the same job (a resumed run must match, or parts would mix)."""
-    return {"model": model_label, "data": str(data), "pieces": n_pieces, **asdict(spec), "t_grid": list(spec.t_grid)}
+# Kept in scores.json for people; two runs are the same job when everything else matches.
+NOT_IDENTITY = {"model", "data", "batch_size"}
 
 
-def prepare_out(out: Path, options: dict) -> list[int]:
+def job_options(model_ref: ModelRef, model, inp: Input, spec: ScoreSpec, model_label: str | None = None) -> dict:
+    """What makes two runs the same job: a resumed run must match, or parts would mix. The model
+    and the data count by content (the model file's sha256 and its log Z, the data's
+    :meth:`Input.digest`), not by path: re-normalizing the model or rewriting the data in place
+    makes a new job. model: the loaded ``model_ref`` (a :class:`dsm.api.Model`)."""
+    is_file = isinstance(model_ref, (str, Path))
+    label = model_label or (str(Path(model_ref).resolve()) if is_file else model.source)
+    return {"model": label, "data": str(inp.path),
+            "model_sha256": sha256_file(model_ref) if is_file else f"in-memory:{label}",
+            "model_log_z": model.log_z if model.normalized else None, "data_sha256": inp.digest(),
+            "pieces": len(inp.pieces), **asdict(spec), "t_grid": list(spec.t_grid)}
+
+
+def prepare_out(out: Path, options: dict, restart: bool = False) -> list[int]:
     """Create ``out``, check that it holds this job (or nothing), clear stale temporary files;
-    returns the piece indices still to score."""
-    (out / PARTS).mkdir(parents=True, exist_ok=True)
+    returns the piece indices still to score. restart: discard what ``out`` holds (parts and
+    scores.json) and start this job afresh."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it will hold parts/ and {OPTIONS_FILE})")
     opt_file = out / OPTIONS_FILE
+    if restart:
+        for f in [*(out / PARTS).glob("part-*.parquet"), opt_file]:
+            f.unlink(missing_ok=True)
+    (out / PARTS).mkdir(parents=True, exist_ok=True)
     if opt_file.is_file():
         old = json.loads(opt_file.read_text()).get("options", {})
-        same = {k: old.get(k) for k in options if k != "batch_size"} == {k: v for k, v in options.items() if k != "batch_size"}
-        if not same:
-            diff = sorted(k for k in options if k != "batch_size" and old.get(k) != options[k])
+        diff = sorted(k for k in options if k not in NOT_IDENTITY and old.get(k) != options[k])
+        if diff:
             raise ValueError(f"{out} holds scores of another job (differs in {', '.join(diff)}); "
-                             "use another --out, or delete that folder")
+                             "pass --restart to discard them and score afresh, or use another --out")
     else:
         _write_json(opt_file, {"options": options, "status": "running"})
     for tmp in (out / PARTS).glob(".part-*.tmp"):
@@ -165,14 +183,15 @@ def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Op
 
 def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpec | None = None, *,
           actors: int = 2, gpu: bool = False, model_label: str | None = None,
-          consistency: cons.Options | None = None, consistency_samples: int = 256) -> dict:
+          consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
 
     Checks everything it can before Ray starts: the model loads and is normalized, the data is
     readable and non-empty, its shape matches the model, and ``out`` holds this job or nothing.
     consistency: the self-consistency checks (:mod:`dsm.consistency`) run after the job on the
     first ``consistency_samples`` examples (at least 2); None (the default here; ``dsm score``
-    runs them unless ``--consistency-samples 0``) skips them.
+    runs them unless ``--consistency-samples 0``) skips them. restart: discard the scores ``out``
+    holds, even of another job, and start afresh.
     """
     import torch
 
@@ -186,9 +205,8 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     model.to_model(torch.zeros(1, *inp.shape))  # shape check: raises naming both shapes
     if spec.dequantize and not inp.eight_bit:
         raise ValueError(f"--dequantize needs 8-bit images; {inp.path} is not 8-bit")
-    label = model_label or (str(Path(model_ref).resolve()) if isinstance(model_ref, (str, Path)) else model.source)
-    options = job_options(label, inp.path, spec, len(inp.pieces))
-    pending = prepare_out(out, options)
+    options = job_options(model_ref, model, inp, spec, model_label)
+    pending = prepare_out(out, options, restart)
     if pending:
         from dsm.ray_setup import connect
 

@@ -23,13 +23,13 @@ def _check_command(argv: list[str], root: Path) -> None:
     ``root``, as the job will (its working_dir)."""
     from contextlib import chdir
 
-    from dsm.cli import build_parser
+    from dsm.cli import build_parser, parse_args
     from dsm.submit.runtime_env import SubmitError
 
     if argv[0] in ("submit", "jobs"):
         raise SubmitError(f"`dsm {argv[0]}` runs here, not on the cluster")
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
     except SystemExit:
         raise SubmitError(f"not a valid dsm command: dsm {' '.join(argv)} (usage above)") from None
     if args.command == "train":

@@ -63,6 +63,8 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
         train, held = folder / "train", folder / "test"
     else:
         train = Path(data.path).expanduser().resolve()
+        if not train.exists():  # before the eval_path rules below, which assume the training data is there
+            raise ConfigError(f"data.path: {train} does not exist (prepare shards with `dsm data prepare`, or give a .npy)")
         if data.eval_path is not None:
             held = Path(data.eval_path).expanduser().resolve()
         elif train.suffix == ".npy":

@@ -13,6 +13,7 @@ import dsm.api
 from dsm import toy
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.inputs import open_input
+from dsm.api import resolve
 from dsm.scoring.job import PieceScorer, job_options, prepare_out, score
 
 SHAPE = (1, 8, 8)
@@ -30,7 +31,7 @@ def digits_gaussian(x: np.ndarray) -> toy.Gaussian:
 
 def score_without_ray(model_ref, data, out, spec: ScoreSpec) -> dict:
     inp = open_input(data, piece_size=1000)
-    pending = prepare_out(out, job_options(LABEL, inp.path, spec, len(inp.pieces)))
+    pending = prepare_out(out, job_options(model_ref, resolve(model_ref), inp, spec, LABEL))
     scorer = PieceScorer(model_ref, str(data), str(out), spec)
     for i in pending:
         scorer.score_piece(i)

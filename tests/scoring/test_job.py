@@ -63,15 +63,17 @@ def test_exact_gaussian_through_the_job(ray_cluster, gaussian, gaussian_ref, gau
                                    np.asarray(table.column(c).to_pylist(), dtype=float), rtol=1e-6, err_msg=c)
 
 
-def _vector_bundle(tmp_path, d=4, normalized=True, width=64):
+def _vector_bundle(tmp_path, d=4, normalized=True, width=64, log_z=0.0):
     x = tmp_path / "ref.npy"
     np.save(x, np.zeros((2, d), np.float32))
     cfg = load_config(TrainConfig, "configs/vectors.yaml",
                       [f"data.path={x}", f"data.eval_path={x}", f"model.mlp.width={width}"])
     torch.manual_seed(0)
     model = build.build_model(cfg, build.DataShape((d,), False))
+    with torch.no_grad():
+        model.log_z.fill_(log_z)  # as dsm normalize stores it: the buffer, and the record beside it
     path = tmp_path / "model.pt"
-    save_bundle(path, model, cfg, (d,), False, normalization={"value": 0.0} if normalized else None)
+    save_bundle(path, model, cfg, (d,), False, normalization={"value": log_z} if normalized else None)
     return path
 
 
@@ -103,13 +105,15 @@ def test_score_warns_about_an_inconsistent_model(ray_cluster, tmp_path, capsys, 
     assert "consistency/ode_gap_abs_nats_per_dim" in logged
 
 
-@pytest.mark.parametrize("case", ["missing", "shape", "unnormalized", "empty", "empty_folder"])
+@pytest.mark.parametrize("case", ["missing", "shape", "unnormalized", "empty", "empty_folder", "bad_image",
+                                  "random_bytes_model"])
 def test_bad_input_fails_clearly(tmp_path, capsys, case):
     model = _vector_bundle(tmp_path, normalized=case != "unnormalized")
     data = tmp_path / "data.npy"
     np.save(data, np.zeros((10, 4), np.float32))
     expect = {"missing": "nope.pt", "shape": "does not match", "unnormalized": "dsm normalize",
-              "empty": "empty", "empty_folder": "empty input"}[case]
+              "empty": "empty", "empty_folder": "empty input", "bad_image": "b.png: unreadable image",
+              "random_bytes_model": "model.pt: not a dsm model"}[case]
     if case == "missing":
         model = tmp_path / "nope.pt"
     elif case == "shape":
@@ -119,9 +123,66 @@ def test_bad_input_fails_clearly(tmp_path, capsys, case):
     elif case == "empty_folder":
         data = tmp_path / "images"
         data.mkdir()
+    elif case == "bad_image":  # checked before Ray starts (issue #17): no actor traceback, no half-made --out
+        from PIL import Image
+
+        data = tmp_path / "images"
+        data.mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(data / "a.png")
+        (data / "b.png").write_bytes(b"\x89PNG but not really")
+    elif case == "random_bytes_model":
+        model.write_bytes(os.urandom(4096))
     rc = main(["score", str(model), "--data", str(data), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert rc == 2 and expect in err, err
+    assert rc == 2 and expect in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_changed_model_or_data_makes_a_new_job(tmp_path, capsys):
+    """Issue #17: parts of a job killed midway, then `dsm normalize` rewrites the model's log Z in
+    place (or the data file is rewritten): the re-run must refuse before Ray starts, naming what
+    changed, instead of mixing two log Z in one table; --restart discards the old parts."""
+    from dsm.api import load
+    from dsm.scoring.inputs import open_input
+    from dsm.scoring.job import PieceScorer, job_options, part_path, prepare_out
+
+    model = _vector_bundle(tmp_path)
+    data, out = tmp_path / "data.npy", tmp_path / "out"
+    np.save(data, np.random.default_rng(0).normal(size=(2500, 4)).astype(np.float32))  # 3 pieces
+    spec = ScoreSpec(t_grid=())
+    inp = open_input(data)
+    pending = prepare_out(out, job_options(model, load(model), inp, spec))
+    PieceScorer(model, str(data), str(out), spec).score_piece(pending[0])  # killed after one part
+    original = model.read_bytes()
+
+    def rerun(*extra):
+        rc = main(["score", str(model), "--data", str(data), "--out", str(out), "--t-grid", "",
+                   "--consistency-samples", "0", *extra])
+        return rc, capsys.readouterr().err
+
+    _vector_bundle(tmp_path, log_z=12.5)  # dsm normalize on the same file
+    rc, err = rerun()
+    assert rc == 2 and "model_log_z" in err and "model_sha256" in err and "--restart" in err, err
+    assert part_path(out, 0).is_file()  # nothing lost by refusing
+
+    model.write_bytes(original)  # the original model back: the same job again as far as the model goes
+    np.save(data, np.random.default_rng(1).normal(size=(2500, 4)).astype(np.float32))
+    rc, err = rerun()
+    assert rc == 2 and "data_sha256" in err and "model" not in err.split("differs in")[1].split(")")[0], err
+
+    opts = job_options(model, load(model), open_input(data), spec)
+    assert prepare_out(out, opts, restart=True) == [0, 1, 2] and not part_path(out, 0).is_file()
+    assert json.loads((out / "scores.json").read_text())["options"]["data_sha256"] == opts["data_sha256"]
+
+
+def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    model = _vector_bundle(tmp_path)
+    data, out = tmp_path / "data.npy", tmp_path / "out.txt"
+    np.save(data, np.zeros((10, 4), np.float32))
+    out.write_text("not a folder")
+    rc = main(["score", str(model), "--data", str(data), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip() == f"dsm score: --out {out} is a file; give a folder (it will hold parts/ and scores.json)"
 
 
 def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):

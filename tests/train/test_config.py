@@ -50,6 +50,7 @@ CASES = [
     (["steps=abc"], "steps"),
     (["noise.t_min=1", "noise.t_max=1"], "t_min"),
     (["data.dataset=null", "data.path=/nonexistent/shards"], "data.path"),
+    (["data.dataset=null", "data.path=/nonexistent/train.npy"], "data.path: /nonexistent/train.npy does not exist"),
     (["scaling.workers=0"], "scaling.workers"),
     (["model.unet.scales=4"], "model.unet"),  # 8x8 digits cannot take 4 scales
 ]
@@ -66,3 +67,15 @@ def test_cli_fails_before_ray_or_mlflow(tmp_path, overrides, field):
     assert r.returncode == 2, r.stderr
     assert field in r.stderr, r.stderr
     assert not (ws / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("tail", [["--quiet", "steps=abc"], ["seed=1", "--quiet", "steps=abc"]])
+def test_overrides_are_taken_after_options(tmp_path, tail):
+    """`dsm train CONFIG --workspace W steps=...` (issue #17): the override after an option is
+    applied (here refused, naming its field), not rejected as an unrecognized argument."""
+    r = subprocess.run([sys.executable, "-m", "dsm.cli", "train", SMOKE, "--workspace", str(tmp_path / "ws"), *tail],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "steps" in r.stderr and "unrecognized" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "dsm.cli", "train", SMOKE, "--quiet", "--bogus-flag", "steps=1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unrecognized arguments: --bogus-flag" in r.stderr, r.stderr

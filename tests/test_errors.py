@@ -1,0 +1,40 @@
+"""Every dsm exception survives pickling, as Ray needs to carry it from a worker to the driver."""
+
+import importlib
+import pickle
+import pkgutil
+
+import dsm
+from dsm.data.shards import ShardError
+
+# Modules that import Ray, MLflow or the CLI at import time are imported too: the test is about
+# the classes they define, and importing is cheap.
+MODULES = [m.name for m in pkgutil.walk_packages(dsm.__path__, "dsm.")]
+
+
+def _dsm_exceptions():
+    found = {}
+    for name in MODULES:
+        mod = importlib.import_module(name)
+        for obj in vars(mod).values():
+            if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__.startswith("dsm."):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return found
+
+
+def test_every_dsm_exception_round_trips_through_pickle():
+    found = _dsm_exceptions()
+    assert "dsm.data.shards.ShardError" in found and len(found) >= 6
+    samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch")}
+    for qualname, cls in found.items():
+        err = samples.get(cls) or cls("one line naming the file")
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and str(back) == str(err), qualname
+        assert vars(back) == vars(err), qualname
+
+
+def test_a_shard_error_keeps_its_path_and_message():
+    back = pickle.loads(pickle.dumps(ShardError("/d/train-000003.tar", "truncated tar")))
+    assert back.path == "/d/train-000003.tar" and back.message == "truncated tar"
+    assert str(back) == "/d/train-000003.tar: truncated tar"
+
