@@ -15,6 +15,7 @@ parquet's.
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -67,7 +68,7 @@ class Model:
     def _require_normalized(self) -> None:
         if not self.normalized:
             raise NotNormalized(f"{self.source or 'the model'} is not normalized (no log Z): run "
-                                f"`dsm normalize {self.source or 'MODEL'} --data HELD_OUT` first")
+                                f"`dsm normalize {shlex.quote(self.source) if self.source else 'MODEL'} --data HELD_OUT` first")
 
     def energy(self, y: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """U(y, t) in nats, (B,)."""

@@ -7,6 +7,7 @@ Subcommands import their heavy dependencies (torch, MLflow, Ray) lazily so that
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -57,7 +58,7 @@ def _import_official(args: argparse.Namespace) -> int:
         print(f"dsm import official: {e}", file=sys.stderr)
         return 2
     print(f"imported {args.src} as the `paper` UNet; the bundle is unnormalized (log Z = 0): "
-          f"run `dsm normalize {path} --data HELD_OUT` before scoring")
+          f"run `dsm normalize {shlex.quote(str(path))} --data HELD_OUT` before scoring")
     print(path)
     return 0
 

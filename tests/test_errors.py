@@ -38,3 +38,21 @@ def test_a_shard_error_keeps_its_path_and_message():
     assert back.path == "/d/train-000003.tar" and back.message == "truncated tar"
     assert str(back) == "/d/train-000003.tar: truncated tar"
 
+
+
+def test_hints_quote_paths_with_spaces(tmp_path):
+    """A command printed for the user to paste must survive a path with spaces (issue #17)."""
+    import shlex
+
+    import torch
+
+    from dsm import toy
+    from dsm.api import NotNormalized, from_energy
+
+    m = from_energy(toy.Gaussian(torch.zeros(2), torch.eye(2)), normalized=False)
+    m.source = str(tmp_path / "my runs" / "model.pt")
+    try:
+        m._require_normalized()
+    except NotNormalized as e:
+        hint = str(e).split("`")[1]
+    assert shlex.split(hint)[:2] == ["dsm", "normalize"] and shlex.split(hint)[2] == m.source

@@ -9,6 +9,7 @@ resumes from the last checkpoint, and the MLflow run with that name continues.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,7 @@ def print_summary(p: Plan, export: Path) -> None:
         print(f"log Z = {b.normalization['value']:.4f} +- {b.normalization['stderr']:.4f} nats "
               f"(t = {b.normalization['t']:g}, n = {b.normalization['n']})")
     print(f"MLflow: {tracking_uri(p.workspace)} (experiment {p.cfg.tracking.experiment!r}, run {p.name!r}); "
-          f"browse with `dsm ui --workspace {p.workspace}`")
+          f"browse with `dsm ui --workspace {shlex.quote(str(p.workspace))}`")
     print(f"checkpoints: {p.run_dir}")
     best = export.parent / BEST_FILE
     if best.is_file():
