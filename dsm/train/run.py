@@ -50,7 +50,40 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
             raise ConfigError("scaling.gpu: no CUDA device here; drop --gpu or give --address of a GPU cluster")
     name = cfg.run_name(stem)
     run_dir = ws / "runs" / name
+    check_resumable(cfg, run_dir)
     return Plan(cfg, name, ws, run_dir, run_dir / "model.pt", shape.shape)
+
+
+# Top-level config sections a resumed run may change: how long it runs, how often it reports,
+# checkpoints and evaluates, and where it logs. Everything else shapes the weights, the optimizer
+# or the data order that the checkpoint holds.
+RESUME_MAY_CHANGE = ("name", "steps", "log_every", "checkpoint", "eval", "tracking")
+
+
+def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
+    """A run folder that holds checkpoints resumes only under the config that wrote them (up to
+    RESUME_MAY_CHANGE). Otherwise ConfigError, one line naming the differing fields, before Ray
+    starts: a fixed ``name=`` reused for another architecture would else fail in every worker
+    with pages of size mismatches."""
+    from dsm.fileio import load_torch_file
+    from dsm.tracking import flatten
+
+    states = sorted(run_dir.glob("checkpoint_*/state.pt"), key=lambda f: f.stat().st_mtime)
+    if not states:
+        return
+    stored = load_torch_file(states[-1], "dsm training checkpoint").get("config") or {}
+    try:
+        stored = TrainConfig.model_validate(stored).model_dump(mode="json")  # fields added since get defaults
+    except ValueError as e:
+        raise ConfigError(f"{states[-1]}: its config is not one this dsm reads ({str(e).splitlines()[0]}); "
+                          f"give another name= or delete {run_dir}") from None
+    now, then = flatten(cfg.model_dump(mode="json")), flatten(stored)
+    differ = sorted(k for k in now.keys() | then.keys()
+                    if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE)
+    if differ:
+        shown = ", ".join(f"{k} ({then.get(k)} -> {now.get(k)})" for k in differ[:4]) + (" ..." if len(differ) > 4 else "")
+        raise ConfigError(f"run {run_dir.name!r} in {run_dir} was trained with another config: {shown}; "
+                          f"give another name=, or delete that folder to start afresh")
 
 
 def check_local_resources(cfg: TrainConfig) -> None:

@@ -79,3 +79,30 @@ def test_overrides_are_taken_after_options(tmp_path, tail):
     r = subprocess.run([sys.executable, "-m", "dsm.cli", "train", SMOKE, "--quiet", "--bogus-flag", "steps=1"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unrecognized arguments: --bogus-flag" in r.stderr, r.stderr
+
+
+def test_a_fixed_name_refuses_another_config_before_ray(make_cfg, digits_workspace):
+    """Issue #17: `name=fixed`, then the same name with another architecture. The run folder's
+    checkpoint says how it was trained; plan() refuses, naming the fields, and starts nothing.
+    Fields a resume may change (steps, evaluation, checkpointing) pass."""
+    import torch
+
+    from dsm.train.run import plan
+
+    first = make_cfg("name=fixed")
+    ckpt = digits_workspace / "runs" / "fixed" / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    torch.save({"config": first.model_dump(mode="json"), "step": 100}, ckpt / "state.pt")
+    try:
+        assert plan(make_cfg("name=fixed", "steps=900", "eval.samples=128"), digits_workspace,
+                    progress=False).name == "fixed"
+        with pytest.raises(ConfigError) as e:
+            plan(make_cfg("name=fixed", "model.preset=small", "model.unet.base_width=8"), digits_workspace,
+                 progress=False)
+        msg = str(e.value)
+        assert "model.unet.base_width (None -> 8)" in msg and "'fixed'" in msg and "\n" not in msg, msg
+        assert "model.preset" in msg
+    finally:
+        import shutil
+
+        shutil.rmtree(digits_workspace / "runs" / "fixed")
