@@ -25,7 +25,10 @@ def _dsm_exceptions():
 def test_every_dsm_exception_round_trips_through_pickle():
     found = _dsm_exceptions()
     assert "dsm.data.shards.ShardError" in found and len(found) >= 6
-    samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch")}
+    from dsm.train.run import TrainingFailed
+
+    samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch"),
+               TrainingFailed: TrainingFailed("ValueError: bad", "/runs/x/error.log")}
     for qualname, cls in found.items():
         err = samples.get(cls) or cls("one line naming the file")
         back = pickle.loads(pickle.dumps(err))
@@ -56,3 +59,24 @@ def test_hints_quote_paths_with_spaces(tmp_path):
     except NotNormalized as e:
         hint = str(e).split("`")[1]
     assert shlex.split(hint)[:2] == ["dsm", "normalize"] and shlex.split(hint)[2] == m.source
+
+
+def test_the_short_cause_is_the_innermost_worker_error():
+    """Ray Train's WorkerGroupError keeps each rank's exception in ``worker_failures`` (and Ray's
+    task errors theirs in ``.cause``): the line shown is the worker's own dsm error."""
+    from dsm.errors import short_cause
+
+    class WorkerGroupError(Exception):  # the attributes Ray's wrappers have; dsm.errors needs no Ray
+        def __init__(self, failures):
+            super().__init__("Training failed due to worker errors:\n" + "\n".join(f"[Rank {r}] ..." for r in failures))
+            self.worker_failures = failures
+
+    class RayTaskError(Exception):
+        def __init__(self, cause):
+            super().__init__("ray::worker (pid=1)\n  File ...\n" + str(cause))
+            self.cause = cause
+
+    shard = ShardError("/data/train-000004.tar", "truncated tar (sample 17)")
+    err = WorkerGroupError({1: RayTaskError(shard), 0: RayTaskError(RuntimeError("Connection closed by peer"))})
+    assert short_cause(err) == "RuntimeError: Connection closed by peer"  # rank 0 first
+    assert short_cause(WorkerGroupError({1: RayTaskError(shard)})) == "/data/train-000004.tar: truncated tar (sample 17)"

@@ -70,14 +70,10 @@ def _tuner(plan: SweepPlan, info: dict, concurrent: int):
 
 
 def _error_summary(err: BaseException) -> str:
-    """One readable line for a trial's error: Ray wraps the worker's traceback (with colour
-    codes) in its own; the worker's last ``...Error: ...`` line is the cause."""
-    import re
+    """One readable line for a trial's error (dsm.errors.short_cause)."""
+    from dsm.errors import short_cause
 
-    text = re.sub(r"\x1b\[[0-9;]*m|\[[0-9;]*m", "", str(err))
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    causes = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
-    return (causes[-1] if causes else lines[0] if lines else type(err).__name__)[:300]
+    return short_cause(err)
 
 
 def _collect(plan: SweepPlan, grid) -> list[TrialResult]:

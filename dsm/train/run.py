@@ -21,6 +21,31 @@ class NonFiniteTraining(RuntimeError):
     """The run stopped after too many non-finite steps in a row."""
 
 
+class TrainingFailed(RuntimeError):
+    """Training failed in a worker or in Ray: ``cause`` is one line (the worker's own error),
+    ``log`` the file with the full traceback."""
+
+    def __init__(self, cause: str, log: Path):
+        super().__init__(cause)
+        self.cause, self.log = cause, Path(log)
+
+    def __reduce__(self):
+        return type(self), (self.cause, self.log)
+
+
+ERROR_LOG = "error.log"  # in the run folder: the last failure's full traceback
+
+
+def close_run(uri: str, run_id: str | None, status: str, cause: str) -> None:
+    """End the MLflow run as ``status`` (FAILED or KILLED) with ``cause`` as the dsm.failure tag;
+    an MLflow failure here is reported, never raised."""
+    from dsm.train.runlog import RunLog
+
+    log = RunLog(run_id, uri)
+    log.tags({"dsm.status": status.lower(), "dsm.failure": cause})
+    log.finish(status)
+
+
 @dataclass(frozen=True)
 class Plan:
     """A validated run: the resolved config, its name and where its outputs go."""
@@ -193,8 +218,20 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
     init_ray(address, p.cfg, log_to_driver)
     check_cluster_storage(p.run_dir.parent)  # node-local checkpoints on a multi-node cluster: ConfigError
     uri, tags, run_id = open_tracking(p)  # after the checks, so a refused run leaves no MLflow run behind
-    _fit_interruptibly(make_trainer(p, uri, run_id, tags))
-    return outcome(p)
+    try:
+        _fit_interruptibly(make_trainer(p, uri, run_id, tags))
+        return outcome(p)
+    except NonFiniteTraining:
+        raise  # rank 0 has closed the run (FAILED, dsm.stop_reason)
+    except KeyboardInterrupt:
+        close_run(uri, run_id, "KILLED", "interrupted; re-run the same command to resume")
+        raise
+    except Exception as e:  # noqa: BLE001 - every other way out closes the run and keeps the traceback
+        from dsm.errors import short_cause, write_traceback
+
+        cause = short_cause(e)
+        close_run(uri, run_id, "FAILED", cause)
+        raise TrainingFailed(cause, write_traceback(e, p.run_dir / ERROR_LOG)) from e
 
 
 def _fit_interruptibly(trainer) -> None:
@@ -262,6 +299,11 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     except NonFiniteTraining as e:
         print(f"dsm train: {e}", file=sys.stderr)
         return 3
+    except TrainingFailed as e:
+        # The cause (naming the file or key) last, the traceback in a file: not pages of Ray's
+        print(f"dsm train: run {p.name!r} failed; full traceback in {shlex.quote(str(e.log))}", file=sys.stderr)
+        print(f"dsm train: {e.cause}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ndsm train: interrupted; re-run the same command to resume {p.name!r} from its last checkpoint",
               file=sys.stderr)

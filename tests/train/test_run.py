@@ -144,6 +144,33 @@ def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
     assert not p.export_path.exists()
 
 
+def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_cfg, digits_workspace, tmp_path,
+                                                           capsys):
+    """Issue #17: a truncated training shard. The worker's ShardError reaches the user as the
+    last line, naming the shard (not Ray's pages); the full traceback is in the run's error.log;
+    the MLflow run is FAILED with the cause as its dsm.failure tag."""
+    import shutil
+
+    from dsm.train.run import ERROR_LOG, main
+
+    cfg = make_cfg()
+    data = tmp_path / "digits"
+    shutil.copytree(cfg.data.path, data / "train")
+    shutil.copytree(cfg.data.eval_path, data / "test")
+    bad = sorted((data / "train").glob("*.tar"))[0]
+    bad.write_bytes(bad.read_bytes()[:5000])
+    ws = tmp_path / "ws"
+    rc = main("configs/digits-smoke.yaml", ["data.dataset=null", f"data.path={data / 'train'}", "name=corrupt",
+                                            "steps=40", "eval.consistency=false", "scaling.max_failures=0"],
+              workspace=str(ws), address=None, workers=None, gpu=False, quiet=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith(f"dsm train: {bad}: corrupt or truncated"), err[-3:]
+    log = ws / "runs" / "corrupt" / ERROR_LOG
+    assert f"full traceback in {log}" in err[-2] and "ShardError" in log.read_text()
+    client, run = _run(ws, "corrupt")
+    assert run.info.status == "FAILED" and run.data.tags["dsm.failure"].startswith(str(bad))
+
+
 @pytest.mark.slow
 def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg, digits_workspace):
     """Ctrl-C the `dsm train` process after a checkpoint, re-run the same command: it resumes, and
