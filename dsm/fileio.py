@@ -66,3 +66,43 @@ def _code_named_in(path: Path) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except (ValueError, RuntimeError, OSError):
         return []
+
+
+class Busy(RuntimeError):
+    """Another process holds the lock; the message names it (pid, host, since when)."""
+
+
+@contextmanager
+def exclusive(folder: str | Path, what: str, *, wait: bool = False, name: str = ".dsm.lock") -> Iterator[None]:
+    """Hold the lock file ``folder/name`` for the body: one dsm process at a time trains into a run folder
+    or prepares a data folder. wait=False raises :class:`Busy` naming the holder at once; wait=True
+    blocks until the holder is done (preparing data: the second command then finds it ready).
+
+    filelock's OS-level locks (fcntl) are released by the kernel when the holder dies, so a
+    killed run never leaves a stale lock; the owner file only says who holds it.
+    """
+    import json
+    import socket
+    import time
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(folder / name), folder / f"{name}.owner"
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        try:
+            who = json.loads(owner.read_text())
+            holder = f"pid {who['pid']} on {who['host']}, since {who['since']}"
+        except (OSError, ValueError, KeyError):
+            holder = "another process"
+        raise Busy(f"{folder}: {what} is in use by {holder}; wait for it to finish, or use another name") from None
+    try:
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()

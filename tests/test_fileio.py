@@ -51,3 +51,48 @@ def test_plain_contents_round_trip(tmp_path):
     back = load_torch_file(tmp_path / "a.pt", "test file")
     assert torch.equal(back["w"], blob["w"]) and back["pending"] == [(1, {"loss": 0.5})]
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+HOLD = """
+import sys, time
+from dsm.fileio import exclusive
+with exclusive(sys.argv[1], "test", name=sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _holder(folder, seconds, name=".dsm.lock"):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), name, str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_exclusive_names_the_holder_or_waits_for_it(tmp_path):
+    import time
+
+    from dsm.fileio import Busy, exclusive
+
+    proc = _holder(tmp_path, 3)
+    with pytest.raises(Busy) as e:
+        with exclusive(tmp_path, "run 'x'"):
+            pass
+    assert f"pid {proc.pid}" in str(e.value) and "run 'x' is in use" in str(e.value)
+    t0 = time.monotonic()
+    with exclusive(tmp_path, "run 'x'", wait=True):
+        waited = time.monotonic() - t0
+    assert waited > 1.0  # until the holder's 3 s were over
+    proc.wait(timeout=10)
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    from dsm.fileio import exclusive
+
+    proc = _holder(tmp_path, 60)
+    proc.kill()
+    proc.wait()
+    with exclusive(tmp_path, "run 'x'"):  # the kernel released it with the process
+        pass

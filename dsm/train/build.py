@@ -51,15 +51,20 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
     splits). Raises ConfigError naming the field when a path does not exist.
     """
     from dsm.data.sources import prepare as prepare_dataset
+    from dsm.fileio import exclusive
 
     data = cfg.data.model_copy()
     if data.dataset is not None:
         folder = _prepared_dir(cfg, workspace)
-        if not (folder / "train" / "manifest.json").is_file() or not (folder / "test" / "manifest.json").is_file():
+        ready = lambda: all((folder / split / "manifest.json").is_file() for split in ("train", "test"))  # noqa: E731
+        if not ready():
             if not prepare:
                 raise ConfigError(f"data.dataset={data.dataset!r} is not prepared at {folder}")
-            popts = data.prepare.model_copy(update={"splits": ["train", "test"]})
-            prepare_dataset(data.dataset, folder, popts, overwrite=True, progress=progress)
+            # Two commands on a fresh workspace: the second waits here, then finds the data ready
+            with exclusive(folder.parent, f"preparing {folder.name}", wait=True, name=f".{folder.name}.lock"):
+                if not ready():
+                    popts = data.prepare.model_copy(update={"splits": ["train", "test"]})
+                    prepare_dataset(data.dataset, folder, popts, overwrite=True, progress=progress)
         train, held = folder / "train", folder / "test"
     else:
         train = Path(data.path).expanduser().resolve()

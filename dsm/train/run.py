@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsm.config import ConfigError
+from dsm.fileio import Busy, exclusive
 from dsm.train.config import TrainConfig
 
 class NonFiniteTraining(RuntimeError):
@@ -295,7 +296,11 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
           f"outputs in {p.run_dir}", flush=True)
     try:
-        export = train(p, address)
+        with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder
+            export = train(p, address)
+    except Busy as e:
+        print(f"dsm train: {e}", file=sys.stderr)
+        return 2
     except NonFiniteTraining as e:
         print(f"dsm train: {e}", file=sys.stderr)
         return 3

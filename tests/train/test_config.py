@@ -106,3 +106,45 @@ def test_a_fixed_name_refuses_another_config_before_ray(make_cfg, digits_workspa
         import shutil
 
         shutil.rmtree(digits_workspace / "runs" / "fixed")
+
+
+def test_two_commands_on_one_run_folder_or_fresh_data(tmp_path):
+    """Issue #17: a second `dsm train` on a run folder in use says which process holds it, before
+    Ray starts; two commands preparing the same built-in data on a fresh workspace both succeed
+    (the second waits for the first's preparation instead of racing it)."""
+    import threading
+
+    from dsm.train.build import resolve_data
+    from dsm.train.run import plan
+
+    ws = tmp_path / "ws"
+    cfgs = [load_config(TrainConfig, SMOKE, ["name=busy"]) for _ in range(2)]
+    resolved, errors = [], []
+
+    def prep(cfg):
+        try:
+            resolved.append(resolve_data(cfg, ws, progress=False).data.path)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=prep, args=(c,)) for c in cfgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(resolved) == 2 and resolved[0] == resolved[1]
+
+    p = plan(cfgs[0], ws, progress=False)
+    code = ("import sys, time; from dsm.fileio import exclusive\n"
+            "with exclusive(sys.argv[1], 'run'):\n    print('held', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(p.run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        check = ("import sys; from dsm.cli import main; rc = main(sys.argv[1:]); "
+                 "assert 'ray' not in sys.modules, 'Ray was imported'; sys.exit(rc)")
+        r = subprocess.run([sys.executable, "-c", check, "train", SMOKE, "name=busy", "--workspace", str(ws), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr and "run 'busy'" in r.stderr, r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
