@@ -48,8 +48,10 @@ def _submit(args: argparse.Namespace) -> int:
     from dsm.submit import client as jc
     from dsm.submit.ids import decide, submission_base
     from dsm.submit.runtime_env import (
+        UPLOAD_LIMIT_MB,
         SubmitError,
         build_runtime_env,
+        check_upload,
         entrypoint,
         normalize_command,
         package_version,
@@ -64,6 +66,7 @@ def _submit(args: argparse.Namespace) -> int:
         _check_command(cmd.argv, root)
         runtime_env, env, warnings = build_runtime_env(root, local=local, workspace=args.workspace,
                                                        env_pip=args.env_pip)
+        upload = check_upload(root, runtime_env["excludes"], args.upload_limit or UPLOAD_LIMIT_MB)
         client = jc.connect(url)
         base = submission_base(cmd.argv, cmd.file_digests, env.get("DSM_WORKSPACE"))
         action, sid = decide(base, jc.statuses(client), rerun=args.rerun)
@@ -77,7 +80,7 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         ep = entrypoint(cmd.argv)
         meta = {"dsm_version": package_version(root), "dsm_argv": " ".join(cmd.argv)}
-        print(f"dsm submit: uploading {root} as the job's working_dir", flush=True)
+        print(f"dsm submit: uploading {root} ({upload / 2**20:.1f} MB) as the job's working_dir", flush=True)
         client.submit_job(entrypoint=ep, submission_id=sid, runtime_env=runtime_env, metadata=meta)
         print(f"dsm submit: submitted job {sid} to {url}: {ep}", flush=True)
     if args.no_wait:
@@ -156,6 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="install dsm's dependencies (pyproject.toml) into the job's runtime_env; off by default: "
                         "the cluster's Python has them (cluster/ images, or a local cluster sharing this venv)")
     s.add_argument("--rerun", action="store_true", help="run again even if the same command already succeeded")
+    s.add_argument("--upload-limit", type=float, default=None, metavar="MB",
+                   help="refuse a working_dir upload above this size (default 100 MB; data, outputs, weights "
+                        "and secrets are never uploaded, and .dsmignore excludes more)")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- dsm COMMAND [ARGS ...]")
     s.set_defaults(func=_submit)
 

@@ -22,10 +22,19 @@ from pathlib import Path
 
 from dsm.storage import SHARED_ENV
 
-# gitignore-style patterns, relative to the working_dir (Ray also honours .gitignore).
+# gitignore-style patterns, relative to the working_dir (Ray also honours .gitignore): code and
+# configs go up; environments, caches, run outputs, weights and data stay here (a job reads its
+# data from the cluster's storage, docs/cluster.md).
 EXCLUDES = [".git/", ".venv/", "venv/", "__pycache__/", "*.pyc", ".pytest_cache/", ".ruff_cache/",
             "*.egg-info/", "build/", "dsm-runs/", "mlruns/", "mlartifacts/", "mlflow.db", "ray_results/",
-            "*.pt", "*.ckpt"]
+            "*.pt", "*.pth", "*.ckpt", "*.safetensors",
+            "data/", "scores/", "*.npy", "*.npz", "*.parquet", "*.tar", "*.tar.gz", "*.tgz", "*.zip",
+            "*.pkl", "*.pkl.gz", "*.pickle", "*.h5", "*.hdf5"]
+# Secrets: appended after the user's .dsmignore, so that no "!" line there can ship them.
+SECRETS = [".env", ".env.*", "!.env.example", "*.pem", "*.key", ".netrc", ".pypirc", ".aws/", ".ssh/",
+           "credentials.json", "*.kubeconfig"]
+DSMIGNORE = ".dsmignore"  # the project's own additions, gitignore syntax ("!small.npy" re-includes)
+UPLOAD_LIMIT_MB = 100.0  # far above dsm's code and configs (about 2 MB); Ray itself refuses 500 MiB
 
 
 class SubmitError(Exception):
@@ -150,16 +159,69 @@ def build_runtime_env(root: Path, *, local: bool, workspace: str | None = None, 
     if environ.get(SHARED_ENV):
         env[SHARED_ENV] = environ[SHARED_ENV]
 
-    excludes = list(EXCLUDES)
-    if ws is not None:
-        try:
-            excludes.append("/" + ws.relative_to(root).as_posix() + "/")
-        except ValueError:
-            pass
+    excludes = upload_excludes(root, ws)
     runtime_env: dict = {"working_dir": str(root), "excludes": excludes, "env_vars": env}
     if env_pip:
         runtime_env["pip"] = dependencies(root)
     return runtime_env, env, warnings
+
+
+def upload_excludes(root: Path, workspace: Path | None = None) -> list[str]:
+    """The working_dir's exclude patterns: :data:`EXCLUDES`, the workspace and any other folder
+    holding an ``mlflow.db`` (a dsm workspace under a non-default name), the project's
+    ``.dsmignore``, and :data:`SECRETS` last."""
+    excludes = list(EXCLUDES)
+    spaces = [workspace] if workspace is not None else []
+    spaces += [db.parent for db in root.glob("*/mlflow.db")] + [db.parent for db in root.glob("*/*/mlflow.db")]
+    for ws in spaces:
+        try:
+            rel = ws.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+        if rel != ".":
+            excludes.append(f"/{rel}/")
+    ignore = root / DSMIGNORE
+    if ignore.is_file():
+        excludes += [ln.strip() for ln in ignore.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return excludes + SECRETS
+
+
+def upload_size(root: Path, excludes: list[str]) -> tuple[int, list[tuple[int, str]]]:
+    """(bytes, [(bytes, path)] largest first) of what Ray would upload: ``root`` minus ``excludes``
+    and the root ``.gitignore``, matched with gitignore rules (pathspec; Ray applies the same
+    syntax, and like git it never descends into an excluded folder, so "!" cannot re-include a
+    file below one).
+    Paths are files, and folders summed over their files, relative to root."""
+    import pathspec
+
+    lines = list(excludes)
+    if (root / ".gitignore").is_file():
+        lines = (root / ".gitignore").read_text().splitlines() + lines  # ours come later and win
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    total, sizes = 0, {}
+    for folder, dirs, files in os.walk(root):
+        rel_dir = Path(folder).relative_to(root)
+        dirs[:] = [d for d in dirs if not spec.match_file(f"{(rel_dir / d).as_posix()}/")]
+        for f in files:
+            rel = (rel_dir / f).as_posix()
+            if spec.match_file(rel):
+                continue
+            n = (Path(folder) / f).stat().st_size
+            total += n
+            top = rel.split("/")[0] + ("/" if "/" in rel else "")
+            sizes[top] = sizes.get(top, 0) + n
+    return total, sorted(((n, p) for p, n in sizes.items()), reverse=True)
+
+
+def check_upload(root: Path, excludes: list[str], limit_mb: float = UPLOAD_LIMIT_MB) -> int:
+    """The upload's size in bytes; SubmitError naming the biggest paths when it is over ``limit_mb``."""
+    total, biggest = upload_size(root, excludes)
+    if total > limit_mb * 2**20:
+        top = ", ".join(f"{p} ({n / 2**20:.1f} MB)" for n, p in biggest[:4])
+        raise SubmitError(f"the working_dir upload from {root} would be {total / 2**20:.1f} MB, over the "
+                          f"{limit_mb:g} MB limit; biggest: {top}. Exclude paths in {root / DSMIGNORE} "
+                          f"(gitignore syntax) or raise --upload-limit")
+    return total
 
 
 def entrypoint(argv: list[str]) -> str:

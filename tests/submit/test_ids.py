@@ -81,3 +81,27 @@ def test_addresses():
         resolve_address(None, {})
     assert is_local("http://127.0.0.1:8265") and is_local("http://localhost:1")
     assert not is_local("http://10.255.1.2:8265")
+
+
+def test_the_upload_holds_code_not_data_outputs_or_secrets(tmp_path):
+    """Issue #17: data shards, scores, arrays, a non-default workspace and .env files stay here;
+    .dsmignore adds or re-includes, but never re-includes a secret; an oversized upload is
+    refused naming its biggest paths."""
+    from dsm.submit.runtime_env import check_upload, upload_excludes, upload_size
+
+    files = {"pyproject.toml": 10, "dsm/cli.py": 100, "configs/a.yaml": 10, "data/imagenet/train-000000.tar": 5000,
+             "scores/parts/part-000000.parquet": 3000, "x.npy": 2000, ".env": 10, "cluster/mlflow/.env": 10,
+             ".env.example": 10, "my-ws/mlflow.db": 4000, "my-ws/runs/r/state.pt": 4000, "my-ws/notes.txt": 10,
+             "data/tiny/README": 10, "big/blob.bin": 3 * 2**20}
+    for rel, n in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * n)
+    (tmp_path / ".dsmignore").write_text("# ours\nbig/\n!x.npy\n!.env\n")
+    total, biggest = upload_size(tmp_path, upload_excludes(tmp_path))
+    shipped = {p for _, p in biggest}
+    assert shipped == {"pyproject.toml", "dsm/", "configs/", ".env.example", ".dsmignore", "x.npy"}, shipped
+    assert total == 10 + 100 + 10 + 10 + 2000 + len((tmp_path / ".dsmignore").read_bytes())
+    (tmp_path / ".dsmignore").unlink()
+    with pytest.raises(SubmitError) as e:
+        check_upload(tmp_path, upload_excludes(tmp_path), limit_mb=1)
+    assert "big/ (3.0 MB)" in str(e.value) and ".dsmignore" in str(e.value)
