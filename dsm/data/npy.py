@@ -70,6 +70,19 @@ class NpySource:
         self._starts = {p.name: a for p, a in zip(self.pieces, range(0, len(arr), piece_size))}
         self._arr: np.ndarray | None = None
 
+    def non_finite_rows(self, limit: int = 5, chunk: int = 65536) -> tuple[int, list[int]]:
+        """(rows holding NaN or Inf, the first ``limit`` of their indices); (0, []) for uint8.
+        Reads the array once, in chunks of rows (memory-mapped)."""
+        if self.dtype == np.uint8:
+            return 0, []
+        arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        count, first = 0, []
+        for a in range(0, len(arr), chunk):
+            bad = np.flatnonzero(~np.isfinite(np.asarray(arr[a:a + chunk]).reshape(min(chunk, len(arr) - a), -1)).all(1))
+            count += len(bad)
+            first += [a + int(i) for i in bad[:max(0, limit - len(first))]]
+        return count, first
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arr": None}  # re-mapped in each loader worker
 

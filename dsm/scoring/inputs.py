@@ -41,6 +41,19 @@ class Input:
     def num_samples(self) -> int:
         return sum(p.count for p in self.pieces)
 
+    def check_finite(self) -> None:
+        """Refuse float data holding NaN or Inf, naming the file, the count and the first keys:
+        a score of such a row is NaN, and NaN rows would poison every mean of the summary.
+        (8-bit images cannot hold either; .npy floats are read once here, before Ray starts.)"""
+        if self.kind != "npy":
+            return
+        count, first = self._source.non_finite_rows()
+        if count:
+            width = max(6, len(str(self._source.num_samples - 1)))
+            keys = ", ".join(f"{i:0{width}d}" for i in first)
+            raise ValueError(f"{self.path}: {count} of {self.num_samples} rows hold NaN or Inf (first keys: {keys}{' ...' if count > len(first) else ''}); "
+                             "drop or repair them before scoring")
+
     def digest(self) -> str:
         """What the data *is*, for telling a resumed scoring job from a new one (sha256, hex):
 

@@ -200,6 +200,7 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     spec = spec or ScoreSpec()
     out = Path(out).expanduser().resolve()
     inp = open_input(data)
+    inp.check_finite()
     model = resolve(model_ref)
     model._require_normalized()
     model.to_model(torch.zeros(1, *inp.shape))  # shape check: raises naming both shapes

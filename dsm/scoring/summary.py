@@ -23,11 +23,19 @@ QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 def summarize(table, t_grid, dim: int) -> dict:
     """A JSON-able summary of a scores table (pyarrow) with the given t grid."""
     logp = np.asarray(table.column("logp_nats").to_numpy(), dtype=np.float64)
+    # A row the model scores as NaN or Inf is counted and named, never averaged into the summary
+    ok = np.isfinite(logp)
+    keys = table.column("key").to_pylist()
+    bad = [keys[i] for i in np.flatnonzero(~ok)]
+    table = table.filter(ok) if len(bad) else table
+    logp = logp[ok]
     nll = np.asarray(table.column("nll_bpd").to_numpy(), dtype=np.float64)
     db = np.asarray(table.column("logp_db_per_dim").to_numpy(), dtype=np.float64)
     n = len(logp)
+    if n == 0:
+        raise ValueError(f"every one of the {len(bad)} scored rows has a non-finite log p (first keys: {', '.join(bad[:5])})")
     out = {
-        "n": n, "dim": dim,
+        "n": n, "dim": dim, "non_finite_rows": len(bad), "non_finite_keys": bad[:5],
         "nll_bpd_mean": float(nll.mean()), "nll_bpd_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
         "logp_nats_mean": float(logp.mean()),
         "logp_nats_quantiles": {str(q): float(np.quantile(logp, q)) for q in QUANTILES},
@@ -87,6 +95,9 @@ def _grid(table, name: str) -> np.ndarray:
 def format_summary(s: dict) -> str:
     lines = [f"{s['n']} images, d = {s['dim']}: NLL {s['nll_bpd_mean']:.4f} +- {s['nll_bpd_stderr']:.4f} bits/dim, "
              f"mean log p {s['logp_nats_mean']:.2f} nats"]
+    if s.get("non_finite_rows"):
+        lines.append(f"WARNING: {s['non_finite_rows']} rows have a non-finite log p and are left out of these "
+                     f"numbers (first keys: {', '.join(s['non_finite_keys'])})")
     q = s["logp_db_per_dim_quantiles"]
     lines.append("log p quantiles (dB/dim): " + ", ".join(f"{float(k):g}: {v:.3f}" for k, v in q.items()))
     if "nll_bpd_dequantized_mean" in s:

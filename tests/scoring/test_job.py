@@ -106,14 +106,15 @@ def test_score_warns_about_an_inconsistent_model(ray_cluster, tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("case", ["missing", "shape", "unnormalized", "empty", "empty_folder", "bad_image",
-                                  "random_bytes_model"])
+                                  "random_bytes_model", "nan_rows"])
 def test_bad_input_fails_clearly(tmp_path, capsys, case):
     model = _vector_bundle(tmp_path, normalized=case != "unnormalized")
     data = tmp_path / "data.npy"
     np.save(data, np.zeros((10, 4), np.float32))
     expect = {"missing": "nope.pt", "shape": "does not match", "unnormalized": "dsm normalize",
               "empty": "empty", "empty_folder": "empty input", "bad_image": "b.png: unreadable image",
-              "random_bytes_model": "model.pt: not a dsm model"}[case]
+              "random_bytes_model": "model.pt: not a dsm model",
+              "nan_rows": "data.npy: 2 of 10 rows hold NaN or Inf (first keys: 000003, 000007)"}[case]
     if case == "missing":
         model = tmp_path / "nope.pt"
     elif case == "shape":
@@ -132,6 +133,10 @@ def test_bad_input_fails_clearly(tmp_path, capsys, case):
         (data / "b.png").write_bytes(b"\x89PNG but not really")
     elif case == "random_bytes_model":
         model.write_bytes(os.urandom(4096))
+    elif case == "nan_rows":  # refused before Ray starts, naming the keys, whatever the --t-grid
+        x = np.zeros((10, 4), np.float32)
+        x[3, 1], x[7, 0] = np.nan, np.inf
+        np.save(data, x)
     rc = main(["score", str(model), "--data", str(data), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and expect in err and len(err.strip().splitlines()) == 1, err
