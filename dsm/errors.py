@@ -1,7 +1,8 @@
 """Failures of Ray workers and actors as one line a user can read.
 
 Ray wraps an exception raised in a worker in its own (``WorkerGroupError`` with a per-rank
-``worker_failures`` map in Ray Train, ``RayTaskError`` with ``.cause`` elsewhere), whose text
+``worker_failures`` map in Ray Train, ``RayTaskError`` with ``.cause`` elsewhere, Ray Data's
+``UserCodeException`` raised from the UDF's error), whose text
 is the whole remote traceback with colour codes. The cause the user needs is the innermost
 exception: a dsm error (whose message names the file or key) or the worker's last
 ``...Error: ...`` line. No Ray import here: the wrappers are recognized by their attributes.
@@ -30,6 +31,10 @@ def innermost(err: BaseException) -> BaseException:
         if isinstance(cause, BaseException):
             err = cause
             continue
+        # Ray Data's UserCodeException says only "UDF failed"; it is raised *from* the real error
+        if type(err).__module__.startswith("ray.") and isinstance(err.__cause__, BaseException):
+            err = err.__cause__
+            continue
         break
     return err
 
@@ -41,13 +46,32 @@ def short_cause(err: BaseException, limit: int = 300) -> str:
     text = _COLOUR.sub("", str(inner)).strip()
     if type(inner).__module__.startswith("dsm.") and text:
         return text.splitlines()[0][:limit]
+    line = _cause_line(err if type(inner).__module__.startswith("ray.") else inner)
+    if line:
+        return line[:limit]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    causes = [ln for ln in lines if _ERROR_LINE.match(ln)]
-    if causes:
-        return causes[-1][:limit]
     if inner is not err and lines:  # a worker's own exception object: say what kind it was
         return f"{type(inner).__name__}: {lines[0]}"[:limit]
     return lines[0][:limit] if lines else type(inner).__name__
+
+
+def _cause_line(err: BaseException) -> str | None:
+    """The last ``Type: message`` line of a remote traceback in ``err``'s text, Ray's own wrapper
+    lines skipped (the object of the worker's exception does not always survive the trip: a
+    ``raise ... from`` cause is not pickled, but Ray keeps its traceback as text)."""
+    lines = [ln.strip() for ln in _COLOUR.sub("", str(err)).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if _ERROR_LINE.match(ln) and not ln.startswith("ray.")]
+    return causes[-1] if causes else None
+
+
+def is_bad_input(err: BaseException) -> bool:
+    """True when the failure is dsm's bad-input kind (ValueError or FileNotFoundError, dsm's
+    own subclasses included), raised here or in a worker (read from the remote traceback)."""
+    inner = innermost(err)
+    if isinstance(inner, (ValueError, FileNotFoundError)):
+        return True
+    line = _cause_line(err) if type(inner).__module__.startswith("ray.") else None
+    return bool(line) and re.match(r"^([\w.]*\.)?(ValueError|FileNotFoundError|ShardError|ConfigError)\b", line) is not None
 
 
 def write_traceback(err: BaseException, path: Path) -> Path:
@@ -55,3 +79,15 @@ def write_traceback(err: BaseException, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(traceback.format_exception(err)))
     return path
+
+
+def report_failure(command: str, err: BaseException, log: Path) -> int:
+    """Print a failure the way every dsm command does: where the full traceback is, then the
+    cause (naming the file or key) as the last line; returns exit status 1."""
+    import shlex
+    import sys
+
+    write_traceback(err, log)
+    print(f"dsm {command}: failed; full traceback in {shlex.quote(str(log))}", file=sys.stderr)
+    print(f"dsm {command}: {short_cause(err)}", file=sys.stderr)
+    return 1

@@ -101,9 +101,13 @@ def _score(args: argparse.Namespace) -> int:
         summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
                         consistency=consistency, consistency_samples=args.consistency_samples,
                         restart=args.restart)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dsm score: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - here or in an actor: the cause in one line, not pages of traceback
+        from dsm.errors import is_bad_input, report_failure, short_cause
+
+        if is_bad_input(e):  # a file, a key or an option
+            print(f"dsm score: {short_cause(e)}", file=sys.stderr)
+            return 2
+        return report_failure("score", e, Path(args.out).expanduser().resolve() / "error.log")
     out = Path(args.out).expanduser().resolve()
     print(format_summary(summary))
     figs = figures(read_scores(out), spec.t_grid, out / "figures")

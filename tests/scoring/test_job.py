@@ -215,3 +215,25 @@ def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):
     keys = table.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 8000
     assert json.loads((out / "scores.json").read_text())["status"] == "finished"
+
+
+def test_an_actor_error_is_one_line_naming_the_file(ray_cluster, tmp_path, capsys):
+    """Issue #17: an image whose header reads but whose pixels are cut off fails in the actor that
+    decodes it; the user sees that image's path in one line, not the actor's traceback."""
+    from PIL import Image
+
+    cfg = load_config(TrainConfig, "configs/digits-smoke.yaml")
+    model = tmp_path / "model.pt"
+    save_bundle(model, build.build_model(cfg, build.DataShape((1, 8, 8), True)), cfg, (1, 8, 8), True,
+                normalization={"value": 0.0})
+    data = tmp_path / "images"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(data / name)
+    good = (data / "b.png").read_bytes()
+    (data / "b.png").write_bytes(good[:len(good) - 30])  # the header is whole, the pixel data is not
+    rc = main(["score", str(model), "--data", str(data), "--out", str(tmp_path / "out"), "--t-grid", "",
+               "--consistency-samples", "0", "--actors", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "b.png: unreadable image" in err[-1], err[-2:]
