@@ -37,6 +37,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    """MLflow's server on the workspace's store, in its own process group, stopped as a whole
+    however ``dsm ui`` ends (Ctrl-C, SIGTERM, an error)."""
+    import os
+    import signal
     import subprocess
 
     from dsm.tracking import tracking_uri, workspace_dir
@@ -45,8 +49,44 @@ def _ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(ws),
            "--default-artifact-root", (ws / "artifacts").as_uri(), "--host", "127.0.0.1",
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
-    return subprocess.call(cmd)
+    # MLflow 3 starts job consumers for its GenAI features (about 240 MB each); dsm uses none
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_group(server)
+
+
+def _stop_group(proc, grace_s: float = 10.0) -> None:
+    """SIGTERM to ``proc``'s whole process group (MLflow's server forks gunicorn and helpers),
+    then SIGKILL to whatever is left after ``grace_s``."""
+    import os
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so that a zombie does not keep the group alive
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 def _import_official(args: argparse.Namespace) -> int:

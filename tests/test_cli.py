@@ -1,0 +1,38 @@
+"""dsm.cli's own commands (the others are tested beside their packages)."""
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from dsm.ray_setup import free_port
+
+
+@pytest.mark.slow
+def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path):
+    """Issue #17: `dsm ui` stopped with SIGTERM must take MLflow's server and every process it
+    forked along, and start none of MLflow's GenAI job consumers."""
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "dsm.cli", "ui", "--workspace", str(tmp_path / "ws"),
+                           "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        ui.kill()
+        pytest.fail("the MLflow UI did not answer: " + ui.stdout.read()[-2000:])
+    tree = psutil.Process(ui.pid).children(recursive=True)
+    assert tree, "dsm ui started no server"
+    assert not [p for p in tree if "huey" in " ".join(p.cmdline())], "MLflow job consumers were started"
+    ui.send_signal(signal.SIGTERM)
+    ui.wait(30)
+    gone, alive = psutil.wait_procs(tree, timeout=15)
+    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
