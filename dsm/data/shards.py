@@ -441,6 +441,16 @@ class ShardSource:
         if not self.pieces:
             raise ShardError(self.folder / MANIFEST, "lists no samples")
 
+    def check_sizes(self) -> None:
+        """ShardError naming the first shard whose size differs from the manifest's (a truncated
+        copy, say): a stat per shard, cheap enough to run before every job. A shard corrupted
+        in place at its full size is found only when read, or by ``dsm data verify --sha256``."""
+        for s in self.manifest.shards:
+            size = (self.folder / s.file).stat().st_size
+            if size != s.bytes:
+                raise ShardError(self.folder / s.file, f"{size} bytes, but {MANIFEST} says {s.bytes} "
+                                 "(truncated or replaced; `dsm data verify` lists every problem)")
+
     def __repr__(self) -> str:
         return f"ShardSource({str(self.folder)!r}, {len(self.pieces)} shards, {self.manifest.num_samples} samples)"
 

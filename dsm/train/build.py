@@ -169,6 +169,9 @@ def check_buildable(cfg: TrainConfig) -> DataShape:
     try:
         source = open_source(cfg.data.path)
         held = open_source(cfg.data.eval_path)
+        if cfg.data.on_error == "raise":  # a truncated shard is one line here, not a failed worker and retries
+            for src in (source, held):
+                getattr(src, "check_sizes", lambda: None)()
     except (ValueError, OSError) as e:
         raise ConfigError(f"data: {e}") from None
     shape, held_shape = data_shape(source), data_shape(held)

@@ -164,3 +164,14 @@ def test_missing_shard_is_named(shards):
     (folder / "train-000006.tar").unlink()
     with pytest.raises(ShardError, match="train-000006.tar: listed in manifest.json but missing"):
         ShardSource(folder)
+
+
+def test_check_sizes_names_a_shard_whose_size_disagrees(shards):
+    from dsm.data.shards import ShardSource
+
+    folder, _ = shards
+    ShardSource(folder).check_sizes()
+    path = folder / "train-000002.tar"
+    path.write_bytes(path.read_bytes()[:1024])
+    with pytest.raises(ShardError, match=r"train-000002.tar: 1024 bytes, but manifest.json says \d+ \(truncated"):
+        ShardSource(folder).check_sizes()

@@ -146,25 +146,34 @@ def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
 
 def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_cfg, digits_workspace, tmp_path,
                                                            capsys):
-    """Issue #17: a truncated training shard. The worker's ShardError reaches the user as the
-    last line, naming the shard (not Ray's pages); the full traceback is in the run's error.log;
-    the MLflow run is FAILED with the cause as its dsm.failure tag."""
+    """Issue #17: a truncated training shard is refused before Ray starts (its size disagrees with
+    the manifest). One corrupted at its full size fails in the worker: the worker's ShardError
+    reaches the user as the last line, naming the shard (not Ray's pages); the full traceback is
+    in the run's error.log; the MLflow run is FAILED with the cause as its dsm.failure tag."""
     import shutil
 
-    from dsm.train.run import ERROR_LOG, main
+    from dsm.cli import main
+    from dsm.train.run import ERROR_LOG
 
     cfg = make_cfg()
     data = tmp_path / "digits"
     shutil.copytree(cfg.data.path, data / "train")
     shutil.copytree(cfg.data.eval_path, data / "test")
     bad = sorted((data / "train").glob("*.tar"))[0]
-    bad.write_bytes(bad.read_bytes()[:5000])
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[:5000])
     ws = tmp_path / "ws"
-    rc = main("configs/digits-smoke.yaml", ["data.dataset=null", f"data.path={data / 'train'}", "name=corrupt",
-                                            "steps=40", "eval.consistency=false", "scaling.max_failures=0"],
-              workspace=str(ws), address=None, workers=None, gpu=False, quiet=True)
+    # Truncated: its size disagrees with the manifest, so it is refused before Ray starts
+    args = ["train", "configs/digits-smoke.yaml", "data.dataset=null", f"data.path={data / 'train'}", "name=corrupt",
+            "steps=40", "eval.consistency=false", "scaling.max_failures=0", "--workspace", str(ws), "--quiet"]
+    rc = main(args)
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1].startswith(f"dsm train: {bad}: corrupt or truncated"), err[-3:]
+    assert rc == 2 and err[-1].startswith(f"dsm train: data: {bad}: 5000 bytes, but manifest.json says"), err[-2:]
+    # Corrupt at its full size: only the worker that reads it can tell
+    bad.write_bytes(whole[:5000] + bytes(len(whole) - 5000))
+    rc = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith(f"dsm train: {bad}: "), err[-3:]
     log = ws / "runs" / "corrupt" / ERROR_LOG
     assert f"full traceback in {log}" in err[-2] and "ShardError" in log.read_text()
     client, run = _run(ws, "corrupt")
