@@ -167,7 +167,6 @@ def test_missing_shard_is_named(shards):
 
 
 def test_check_sizes_names_a_shard_whose_size_disagrees(shards):
-    from dsm.data.shards import ShardSource
 
     folder, _ = shards
     ShardSource(folder).check_sizes()

@@ -211,6 +211,8 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
     assert proc.returncode == 130, first[-3000:]
     assert "re-run the same command to resume" in first
     assert not (run_dir / "model.pt").exists()
+    _, killed = _run(digits_workspace, "interrupted")  # closed, with the reason, while nobody trains it
+    assert killed.info.status == "KILLED" and killed.data.tags["dsm.status"] == "killed"
 
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
@@ -219,6 +221,7 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
 
     client, run_ref = _run(digits_workspace, "reference")
     _, run_int = _run(digits_workspace, "interrupted")
+    assert run_int.info.status == "FINISHED"
     h_ref = client.get_metric_history(run_ref.info.run_id, "train/loss")
     h_int = client.get_metric_history(run_int.info.run_id, "train/loss")
     assert [m.step for m in h_int] == [m.step for m in h_ref] == list(range(10, 121, 10))
