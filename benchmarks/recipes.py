@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -61,14 +62,34 @@ def bpd8(nats_per_dim: float) -> float:
     return 8.0 - nats_per_dim / math.log(2)
 
 
+def fitted_baseline(args, train: np.ndarray, k: int) -> tuple[bl.Baseline, float]:
+    """The K-component baseline and its fit time (s), from ``--cache`` when it holds this fit
+    (an .npz of arrays: no pickle), else fitted and stored there."""
+    from dsm.toy import GaussianMixture
+
+    path = f"{args.cache}-K{k}.npz" if args.cache else None
+    if path and os.path.exists(path):
+        z = np.load(path, allow_pickle=False)
+        if int(z["n_train"]) == len(train) and int(z["max_iter"]) == args.max_iter:
+            density = GaussianMixture(z["weights"], z["means"], z["covs"])
+            return bl.Baseline(k, float(z["reg_covar"]), bool(z["converged"]), int(z["n_iter"]), len(train),
+                               density), float(z["fit_s"])
+    t0 = time.perf_counter()
+    b = bl.fit_baseline(train, k, max_iter=args.max_iter)
+    fit_s = time.perf_counter() - t0
+    if path:
+        d = b.density
+        np.savez(path, weights=d.log_w.exp().numpy(), means=d.means.numpy(), covs=d.covs.numpy(), n_train=len(train),
+                 max_iter=args.max_iter, reg_covar=b.reg_covar, converged=b.converged, n_iter=b.n_iter, fit_s=fit_s)
+    return b, fit_s
+
+
 def baseline_rows(args, d: int, x: np.ndarray, lp_model: np.ndarray, t_min: float) -> tuple[list[str], dict]:
     """Markdown rows and a JSON dict for every K: as fitted and smoothed to t_min, paired with the model."""
     train, n_total, _ = read_training(args.train, d, args.max_train, bl.SEED)
     rows, out = [], {}
     for k in args.ks:
-        t0 = time.perf_counter()
-        b = bl.fit_baseline(train, k, max_iter=args.max_iter)
-        fit_s = time.perf_counter() - t0
+        b, fit_s = fitted_baseline(args, train, k)
         for label, t in (("as fitted", 0.0), (f"smoothed to t_min = {t_min:g}", t_min)):
             lp = bl.log_prob(b.density, x, t)
             m, diff = bl.mean_se(lp, d), bl.paired_difference(lp_model, lp, d)
@@ -98,7 +119,7 @@ def consistency_rows(m, x: torch.Tensor, keys: list[str], t_min: float, t_max: f
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
+    p.add_argument("model", nargs="?", help="the model file (not needed with --baselines-only)")
     p.add_argument("--train", required=True, help="training shard folder (the baselines are fitted on it)")
     p.add_argument("--test", required=True, help="held-out shard folder")
     p.add_argument("--ks", default="1,10,50,100", type=lambda s: [int(k) for k in s.split(",")])
@@ -108,8 +129,18 @@ def main() -> None:
     p.add_argument("--ode-images", type=int, default=16)
     p.add_argument("--ode-steps", type=int, default=64)
     p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--cache", help="file prefix for the fitted baselines (PREFIX-K10.npz, ...): fit once per data set")
+    p.add_argument("--baselines-only", action="store_true", help="fit (and cache) the baselines; no model needed")
     args = p.parse_args()
     torch.manual_seed(0)
+    if args.baselines_only:
+        d = math.prod(open_input(args.train).shape)
+        train, n_total, _ = read_training(args.train, d, args.max_train, bl.SEED)
+        for k in args.ks:
+            b, fit_s = fitted_baseline(args, train, k)
+            print(f"K = {k}: {'converged' if b.converged else 'not converged'} in {b.n_iter} EM iterations, {fit_s:.0f} s",
+                  flush=True)
+        return
     m = load(args.model)
     noise = load_model(args.model).config.noise  # the training t range
     t_min, t_max = float(noise.t_min), float(noise.t_max)
