@@ -62,6 +62,12 @@ def bpd8(nats_per_dim: float) -> float:
     return 8.0 - nats_per_dim / math.log(2)
 
 
+def max_iter_of(args, k: int) -> int:
+    """--max-iter: one value for every K, or one per K of --ks (EM iterations cap the CPU time)."""
+    its = args.max_iter
+    return its[0] if len(its) == 1 else its[args.ks.index(k)]
+
+
 def fitted_baseline(args, train: np.ndarray, k: int) -> tuple[bl.Baseline, float]:
     """The K-component baseline and its fit time (s), from ``--cache`` when it holds this fit
     (an .npz of arrays: no pickle), else fitted and stored there."""
@@ -70,17 +76,17 @@ def fitted_baseline(args, train: np.ndarray, k: int) -> tuple[bl.Baseline, float
     path = f"{args.cache}-K{k}.npz" if args.cache else None
     if path and os.path.exists(path):
         z = np.load(path, allow_pickle=False)
-        if int(z["n_train"]) == len(train) and int(z["max_iter"]) == args.max_iter:
+        if int(z["n_train"]) == len(train) and int(z["max_iter"]) == max_iter_of(args, k):
             density = GaussianMixture(z["weights"], z["means"], z["covs"])
             return bl.Baseline(k, float(z["reg_covar"]), bool(z["converged"]), int(z["n_iter"]), len(train),
                                density), float(z["fit_s"])
     t0 = time.perf_counter()
-    b = bl.fit_baseline(train, k, max_iter=args.max_iter)
+    b = bl.fit_baseline(train, k, max_iter=max_iter_of(args, k))
     fit_s = time.perf_counter() - t0
     if path:
         d = b.density
         np.savez(path, weights=d.log_w.exp().numpy(), means=d.means.numpy(), covs=d.covs.numpy(), n_train=len(train),
-                 max_iter=args.max_iter, reg_covar=b.reg_covar, converged=b.converged, n_iter=b.n_iter, fit_s=fit_s)
+                 max_iter=max_iter_of(args, k), reg_covar=b.reg_covar, converged=b.converged, n_iter=b.n_iter, fit_s=fit_s)
     return b, fit_s
 
 
@@ -125,7 +131,8 @@ def main() -> None:
     p.add_argument("--ks", default="1,10,50,100", type=lambda s: [int(k) for k in s.split(",")])
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--max-train", type=int, default=20000)
-    p.add_argument("--max-iter", type=int, default=bl.MAX_ITER)
+    p.add_argument("--max-iter", default=[bl.MAX_ITER], type=lambda s: [int(i) for i in s.split(",")],
+                   help="EM iterations: one value, or one per K of --ks (default scikit-learn's 100)")
     p.add_argument("--ode-images", type=int, default=16)
     p.add_argument("--ode-steps", type=int, default=64)
     p.add_argument("--json", help="also write the numbers here")
