@@ -81,13 +81,17 @@ def write_traceback(err: BaseException, path: Path) -> Path:
     return path
 
 
-def report_failure(command: str, err: BaseException, log: Path) -> int:
+def print_failure(command: str, cause: str, log: Path) -> int:
     """Print a failure the way every dsm command does: where the full traceback is, then the
     cause (naming the file or key) as the last line; returns exit status 1."""
     import shlex
     import sys
 
-    write_traceback(err, log)
     print(f"dsm {command}: failed; full traceback in {shlex.quote(str(log))}", file=sys.stderr)
-    print(f"dsm {command}: {short_cause(err)}", file=sys.stderr)
+    print(f"dsm {command}: {cause}", file=sys.stderr)
     return 1
+
+
+def report_failure(command: str, err: BaseException, log: Path) -> int:
+    """:func:`print_failure` of ``err``, its traceback written to ``log`` first."""
+    return print_failure(command, short_cause(err), write_traceback(err, log))

@@ -305,10 +305,9 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
         print(f"dsm train: {e}", file=sys.stderr)
         return 3
     except TrainingFailed as e:
-        # The cause (naming the file or key) last, the traceback in a file: not pages of Ray's
-        print(f"dsm train: run {p.name!r} failed; full traceback in {shlex.quote(str(e.log))}", file=sys.stderr)
-        print(f"dsm train: {e.cause}", file=sys.stderr)
-        return 1
+        from dsm.errors import print_failure
+
+        return print_failure("train", e.cause, e.log)  # the cause last; the traceback in a file
     except KeyboardInterrupt:
         print(f"\ndsm train: interrupted; re-run the same command to resume {p.name!r} from its last checkpoint",
               file=sys.stderr)
