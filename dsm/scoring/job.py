@@ -22,8 +22,8 @@ import numpy as np
 
 from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
-from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
 from dsm.data.shards import sha256_file
+from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
 from dsm.scoring.inputs import Input, iter_examples, open_input
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
