@@ -144,6 +144,7 @@ def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
     assert not p.export_path.exists()
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_cfg, digits_workspace, tmp_path,
                                                            capsys):
     """Issue #17: a truncated training shard is refused before Ray starts (its size disagrees with
