@@ -39,12 +39,15 @@ def load_torch_file(path: str | Path, what: str, map_location: str | object = "c
     what: the kind of file expected, e.g. "dsm model" or "dsm training checkpoint".
     """
     import pickle
+    import warnings
 
     import torch
 
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a random file's "pickle protocol 147" warning would precede our line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         names = _code_named_in(path)
         if names:
@@ -55,6 +58,8 @@ def load_torch_file(path: str | Path, what: str, map_location: str | object = "c
     except (EOFError, RuntimeError, OSError) as e:
         cause = "empty" if isinstance(e, EOFError) else str(e).split(". ")[0]
         raise ValueError(f"{path}: not a readable {what} ({cause})") from None
+    except Exception as e:  # noqa: BLE001 - arbitrary bytes break torch's unpickler in arbitrary ways
+        raise ValueError(f"{path}: not a {what} (its pickle is malformed: {type(e).__name__})") from None
 
 
 def _code_named_in(path: Path) -> list[str]:

@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,11 @@ def test_a_file_that_would_run_code_is_refused_in_dsm_words(tmp_path):
     assert "weights_only" not in msg and "\n" not in msg  # never point at the unsafe option
 
 
-@pytest.mark.parametrize("content, says", [(b"", "empty"), (os.urandom(2000), "not a dsm model"),
+# Random bytes: a few fixed draws (each breaks torch's unpickler differently), and one fresh one
+RANDOM = [np.random.default_rng(seed).bytes(2000) for seed in range(6)] + [os.urandom(2000)]
+
+
+@pytest.mark.parametrize("content, says", [(b"", "empty"), *[(r, "not a dsm model") for r in RANDOM],
                                            (None, "not a readable dsm model")])
 def test_unreadable_files_give_one_line_naming_the_file(tmp_path, content, says):
     path = tmp_path / "model.pt"
