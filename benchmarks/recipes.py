@@ -184,8 +184,9 @@ def main() -> None:
         print(f"\nAt dequantized pixels (k + u) / 256, u ~ U[0, 1) seeded: dsm {ownq.mean_nats_per_dim:.3f} +- "
               f"{ownq.stderr_nats_per_dim:.3f} nats/dim")
         print("\n| density | held-out log p, dequantized (nats/dim) | model - this, paired (nats/dim) |\n|---|---|---|")
+        train = read_training(args.train, d, args.max_train, bl.SEED)[0]  # once, not once per K
         for k in args.ks:
-            b, _ = fitted_baseline(args, read_training(args.train, d, args.max_train, bl.SEED)[0], k)
+            b, _ = fitted_baseline(args, train, k)
             lpb = bl.log_prob(b.density, bl.flatten(xq), 0.0)
             mb, diff = bl.mean_se(lpb, d), bl.paired_difference(lpq, lpb, d)
             print(f"| {b.name}, as fitted | {mb.mean_nats_per_dim:.3f} +- {mb.stderr_nats_per_dim:.3f} | "
