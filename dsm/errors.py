@@ -1,7 +1,8 @@
 """Failures of Ray workers and actors as one line a user can read.
 
 Ray wraps an exception raised in a worker in its own (``WorkerGroupError`` with a per-rank
-``worker_failures`` map in Ray Train, ``RayTaskError`` with ``.cause`` elsewhere, Ray Data's
+``worker_failures`` map in Ray Train, ``ControllerError`` with ``controller_failure`` for one
+raised in a Ray Train callback, ``RayTaskError`` with ``.cause`` elsewhere, Ray Data's
 ``UserCodeException`` raised from the UDF's error), whose text
 is the whole remote traceback with colour codes. The cause the user needs is the innermost
 exception: a dsm error (whose message names the file or key) or the worker's last
@@ -18,11 +19,38 @@ _COLOUR = re.compile(r"\x1b\[[0-9;]*m|\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
+class BadInputFailure(RuntimeError):
+    """A worker failed on bad input (a corrupt shard, say), which fails the same way on every
+    attempt, so the run stops rather than retrying. ``cause`` is the worker's one line,
+    ``detail`` its traceback text."""
+
+    def __init__(self, cause: str, detail: str = ""):
+        super().__init__(f"{cause}\n(not retried: bad input fails the same way on every attempt)\n{detail}")
+        self.cause, self.detail = cause, detail
+
+    def __reduce__(self):
+        return type(self), (self.cause, self.detail)
+
+
+def bad_input_among(errors: dict[int, BaseException]) -> BadInputFailure | None:
+    """The first rank's bad-input error among per-rank worker errors, as a BadInputFailure; None
+    when none is (a lost node, a collective torn down by another rank's death: those retry)."""
+    for rank in sorted(errors):
+        if is_bad_input(errors[rank]):
+            detail = _COLOUR.sub("", "".join(traceback.format_exception(errors[rank])))
+            return BadInputFailure(short_cause(errors[rank]), f"rank {rank}: {detail}")
+    return None
+
+
 def innermost(err: BaseException) -> BaseException:
     """The exception a worker actually raised, unwrapped from Ray's containers."""
     seen = set()
     while id(err) not in seen:
         seen.add(id(err))
+        controller = getattr(err, "controller_failure", None)  # Ray Train: raised in a callback
+        if isinstance(controller, BaseException):
+            err = controller
+            continue
         failures = getattr(err, "worker_failures", None)
         if isinstance(failures, dict) and failures:
             err = failures[min(failures)]  # the lowest rank: rank 0 when it failed

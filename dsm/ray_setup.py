@@ -40,8 +40,19 @@ def connect(address: str | None = None, *, log_to_driver: bool = True, check_loc
         check_local()
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)
+    # A local Ray's GCS, raylet and worker gRPC servers listen beyond loopback (Ray maps
+    # 127.0.0.1 to the host's address); its token authentication, on by default for a new local
+    # Ray since 2.5x, is what keeps other hosts out (tests/test_ray_setup.py checks the ports).
+    # Setting the mode here would not do: Ray reads it once, at import.
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
+    if mode.lower() != "token":
+        import sys
+
+        print(f"dsm: warning: RAY_AUTH_MODE={mode}: the local Ray's ports accept unauthenticated "
+              "clients from other hosts", file=sys.stderr)
     ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=log_to_driver,
              configure_logging=True, logging_level="WARNING", **pinned_dashboard())
+    start_reaper()
 
 
 def free_port() -> int:
@@ -66,3 +77,62 @@ def pinned_dashboard() -> dict:
     port = free_port()
     return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
             "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+
+
+# The local Ray's processes that outlive a killed driver: Ray 2.60's dashboard and runtime-env
+# agents notice the raylet's death and log that they exit, then hang (seen for over a minute,
+# docs/reliability.md). The reaper watches the driver from its own session and stops them.
+REAPER_GRACE_S = 3.0  # Ray's own fate-sharing stops the GCS, raylet and workers within about a second
+
+
+def start_reaper() -> None:
+    """Start ``python -m dsm.ray_setup PID``: a watchdog (psutil only, no Ray or torch) that
+    outlives this process, for a driver that started a local Ray. SIGKILL or ``os._exit`` of the
+    driver skips Ray's own shutdown; the watchdog then stops what is left of it."""
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-m", "dsm.ray_setup", str(os.getpid())], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def reap_after(driver_pid: int, poll_s: float = 1.0, grace_s: float = REAPER_GRACE_S) -> list[int]:
+    """Wait for ``driver_pid`` to exit, remembering its descendants meanwhile (Ray starts
+    workers as it goes); then, after ``grace_s``, SIGTERM and at last SIGKILL those still
+    running. Returns the pids it had to stop."""
+    import time
+
+    import psutil
+
+    seen: dict[int, psutil.Process] = {}
+    try:
+        driver = psutil.Process(driver_pid)
+        while driver.status() != psutil.STATUS_ZOMBIE:
+            seen.update((c.pid, c) for c in driver.children(recursive=True) if c.pid != os.getpid())
+            time.sleep(poll_s)
+    except psutil.NoSuchProcess:
+        pass
+    time.sleep(grace_s)
+    left = [p for p in seen.values() if p.is_running()]  # is_running also checks the start time (pid reuse)
+    for p in left:
+        _signal(p, "terminate")
+    _, alive = psutil.wait_procs(left, timeout=2)  # the hung agents ignore SIGTERM
+    for p in alive:
+        _signal(p, "kill")
+    psutil.wait_procs(alive, timeout=2)
+    return [p.pid for p in left]
+
+
+def _signal(proc, how: str) -> None:
+    import psutil
+
+    try:
+        getattr(proc, how)()
+    except psutil.Error:
+        pass
+
+
+if __name__ == "__main__":
+    import sys
+
+    reap_after(int(sys.argv[1]))

@@ -27,8 +27,11 @@ def test_every_dsm_exception_round_trips_through_pickle():
     assert "dsm.data.shards.ShardError" in found and len(found) >= 6
     from dsm.train.run import TrainingFailed
 
+    from dsm.errors import BadInputFailure
+
     samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch"),
-               TrainingFailed: TrainingFailed("ValueError: bad", "/runs/x/error.log")}
+               TrainingFailed: TrainingFailed("ValueError: bad", "/runs/x/error.log", bad_input=True),
+               BadInputFailure: BadInputFailure("/data/train-000001.tar: truncated", "Traceback ...")}
     for qualname, cls in found.items():
         err = samples.get(cls) or cls("one line naming the file")
         back = pickle.loads(pickle.dumps(err))
@@ -80,3 +83,32 @@ def test_the_short_cause_is_the_innermost_worker_error():
     err = WorkerGroupError({1: RayTaskError(shard), 0: RayTaskError(RuntimeError("Connection closed by peer"))})
     assert short_cause(err) == "RuntimeError: Connection closed by peer"  # rank 0 first
     assert short_cause(WorkerGroupError({1: RayTaskError(shard)})) == "/data/train-000004.tar: truncated tar (sample 17)"
+
+
+class _RayTaskError(Exception):  # the attribute Ray's task errors have; dsm.errors needs no Ray
+    def __init__(self, cause):
+        super().__init__("ray::worker (pid=1)\n  File ...\n" + f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+def test_bad_input_in_any_rank_stops_the_run_and_other_errors_retry():
+    """Issue #17 item 9: a worker's bad-input error (a shard corrupt at its full size) ends the run
+    at once, whichever rank hit it, even when rank 0's error is the collateral of it; a lost worker
+    or a torn-down collective is retried."""
+    from dsm.errors import BadInputFailure, bad_input_among, short_cause
+
+    shard = ShardError("/data/train-000004.tar", "truncated tar (sample 17)")
+    failure = bad_input_among({0: _RayTaskError(RuntimeError("Connection closed by peer")), 1: _RayTaskError(shard)})
+    assert isinstance(failure, BadInputFailure)
+    assert failure.cause == "/data/train-000004.tar: truncated tar (sample 17)"
+    assert "ShardError" in failure.detail and "not retried" in str(failure)
+    assert bad_input_among({0: _RayTaskError(RuntimeError("Connection closed by peer")),
+                            1: _RayTaskError(OSError("node lost"))}) is None
+
+    class ControllerError(Exception):  # what Ray Train raises for an exception in a callback
+        def __init__(self, failure):
+            super().__init__("Training failed due to controller error:\n" + str(failure))
+            self.controller_failure = failure
+
+    assert short_cause(ControllerError(failure)) == "/data/train-000004.tar: truncated tar (sample 17)"
+

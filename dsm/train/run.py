@@ -24,14 +24,14 @@ class NonFiniteTraining(RuntimeError):
 
 class TrainingFailed(RuntimeError):
     """Training failed in a worker or in Ray: ``cause`` is one line (the worker's own error),
-    ``log`` the file with the full traceback."""
+    ``log`` the file with the full traceback, ``bad_input`` whether the data was at fault."""
 
-    def __init__(self, cause: str, log: Path):
+    def __init__(self, cause: str, log: Path, bad_input: bool = False):
         super().__init__(cause)
-        self.cause, self.log = cause, Path(log)
+        self.cause, self.log, self.bad_input = cause, Path(log), bad_input
 
     def __reduce__(self):
-        return type(self), (self.cause, self.log)
+        return type(self), (self.cause, self.log, self.bad_input)
 
 
 ERROR_LOG = "error.log"  # in the run folder: the last failure's full traceback
@@ -181,11 +181,29 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=p.name, storage_path=str(p.run_dir.parent), callbacks=callbacks or None,
+            name=p.name, storage_path=str(p.run_dir.parent), callbacks=[stop_on_bad_input(), *(callbacks or [])],
             checkpoint_config=_checkpoint_config(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # our own progress lines suffice
     )
+
+
+def stop_on_bad_input():
+    """A Ray Train callback that ends the run at a worker's bad-input error (a shard corrupted
+    at its full size, found only when read) instead of retrying it ``scaling.max_failures``
+    times: Ray Train V2 retries every worker error alike, and offers no failure policy of one's
+    own; an exception raised in a callback ends the run at once (as a ControllerError)."""
+    import ray.train
+
+    from dsm.errors import bad_input_among
+
+    class StopOnBadInput(ray.train.UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            failure = bad_input_among(worker_exceptions)
+            if failure is not None:
+                raise failure
+
+    return StopOnBadInput()
 
 
 def _checkpoint_config(cfg: TrainConfig):
@@ -228,11 +246,12 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
         close_run(uri, run_id, "KILLED", "interrupted; re-run the same command to resume")
         raise
     except Exception as e:  # noqa: BLE001 - every other way out closes the run and keeps the traceback
-        from dsm.errors import short_cause, write_traceback
+        from dsm.errors import BadInputFailure, innermost, short_cause, write_traceback
 
         cause = short_cause(e)
         close_run(uri, run_id, "FAILED", cause)
-        raise TrainingFailed(cause, write_traceback(e, p.run_dir / ERROR_LOG)) from e
+        raise TrainingFailed(cause, write_traceback(e, p.run_dir / ERROR_LOG),
+                             bad_input=isinstance(innermost(e), BadInputFailure)) from e
 
 
 def _fit_interruptibly(trainer) -> None:
@@ -307,7 +326,8 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     except TrainingFailed as e:
         from dsm.errors import print_failure
 
-        return print_failure("train", e.cause, e.log)  # the cause last; the traceback in a file
+        rc = print_failure("train", e.cause, e.log)  # the cause last; the traceback in a file
+        return 2 if e.bad_input else rc
     except KeyboardInterrupt:
         print(f"\ndsm train: interrupted; re-run the same command to resume {p.name!r} from its last checkpoint",
               file=sys.stderr)
