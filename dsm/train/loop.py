@@ -69,14 +69,28 @@ def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> di
     return out
 
 
-def _quiet_ray_train_logs() -> None:
-    """Ray Train logs every report (all metrics) at INFO from the worker; they drown the progress
-    lines. Its loggers carry their own levels, so each one is raised. Some are named by
-    their file path (``logging.getLogger(__file__)``, as Train V2's report logger is)."""
+# Ray Train's pages of traceback on the driver's console for a failure that dsm reports in one
+# line (and keeps whole in the run's error.log): each rank's "Error in training function" (the
+# surviving rank's, when another was killed), and the controller's teardown of a dead group.
+RAY_TRAIN_TRACEBACKS = ("Error in training function", "Graceful shutdown of backend failed")
+
+
+def _not_a_ray_train_traceback(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(RAY_TRAIN_TRACEBACKS)
+
+
+def quiet_ray_train_logs() -> None:
+    """In a Ray Train worker or controller: Ray Train logs every report (all metrics) at INFO
+    from the worker, which drowns the progress lines, and the tracebacks above. Its loggers
+    carry their own levels, so each one is raised and filtered. Some are named by their file
+    path (``logging.getLogger(__file__)``, as Train V2's report logger is)."""
     path_part = f"{os.sep}ray{os.sep}train{os.sep}"
     for name in ["ray.train", *[n for n in logging.root.manager.loggerDict
                                 if n.startswith("ray.train") or path_part in n]]:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        log = logging.getLogger(name)
+        log.setLevel(logging.WARNING)
+        if _not_a_ray_train_traceback not in log.filters:
+            log.addFilter(_not_a_ray_train_traceback)
 
 
 def _say(line: str, err: bool = False) -> None:
@@ -112,7 +126,7 @@ def train_loop(config: dict) -> None:
     import ray.train.torch
 
     cfg = TrainConfig.model_validate(config["cfg"])
-    _quiet_ray_train_logs()
+    quiet_ray_train_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))

@@ -181,29 +181,42 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=p.name, storage_path=str(p.run_dir.parent), callbacks=[stop_on_bad_input(), *(callbacks or [])],
+            name=p.name, storage_path=str(p.run_dir.parent), callbacks=[failure_callback(cfg.scaling.max_failures), *(callbacks or [])],
             checkpoint_config=_checkpoint_config(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # our own progress lines suffice
     )
 
 
-def stop_on_bad_input():
-    """A Ray Train callback that ends the run at a worker's bad-input error (a shard corrupted
-    at its full size, found only when read) instead of retrying it ``scaling.max_failures``
-    times: Ray Train V2 retries every worker error alike, and offers no failure policy of one's
-    own; an exception raised in a callback ends the run at once (as a ControllerError)."""
+def failure_callback(max_failures: int):
+    """The Ray Train callback (run in its controller) that handles a worker's failure:
+    - bad input (a shard corrupted at its full size, found only when read) ends the run at once,
+      instead of ``max_failures`` retries that would fail the same way: Ray Train V2 retries
+      every worker error alike and offers no failure policy of one's own, but an exception
+      raised in a callback ends the run (as a ControllerError);
+    - anything else (a lost worker or node) is retried by Ray Train: one line says so, in place
+      of the ranks' tracebacks (quiet_ray_train_logs)."""
     import ray.train
 
-    from dsm.errors import bad_input_among
+    from dsm.errors import bad_input_among, short_cause
+    from dsm.train.loop import quiet_ray_train_logs
 
-    class StopOnBadInput(ray.train.UserCallback):
+    class FailureReport(ray.train.UserCallback):
+        failures = 0
+
         def after_exception(self, run_context, worker_exceptions):
+            quiet_ray_train_logs()  # before Ray Train tears the group down, which logs a page
             failure = bad_input_among(worker_exceptions)
             if failure is not None:
                 raise failure
+            self.failures += 1
+            causes = "; ".join(f"rank {r}: {short_cause(e, 160)}" for r, e in sorted(worker_exceptions.items()))
+            verdict = ("restarting from the last checkpoint" if self.failures <= max_failures
+                       else "giving up (scaling.max_failures)")
+            print(f"dsm train: worker failure {self.failures} of {max_failures} allowed ({causes}); {verdict}",
+                  file=sys.stderr, flush=True)
 
-    return StopOnBadInput()
+    return FailureReport()
 
 
 def _checkpoint_config(cfg: TrainConfig):

@@ -121,6 +121,38 @@ def test_killed_worker_restarts_from_checkpoint(ray_cluster, make_cfg, digits_wo
     assert load_model(p.export_path).meta["step"] == 240
 
 
+@pytest.mark.slow
+def test_a_killed_worker_is_one_line_on_the_console(digits_workspace, tmp_path):
+    """Issue #17 item 15b: `dsm train` on its own local Ray (console logs forwarded, as a user
+    sees them), one worker SIGKILLed after the first checkpoint. The console says so in one
+    line instead of the surviving rank's traceback and the controller's teardown (about 60
+    lines); the run resumes and the export path is still the last line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "dsm.cli", "train", "configs/digits-smoke.yaml", "steps=150", "checkpoint.every=50",
+           "eval.enabled=false", "name=killed-worker", "--workspace", str(digits_workspace), "--quiet"]
+    out = tmp_path / "console.txt"
+    with out.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, text=True)
+    run_dir = digits_workspace / "runs" / "killed-worker"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(run_dir.glob("checkpoint_*")):
+        time.sleep(0.1)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in workers]
+    workers[-1].kill()
+    assert proc.wait(timeout=300) == 0, out.read_text()[-3000:]
+    lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
+    text = "\n".join(lines)
+    assert "Traceback" not in text and "Error in training function" not in text and "Graceful shutdown" not in text, text
+    assert sum("dsm train: worker failure 1 of 3 allowed" in ln for ln in lines) == 1, text
+    assert lines[-1] == str(run_dir / "model.pt"), lines[-3:]
+
+
 def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
     from dsm.config import load_config
     from dsm.train.build import resolve_data
