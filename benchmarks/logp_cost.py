@@ -15,8 +15,8 @@ import argparse
 import time
 
 import torch
-
 from _common import machine
+
 from dsm import losses, models, noise, normalize, ode, toy
 from dsm.fit import fit
 

@@ -14,8 +14,8 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from _common import machine, time_interleaved
+
 from dsm.config import load_config
 from dsm.step import train_step
 from dsm.train import build

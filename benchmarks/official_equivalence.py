@@ -24,8 +24,8 @@ import types
 from pathlib import Path
 
 import torch
-
 from _common import machine
+
 from dsm import api
 from dsm.cli import main as dsm_main
 from dsm.config import load_config

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +130,8 @@ def main() -> None:
     print("| arm | s/step (median window, rank 0) | images/s | wall s per run (median) |")
     print("|---|---|---|---|")
     for k, workers in (("plain", 1), ("ray1", 1), ("ray2", 2)):
-        print(f"| {k} | {med[k] * 1e3:.1f} ms | {args.batch * workers / med[k]:.0f} | {statistics.median(wall[k]):.1f} |")
+        print(f"| {k} | {med[k] * 1e3:.1f} ms | {args.batch * workers / med[k]:.0f} | "
+              f"{statistics.median(wall[k]):.1f} |")
     print(f"\nRay Train overhead per step (ray1 / plain): {med['ray1'] / med['plain']:.3f}")
     print(f"whole run incl. worker start and export (ray1 / plain wall-clock): "
           f"{statistics.median(wall['ray1']) / statistics.median(wall['plain']):.3f}")

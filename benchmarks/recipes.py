@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 import torch
-
 from _common import machine
+
 from dsm import baselines as bl
 from dsm import consistency as cons
 from dsm.api import load
@@ -95,7 +95,8 @@ def fitted_baseline(args, train: np.ndarray, k: int) -> tuple[bl.Baseline, float
     if path:
         d = b.density
         np.savez(path, weights=d.log_w.exp().numpy(), means=d.means.numpy(), covs=d.covs.numpy(), n_train=len(train),
-                 max_iter=max_iter_of(args, k), reg_covar=b.reg_covar, converged=b.converged, n_iter=b.n_iter, fit_s=fit_s)
+                 max_iter=max_iter_of(args, k), reg_covar=b.reg_covar, converged=b.converged, n_iter=b.n_iter,
+                 fit_s=fit_s)
     return b, fit_s
 
 
@@ -109,7 +110,8 @@ def baseline_rows(args, d: int, x: np.ndarray, lp_model: np.ndarray, t_min: floa
             lp = bl.log_prob(b.density, x, t)
             m, diff = bl.mean_se(lp, d), bl.paired_difference(lp_model, lp, d)
             rows.append(f"| {b.name}, {label} | {m.mean_nats_per_dim:.3f} +- {m.stderr_nats_per_dim:.3f} | "
-                        f"{bpd8(m.mean_nats_per_dim):.3f} | {diff.mean_nats_per_dim:+.3f} +- {diff.stderr_nats_per_dim:.3f} | "
+                        f"{bpd8(m.mean_nats_per_dim):.3f} | "
+                        f"{diff.mean_nats_per_dim:+.3f} +- {diff.stderr_nats_per_dim:.3f} | "
                         f"{'converged' if b.converged else 'not converged'} in {b.n_iter} EM iterations, "
                         f"{fit_s:.0f} s, {len(train)} of {n_total} training images |")
             out[f"K{k} {label}"] = {"mean": m.as_dict(), "paired": diff.as_dict(), "converged": b.converged}
@@ -161,7 +163,8 @@ def main() -> None:
         train, n_total, _ = read_training(args.train, d, args.max_train, bl.SEED)
         for k in args.ks:
             b, fit_s = fitted_baseline(args, train, k)
-            print(f"K = {k}: {'converged' if b.converged else 'not converged'} in {b.n_iter} EM iterations, {fit_s:.0f} s",
+            print(f"K = {k}: {'converged' if b.converged else 'not converged'} in {b.n_iter} EM iterations, "
+                  f"{fit_s:.0f} s",
                   flush=True)
         return
     m = load(args.model)
@@ -174,7 +177,8 @@ def main() -> None:
     print(f"{args.model}: step {m.meta.get('step')}, t_min {t_min:g}, d = {d}, {len(x)} held-out images; {machine()}")
     print("\n| density | held-out log p (nats/dim) | NLL (bits/dim, 8-bit) | model - this, paired (nats/dim) | fit |")
     print("|---|---|---|---|---|")
-    print(f"| **dsm** | {own.mean_nats_per_dim:.3f} +- {own.stderr_nats_per_dim:.3f} | {bpd8(own.mean_nats_per_dim):.3f} | | |")
+    print(f"| **dsm** | {own.mean_nats_per_dim:.3f} +- {own.stderr_nats_per_dim:.3f} | "
+          f"{bpd8(own.mean_nats_per_dim):.3f} | | |")
     rows, base = baseline_rows(args, d, bl.flatten(x), lp, t_min)
     print("\n".join(rows), flush=True)
     if m.eight_bit:  # the same at uniformly dequantized pixels: no density can profit from the 8-bit grid there

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import machine
 
 
@@ -58,9 +57,9 @@ def main() -> None:
     import ray
 
     import dsm.api
+    from dsm.ray_setup import OBJECT_STORE_BYTES
     from dsm.scoring.columns import ScoreSpec, parse_t_grid, score_batch
     from dsm.scoring.job import score
-    from dsm.ray_setup import OBJECT_STORE_BYTES
 
     folder = Path(tempfile.mkdtemp(prefix="dsm-bench-score-"))
     model_path = _bundle(folder, args.preset, args.size)
@@ -96,7 +95,8 @@ def main() -> None:
     print(f"| plain loop, {args.threads} threads, log p + d_eff grid | {n / plain:.1f} |")
     print(f"| Ray Data job, {args.actors} actors x 1 thread, log p + d_eff grid, parquet | {n / via_ray:.1f} |")
     print(f"| plain loop, log p only | {n / logp_only:.1f} |")
-    print(f"\nRay Data job / plain loop, images/s: {plain / via_ray:.3f} (overhead {100 * (via_ray / plain - 1):+.1f}%)")
+    print(f"\nRay Data job / plain loop, images/s: {plain / via_ray:.3f} "
+          f"(overhead {100 * (via_ray / plain - 1):+.1f}%)")
     print(f"d_eff grid + log p / log p alone, time: {plain / logp_only:.1f}x "
           f"({args.t_levels} levels x K={args.noise} = {args.t_levels * args.noise} score evaluations per image)")
 

@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from _common import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +48,8 @@ def main() -> None:
 
     ws = Path(tempfile.mkdtemp(prefix="dsm-bench-ode-"))
     extra = [f"loss.heat_weight={args.heat_weight}"] + ([f"model.form={args.form}"] if args.form else [])
-    cfg = build.resolve_data(load_config(TrainConfig, REPO / "configs" / "digits-smoke.yaml", extra), ws, progress=False)
+    cfg = build.resolve_data(load_config(TrainConfig, REPO / "configs" / "digits-smoke.yaml", extra), ws,
+                             progress=False)
     train = torch.cat([torch.from_numpy(x) for _, x, _ in iter_examples(open_input(cfg.data.path))])
     held = torch.cat([torch.from_numpy(x) for _, x, _ in iter_examples(open_input(cfg.data.eval_path))])
     torch.manual_seed(0)

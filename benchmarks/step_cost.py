@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import machine, time_interleaved
+
 from dsm import losses, models, noise
 from dsm.step import train_step
 

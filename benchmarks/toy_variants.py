@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import machine
+
 from dsm import losses, models, noise, normalize, toy
 from dsm.fit import fit
 

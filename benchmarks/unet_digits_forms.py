@@ -14,9 +14,9 @@ import argparse
 import time
 
 import torch
+from _common import machine
 from sklearn.datasets import load_digits
 
-from _common import machine
 from dsm import losses, models, noise, normalize, toy, units
 from dsm.fit import fit
 

@@ -24,8 +24,8 @@ import math
 import time
 
 import torch
-
 from _common import machine
+
 from dsm import losses, models, noise
 from dsm.normalize import estimate_log_z
 from dsm.step import train_step

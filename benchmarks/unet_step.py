@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import machine, time_interleaved
+
 from dsm import losses, models, noise
 from dsm.nets.stock import with_stock_ops
 from dsm.step import train_step

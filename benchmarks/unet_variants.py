@@ -11,7 +11,8 @@ spread of log Z over t in {100, 333, 1000}, the energy-vs-PF-ODE gap on 8 held-o
 (exact Laplacian) and seconds per step. The Gaussian fitted to the
 training data at the same floor is the reference line.
 
-    .venv/bin/python benchmarks/unet_variants.py [--steps 2000] [--t-min 1e-4] [--ema 0.999] [--form inner --scaling none]
+    .venv/bin/python benchmarks/unet_variants.py [--steps 2000] [--t-min 1e-4] [--ema 0.999] \
+        [--form inner --scaling none]
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import math
 import time
 
 import torch
+from _common import machine
 from sklearn.datasets import load_digits
 
-from _common import machine
 from dsm import losses, models, noise, normalize, toy, units
 from dsm.fit import NonFiniteTraining, fit
 
@@ -58,7 +59,8 @@ def run(label, fields, additive, train, test, args) -> str:
                                n_freq=32, additive_normalization=additive, **fields)
     t0 = time.time()
     try:
-        res = fit(model, losses.DualScoreMatching(), lambda n, g: train[torch.randint(0, len(train), (n,), generator=g)],
+        res = fit(model, losses.DualScoreMatching(),
+                  lambda n, g: train[torch.randint(0, len(train), (n,), generator=g)],
                   noise.make_t_sampler("log_uniform", args.t_min, T_MAX), steps=args.steps, batch_size=128,
                   lr=args.lr, ema_decay=args.ema, progress=False)
     except NonFiniteTraining as e:
@@ -102,7 +104,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"8x8 digits, tiny UNet shape (16 channels, 1 scale), n_freq 32, form {args.form}, scaling {args.scaling}, "
           f"t in [{args.t_min:g}, {T_MAX:g}], {args.steps} steps of batch 128, lr {args.lr:g}, EMA {args.ema}")
-    print(f"Gaussian fit (Sigma + t_min I): {float(units.bits_per_dim(gauss.log_prob(test.flatten(1).double()), 64).mean()):.3f} bits/dim")
+    print("Gaussian fit (Sigma + t_min I): "
+          f"{float(units.bits_per_dim(gauss.log_prob(test.flatten(1).double()), 64).mean()):.3f} bits/dim")
     # No density of data blurred by noise of variance t_min exceeds (2 pi t_min)^(-d/2): an NLL
     # below this bound means the energy is not normalized at small t, whatever log Z says.
     print(f"bound for data blurred by t_min: NLL >= {0.5 * math.log2(2 * math.pi * args.t_min):.3f} bits/dim\n")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -68,7 +68,8 @@ class Model:
     def _require_normalized(self) -> None:
         if not self.normalized:
             raise NotNormalized(f"{self.source or 'the model'} is not normalized (no log Z): run "
-                                f"`dsm normalize {shlex.quote(self.source) if self.source else 'MODEL'} --data HELD_OUT` first")
+                                f"`dsm normalize {shlex.quote(self.source) if self.source else 'MODEL'} "
+                                "--data HELD_OUT` first")
 
     def energy(self, y: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """U(y, t) in nats, (B,)."""
@@ -115,7 +116,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
 
 def from_energy(energy: Energy, *, eight_bit: bool = False, normalized: bool = True) -> Model:
     """Wrap any :class:`Energy` (an exact density from ``dsm.toy``, say) like a loaded model."""
-    return Model(energy, tuple(energy.event_shape), eight_bit=eight_bit, normalized=normalized, source=type(energy).__name__)
+    return Model(energy, tuple(energy.event_shape), eight_bit=eight_bit, normalized=normalized,
+                 source=type(energy).__name__)
 
 
 ModelRef = str | Path | Callable[[], Model]

@@ -72,7 +72,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bu
         raise FileNotFoundError(f"{path}: no such model file")
     blob = load_torch_file(path, "dsm model", map_location)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a dsm model bundle (format {blob.get('format') if isinstance(blob, dict) else '?'})")
+        raise ValueError(f"{path}: not a dsm model bundle "
+                         f"(format {blob.get('format') if isinstance(blob, dict) else '?'})")
     if blob["version"] > VERSION:
         raise ValueError(f"{path}: bundle version {blob['version']} is newer than this dsm reads ({VERSION})")
     cfg = TrainConfig.model_validate(_upgrade_config(blob["config"], blob["version"]))

@@ -168,11 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
     ui.set_defaults(func=_ui)
     _register_official(sub)
-    from dsm.data.cli import register as _register_data; _register_data(sub)  # noqa: E702 - `dsm data ...`
-    from dsm.scoring.cli import register as _register_scoring; _register_scoring(sub)  # noqa: E702
-    from dsm.sweep.cli import register as _register_sweep; _register_sweep(sub)  # noqa: E702
-    from dsm.report.cli import register as _register_report; _register_report(sub)  # noqa: E702 - report, sample
-    from dsm.submit.cli import register as _register_submit; _register_submit(sub)  # noqa: E702 - submit, jobs
+    from dsm.data.cli import register as _register_data
+    _register_data(sub)  # `dsm data ...`
+    from dsm.scoring.cli import register as _register_scoring
+    _register_scoring(sub)
+    from dsm.sweep.cli import register as _register_sweep
+    _register_sweep(sub)
+    from dsm.report.cli import register as _register_report
+    _register_report(sub)  # report, sample
+    from dsm.submit.cli import register as _register_submit
+    _register_submit(sub)  # submit, jobs
     return p
 
 

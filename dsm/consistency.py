@@ -36,8 +36,8 @@ near-Gaussian limit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -94,7 +94,8 @@ class Bound:
 BOUNDS: tuple[Bound, ...] = (
     Bound(PREFIX + "log_z_spread_nats", LOG_Z_SPREAD_MAX_NATS, "max - min of log Z over large t"),
     Bound(PREFIX + "ode_gap_abs_nats_per_dim", ODE_GAP_ABS_MAX_NATS_PER_DIM, "mean |energy - PF-ODE log p|"),
-    Bound(PREFIX + "near_gaussian_deviation", NEAR_GAUSSIAN_DEVIATION_MAX, "t Laplacian U / d minus its Gaussian limit"),
+    Bound(PREFIX + "near_gaussian_deviation", NEAR_GAUSSIAN_DEVIATION_MAX,
+          "t Laplacian U / d minus its Gaussian limit"),
     Bound(PREFIX + "heat_residual_rms_nats_per_dim_band", HEAT_RESIDUAL_RMS_MAX_NATS_PER_DIM,
           "RMS of the heat-equation residual t R / d in that noise band"),
 )

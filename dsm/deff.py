@@ -1,6 +1,6 @@
 """Effective dimensionality d_eff(x, t), by two estimators that must agree.
 
-For ``y = x + sqrt(t) z`` (design.md section 2):
+For ``y = x + sqrt(t) z`` (docs/design.md section 2):
 
 (a) denoising:  ``d_eff = E_z ||x - D(y, t)||^2 / t``
 (b) time score: ``d_eff = d - 2t E_z[dU/dt(y, t) + grad_y U(y, t) . z / (2 sqrt t)]``
@@ -14,8 +14,8 @@ from the example's key, so the gap has low variance and no dependence on batch l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
 import torch
 from pydantic import Field, model_validator
 

@@ -6,7 +6,7 @@ Every density in dsm, learned (:class:`EnergyModel`) or exact (:mod:`dsm.toy`), 
 :class:`Energy` (losses, normalization, d_eff, the PF-ODE) therefore runs on an exact
 density as well as on a model, which is how the tests check the estimators.
 
-Three parameterizations of a learned energy (design.md section 2):
+Three parameterizations of a learned energy (docs/design.md section 2):
 
 ``inner``
     ``U = 1/2 <y~, f(y~, t)>``, the paper's. With a homogeneous backbone ``f`` this keeps

@@ -99,7 +99,8 @@ def is_bad_input(err: BaseException) -> bool:
     if isinstance(inner, (ValueError, FileNotFoundError)):
         return True
     line = _cause_line(err) if type(inner).__module__.startswith("ray.") else None
-    return bool(line) and re.match(r"^([\w.]*\.)?(ValueError|FileNotFoundError|ShardError|ConfigError)\b", line) is not None
+    return bool(line) and (
+        re.match(r"^([\w.]*\.)?(ValueError|FileNotFoundError|ShardError|ConfigError)\b", line) is not None)
 
 
 def write_traceback(err: BaseException, path: Path) -> Path:

@@ -7,8 +7,8 @@ optional weight EMA, and a stop after too many non-finite steps in a row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

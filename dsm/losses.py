@@ -1,6 +1,6 @@
 """Dual score matching and the plain denoising loss, per example.
 
-With ``y = x + sqrt(t) z`` and d dimensions (design.md section 2):
+With ``y = x + sqrt(t) z`` and d dimensions (docs/design.md section 2):
 
 - ``l_DSM = ||grad_y U - (y - x)/t||^2``
 - ``l_TSM = (dU/dt - d/(2t) + ||y - x||^2/(2 t^2))^2``

@@ -1,6 +1,6 @@
 """Noise levels and noising.
 
-Conventions (design.md section 2): ``t`` is the noise *variance*, pixels live in [0, 1],
+Conventions (docs/design.md section 2): ``t`` is the noise *variance*, pixels live in [0, 1],
 ``y = x + sqrt(t) * z`` with ``z ~ N(0, I)``, and ``PSNR = -10 log10(t)`` dB.
 
 Noise-level distributions are registered by name in :data:`T_SAMPLERS` so a config can pick
@@ -11,7 +11,8 @@ callers.
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -183,7 +184,8 @@ class LossSecondMoment(_RangeSampler):
         if bins < 1 or not 0.0 <= decay < 1.0 or not 0.0 < uniform_fraction <= 1.0 or warmup < 1:
             raise ValueError(f"importance sampler: need bins >= 1, 0 <= decay < 1, 0 < uniform_fraction <= 1, "
                              f"warmup >= 1; got {bins}, {decay}, {uniform_fraction}, {warmup}")
-        self.bins, self.decay, self.uniform_fraction, self.warmup = int(bins), float(decay), float(uniform_fraction), int(warmup)
+        self.bins, self.decay, self.uniform_fraction, self.warmup = (
+            int(bins), float(decay), float(uniform_fraction), int(warmup))
         self.second_moment = torch.zeros(self.bins, dtype=torch.float64)
         self.count = torch.zeros(self.bins, dtype=torch.float64)
 
@@ -232,7 +234,8 @@ class LossSecondMoment(_RangeSampler):
         first = seen & (self.count == 0)
         self.second_moment[first] = sums[0][first] / sums[1][first]
         old = seen & ~first
-        self.second_moment[old] = self.decay * self.second_moment[old] + (1 - self.decay) * (sums[0][old] / sums[1][old])
+        self.second_moment[old] = (self.decay * self.second_moment[old]
+                                   + (1 - self.decay) * (sums[0][old] / sums[1][old]))
         self.count += sums[1]
 
     def state_dict(self) -> dict:

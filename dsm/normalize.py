@@ -23,8 +23,9 @@ the standard errors means mass is not conserved (:func:`log_z_agreement`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -48,7 +49,7 @@ class DataMoments:
     var: torch.Tensor
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> "DataMoments":
+    def of(cls, x: torch.Tensor) -> DataMoments:
         x = x.flatten(1).double()
         if x.shape[0] < 2:
             raise ValueError("need at least 2 held-out examples to estimate data moments")

@@ -14,8 +14,9 @@ with Rademacher probes held fixed along each trajectory otherwise.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 

@@ -106,7 +106,8 @@ def read_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals([(_stand_in(n), n) for n in names]):
             blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise OfficialCheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".split("\n")[0]) from None
+        raise OfficialCheckpointError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".split("\n")[0]) from None
     state = blob.get("state_dict") if isinstance(blob, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OfficialCheckpointError(f"{path}: not an official checkpoint (no 'state_dict' of tensors)")
@@ -160,7 +161,8 @@ def _literal_kwargs(text: Any, field: str, where: Path) -> dict:
 
 def _noise_variance(level: Any, field: str, where: Path) -> float:
     """A noise level of args.json (``{"x": 90, "unit": "psnr"}``) as a variance on [0, 1] pixels."""
-    if not isinstance(level, dict) or level.get("unit") not in ("psnr", "var") or not isinstance(level.get("x"), (int, float)):
+    if (not isinstance(level, dict) or level.get("unit") not in ("psnr", "var")
+            or not isinstance(level.get("x"), (int, float))):
         raise OfficialCheckpointError(f"{where}: unsupported {field} {level!r} (dsm reads units 'psnr' and 'var')")
     return 10.0 ** (-float(level["x"]) / 10.0) if level["unit"] == "psnr" else float(level["x"])
 
@@ -198,7 +200,8 @@ def _model_kind(args: dict, where: Path) -> tuple[str, bool]:
     elif args.get("model") == "DenoiserModel" and reparam == _DENOISER_REPARAM:
         return "score", False
     raise _unsupported(where, f"model {args.get('model')!r} with reparam_kwargs {args.get('reparam_kwargs')!r} "
-                              f"(dsm imports EnergyModel with {_ENERGY_REPARAM} and DenoiserModel with {_DENOISER_REPARAM})")
+                              f"(dsm imports EnergyModel with {_ENERGY_REPARAM} "
+                              f"and DenoiserModel with {_DENOISER_REPARAM})")
 
 
 def read_args(path: str | Path) -> OfficialModel:

@@ -2,7 +2,7 @@
 
 A running Ray in this process is reused (the tests' session cluster); ``address`` or
 ``$RAY_ADDRESS`` joins a cluster; otherwise a local Ray is started, sized to this machine,
-with a bounded object store (the default takes a third of RAM; design.md section 8).
+with a bounded object store (the default takes a third of RAM; docs/design.md section 8).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ batch of 512, or on another Ray actor draws the same z.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,8 +9,8 @@ stop. Under DDP, pass ``all_finite`` (an all-reduce) so that every rank skips to
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

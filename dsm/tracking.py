@@ -2,7 +2,7 @@
 
 The file store is in maintenance mode and raises, so the embedded default is SQLite; every
 experiment gets an explicit artifact_location under the workspace, or artifacts would land
-in ./mlruns of whatever directory the process runs in (design.md section 8).
+in ./mlruns of whatever directory the process runs in (docs/design.md section 8).
 """
 
 from __future__ import annotations
@@ -89,3 +89,37 @@ def quick_fail_http() -> None:
     (its defaults retry with back-off for several minutes): training must not stall on it."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def best_effort(command: str, uri: str, action, consequence: str = "results are on disk only"):
+    """``action(client)`` with an MlflowClient for ``uri``, returning its result; any MLflow
+    failure is printed as one line and gives None. Tracking never fails a dsm command."""
+    import sys
+
+    try:
+        from mlflow.tracking import MlflowClient
+
+        quick_fail_http()
+        set_tracking_uri(uri)
+        return action(MlflowClient(uri))
+    except Exception as e:  # noqa: BLE001 - any tracking failure: say so and go on
+        print(f"dsm {command}: MLflow at {uri} is unavailable ({type(e).__name__}: {e}); {consequence}",
+              file=sys.stderr)
+        return None
+
+
+def child_run(client, model_run_id: str | None, experiment: str, workspace: str | Path | None,
+              run_name: str) -> str:
+    """A new run about a trained model (its normalization, scores or report): nested under the
+    model's training run when that run is in this store, else in ``experiment``; tagged
+    ``dsm.model_run_id`` either way. Returns its id."""
+    tags = {"dsm.model_run_id": str(model_run_id)} if model_run_id else {}
+    exp_id = None
+    if model_run_id:
+        try:
+            exp_id = client.get_run(model_run_id).info.experiment_id
+            tags["mlflow.parentRunId"] = model_run_id  # shows nested under the training run in the UI
+        except Exception:  # noqa: BLE001 - the training run lives in another store, or was deleted
+            exp_id = None
+    exp_id = exp_id or use_experiment(experiment, workspace)
+    return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id

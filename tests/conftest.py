@@ -1,4 +1,4 @@
-"""Shared fixtures. Torch threads are capped: the CI machine has 2 cores (design.md section 8)."""
+"""Shared fixtures. Torch threads are capped: the CI machine has 2 cores (docs/design.md section 8)."""
 
 import torch
 
@@ -9,7 +9,7 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
-# Ray on a 2-core machine (design.md section 8): no token auth file, fast health checks, no
+# Ray on a 2-core machine (docs/design.md section 8): no token auth file, fast health checks, no
 # preemption watcher, fail-fast worker startup. Set before any Ray process starts.
 for _k, _v in {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",

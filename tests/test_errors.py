@@ -25,9 +25,8 @@ def _dsm_exceptions():
 def test_every_dsm_exception_round_trips_through_pickle():
     found = _dsm_exceptions()
     assert "dsm.data.shards.ShardError" in found and len(found) >= 6
-    from dsm.train.run import TrainingFailed
-
     from dsm.errors import BadInputFailure
+    from dsm.train.run import TrainingFailed
 
     samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch"),
                TrainingFailed: TrainingFailed("ValueError: bad", "/runs/x/error.log", bad_input=True),
@@ -82,7 +81,8 @@ def test_the_short_cause_is_the_innermost_worker_error():
     shard = ShardError("/data/train-000004.tar", "truncated tar (sample 17)")
     err = WorkerGroupError({1: RayTaskError(shard), 0: RayTaskError(RuntimeError("Connection closed by peer"))})
     assert short_cause(err) == "RuntimeError: Connection closed by peer"  # rank 0 first
-    assert short_cause(WorkerGroupError({1: RayTaskError(shard)})) == "/data/train-000004.tar: truncated tar (sample 17)"
+    assert (short_cause(WorkerGroupError({1: RayTaskError(shard)}))
+            == "/data/train-000004.tar: truncated tar (sample 17)")
 
 
 class _RayTaskError(Exception):  # the attribute Ray's task errors have; dsm.errors needs no Ray

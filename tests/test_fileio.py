@@ -71,7 +71,8 @@ def _holder(folder, seconds, name=".dsm.lock"):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), name, str(seconds)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), name, str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 

@@ -122,7 +122,7 @@ def test_loss_by_band():
 
 def test_heat_residual_is_zero_for_exact_families(batch):
     # Every exact p(., t) = p_0 * N(0, tI) obeys the heat equation: R = 0 pointwise with the
-    # exact Laplacian, and in expectation with Hutchinson probes (design.md section 2).
+    # exact Laplacian, and in expectation with Hutchinson probes (docs/design.md section 2).
     from dsm.losses import heat_residual
 
     m, x, t, z = batch

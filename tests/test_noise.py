@@ -25,7 +25,8 @@ def test_output_psnr_conventions_by_hand():
     # The mean of the per-image PSNRs, (20 + 40) / 2.
     assert noise.mean_psnr_per_image(torch.tensor(mse, dtype=torch.float64)) == pytest.approx(30.0, abs=1e-12)
     # Equal MSEs: the two agree; a zero MSE is floored, not infinite.
-    assert noise.psnr_of_mean_mse([1e-3] * 3) == pytest.approx(noise.mean_psnr_per_image([1e-3] * 3)) == pytest.approx(30)
+    assert (noise.psnr_of_mean_mse([1e-3] * 3) == pytest.approx(noise.mean_psnr_per_image([1e-3] * 3))
+            == pytest.approx(30))
     assert noise.psnr_of_mean_mse([0.0, 0.0]) == pytest.approx(200.0)
 
 
@@ -128,9 +129,9 @@ def test_importance_sampler_all_reduce_gives_every_rank_the_same_state():
     l0, l1 = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
     s0 = torch.zeros(2, 4, dtype=torch.float64)
 
-    def sums(s, t, l):
+    def sums(s, t, loss):
         out = torch.zeros(2, 4, dtype=torch.float64)
-        out[0].index_add_(0, s._bin(t), l.double().square())
+        out[0].index_add_(0, s._bin(t), loss.double().square())
         out[1].index_add_(0, s._bin(t), torch.ones(len(t), dtype=torch.float64))
         return out
 

@@ -96,8 +96,14 @@ def _probe(host: str, port: int) -> list[str]:
     raylet and worker services, and an HTTP GET. Each outcome is 'ok', 'denied', 'metrics'
     (Prometheus text) or another gRPC/HTTP status name."""
     import grpc
-    from ray.core.generated import (core_worker_pb2, core_worker_pb2_grpc, gcs_service_pb2, gcs_service_pb2_grpc,
-                                    node_manager_pb2, node_manager_pb2_grpc)
+    from ray.core.generated import (
+        core_worker_pb2,
+        core_worker_pb2_grpc,
+        gcs_service_pb2,
+        gcs_service_pb2_grpc,
+        node_manager_pb2,
+        node_manager_pb2_grpc,
+    )
 
     channel = grpc.insecure_channel(f"{host}:{port}")
     calls = [lambda: gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetAllNodeInfo(

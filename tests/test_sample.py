@@ -8,7 +8,6 @@ import dsm.api
 from dsm import toy
 from dsm.sample import sample, start_noise, t_schedule
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

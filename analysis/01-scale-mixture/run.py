@@ -134,14 +134,16 @@ def main() -> None:
         curves[name] = (lp, lp_line)
         print(f"{name:6s} (lambda={lam:g}): cross-entropy {ce:.4f} nats/dim (exact {h / d:.4f}), "
               f"error {res['cross_entropy_error_db_per_dim']:+.3f} dB/dim; log p error mean |.| "
-              f"{res['logp_error_db_per_dim_mean_abs']:.3f} dB/dim, profile max {res['profile_error_db_per_dim_max_abs_in_data_range']:.3f}; "
+              f"{res['logp_error_db_per_dim_mean_abs']:.3f} dB/dim, profile max "
+              f"{res['profile_error_db_per_dim_max_abs_in_data_range']:.3f}; "
               f"log Z {log_z.value:.2f} +- {log_z.stderr:.3f}, spread over t {agree.max_abs_diff:.3f}")
     suffix = f"-dualsteps{cfg['dual_steps']}" if cfg.get("dual_steps") else ""
     write_json(HERE / f"results-d{d}{suffix}.json", out)
     # one figure in the repository (the config's own run); the others go to the workspace
     default = not (args.dim or args.steps or args.dual_steps)
     fig_dir = HERE if default else WORKSPACE / "01-scale-mixture"
-    _figure(fig_dir / f"energy_profile-d{d}{suffix}.png", d, r_test, lp_true, radii, lp_line_true, curves, out, (lo, hi))
+    _figure(fig_dir / f"energy_profile-d{d}{suffix}.png", d, r_test, lp_true, radii, lp_line_true, curves, out,
+            (lo, hi))
     print(f"wrote {HERE / f'results-d{d}{suffix}.json'}")
 
 
@@ -155,11 +157,12 @@ def _figure(path, d, r_test, lp_true, radii, lp_line_true, curves, out, rng):
     ax = axes[0]
     ax.plot(radii, -lp_line_true / d * DB, "k-", lw=2, label="exact")
     style = {"dual": ("C0", "--"), "single": ("C3", ":")}
-    for name, (lp, lp_line) in curves.items():
+    for name, (_lp, lp_line) in curves.items():
         c, ls = style[name]
         m = out["models"][name]
         ax.plot(radii, -lp_line / d * DB, color=c, ls=ls, lw=2,
-                label=f"{name} SM, {m['steps']} steps (cross-entropy err {m['cross_entropy_error_db_per_dim']:+.2f} dB/dim)")
+                label=f"{name} SM, {m['steps']} steps "
+                      f"(cross-entropy err {m['cross_entropy_error_db_per_dim']:+.2f} dB/dim)")
     ax.axvspan(*rng, color="0.9", zorder=0, label="test data range")
     ax.set(xlabel="r = ||x|| / sqrt(d)", ylabel="energy  -10 log10 p(x) / d  (dB/dim)",
            title=f"energy profile, 1/2 N(0,I) + 1/2 N(0,16I), d={d}")

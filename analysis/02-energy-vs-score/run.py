@@ -78,7 +78,8 @@ def _figure(path: Path, runs: dict, ps: list[float]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, style in (("energy", "o-"), ("score", "s--")):
         axes[0].plot(ps, [runs[name]["psnr_gain"][f"{p:g}"] for p in ps], style, label=f"{name} net")
-    axes[0].set(xlabel="input PSNR (dB)", ylabel="output PSNR - input PSNR (dB)", title="denoising gain (held-out digits)")
+    axes[0].set(xlabel="input PSNR (dB)", ylabel="output PSNR - input PSNR (dB)",
+                title="denoising gain (held-out digits)")
     axes[0].invert_xaxis()
     axes[0].legend()
     axes[1].plot(ps, [runs["energy"]["psnr_out"][f"{p:g}"] - runs["score"]["psnr_out"][f"{p:g}"] for p in ps], "ko-")

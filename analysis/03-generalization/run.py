@@ -15,7 +15,6 @@ Writes results.json and samples.png (rows: N; left A, right B) beside this scrip
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -38,7 +38,6 @@ def main() -> None:
                  log=logs / "score.log")
     folder = common.report(scores, "--model", str(model), "--top", str(args.top), log=logs / "report.log")
     m = json.loads((folder / "metrics.json").read_text())
-    cfg_text = (model.parent / "config.yaml").read_text()
     result = {
         "model": str(model.relative_to(common.REPO)) if model.is_relative_to(common.REPO) else str(model),
         "data": str(test), "report": str(folder), "n": m["n"], "d": m["d"], "nll_convention": m["nll_convention"],
@@ -60,7 +59,8 @@ def main() -> None:
     _composite(folder, HERE / "logp.png")
     lp, g, e = m["logp_db_per_dim"], m.get("gumbel") or {}, m["entropy"]
     print(f"log p: mean {lp['mean']:.3f} dB/dim, std {lp['std']:.3f}, skew {lp['skewness']:+.3f}; Gumbel loc "
-          f"{g.get('loc', float('nan')):.3f} scale {g.get('scale', float('nan')):.3f} KS {g.get('ks_stat', float('nan')):.3f}; "
+          f"{g.get('loc', float('nan')):.3f} scale {g.get('scale', float('nan')):.3f} "
+          f"KS {g.get('ks_stat', float('nan')):.3f}; "
           f"max/min ratio 10^{e['log10_max_min_ratio']:.1f}")
     print(HERE / "results.json")
 

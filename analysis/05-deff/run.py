@@ -65,7 +65,8 @@ def summarize(scores: Path, n_small: int) -> dict:
     for i, ti in enumerate(t):
         curve.append({"t": float(ti), "psnr_db": float(-10 * np.log10(ti)),
                       "denoising_mean": float(a[:, i].mean()), "time_mean": float(b[:, i].mean()),
-                      "denoising_p5": float(np.percentile(a[:, i], 5)), "denoising_p95": float(np.percentile(a[:, i], 95)),
+                      "denoising_p5": float(np.percentile(a[:, i], 5)),
+                      "denoising_p95": float(np.percentile(a[:, i], 95)),
                       "denoising_min": float(a[:, i].min()), "denoising_max": float(a[:, i].max()),
                       "denoising_std_across_images": float(a[:, i].std(ddof=1)),
                       "denoising_mc_stderr_median": float(np.median(sa[:, i])),
@@ -111,7 +112,8 @@ def _figure(path: Path, t, a, b, d, logp_db) -> None:
     ax.set(xlabel="noise variance t", ylabel="time-score minus denoising", title="estimator gap (mean +- 2 s.e.)")
     ax = axes[2]
     sc = ax.scatter(a[:, 0], logp_db, s=6, c=a[:, 0], cmap="viridis")
-    ax.set(xlabel=f"d_eff at t = {t[0]:.0e} (denoising)", ylabel="log p (dB/dim)", title="spread across images at small t")
+    ax.set(xlabel=f"d_eff at t = {t[0]:.0e} (denoising)", ylabel="log p (dB/dim)",
+           title="spread across images at small t")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -11,8 +11,8 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _fails_cleanly(cmd: str) -> Callable:
@@ -138,7 +138,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add ``dsm data ...`` to the top-level subcommands."""
     data = sub.add_parser("data", help="prepare, convert and verify WebDataset shards",
                           description="Prepare the built-in data sets, convert ImageNet64 or an image folder "

@@ -83,7 +83,7 @@ def box_downsample(images: np.ndarray, size: int) -> np.ndarray:
     return np.rint(blocks.mean(axis=(-4, -2))).astype(np.uint8)
 
 
-def resize_box(image: "object", size: int, crop: str = "center") -> np.ndarray:
+def resize_box(image: object, size: int, crop: str = "center") -> np.ndarray:
     """A PIL image -> (size, size, C) uint8 by PIL's BOX filter (area average).
 
     crop: ``center`` takes the central square first (keeps the aspect ratio); ``none``

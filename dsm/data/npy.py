@@ -15,8 +15,9 @@ cut it into pieces of ``piece_size`` rows that play the part of shards.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -78,7 +79,8 @@ class NpySource:
         arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
         count, first = 0, []
         for a in range(0, len(arr), chunk):
-            bad = np.flatnonzero(~np.isfinite(np.asarray(arr[a:a + chunk]).reshape(min(chunk, len(arr) - a), -1)).all(1))
+            bad = np.flatnonzero(
+                ~np.isfinite(np.asarray(arr[a:a + chunk]).reshape(min(chunk, len(arr) - a), -1)).all(1))
             count += len(bad)
             first += [a + int(i) for i in bad[:max(0, limit - len(first))]]
         return count, first

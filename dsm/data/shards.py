@@ -23,9 +23,10 @@ import hashlib
 import json
 import os
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class Manifest:
 
 
     @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
+    def load(cls, path: str | Path) -> Manifest:
         """Read ``path`` (a manifest.json, or the folder holding one); errors name the file and field."""
         path = Path(path)
         if path.is_dir():
@@ -265,7 +266,7 @@ class ShardWriter:
         self._closed = True
         m = Manifest(source=self.source, split=self.split, shape=self.shape, shards=self.shards,
                      classes=self.classes, options=self.options,
-                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                     created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
         _atomic_write_text(self.dir / MANIFEST, m.to_json())
         return m
 
@@ -282,7 +283,7 @@ class ShardWriter:
             self._tmp.unlink()
         self._tmp = None
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -328,7 +329,7 @@ def iter_shard(path: str | Path, *, expected_samples: int | None = None,
         raise ShardError(path, f"cannot open shard ({e.strerror or e})") from None
     with f:
         _check_tar_end(f, path)
-        grouped = group_by_keys((dict(m, __url__=path) for m in tar_file_iterator(f)))
+        grouped = group_by_keys(dict(m, __url__=path) for m in tar_file_iterator(f))
         while True:
             try:
                 raw = next(grouped)
@@ -391,7 +392,7 @@ def _decode_sample(raw: dict, path: str, shape: tuple | None, seen: set[str], wi
     return Sample(key, image, label, path, meta)
 
 
-def write_split(out_dir: str | Path, split: str, samples: "Iterator[tuple[np.ndarray, int, dict]]", *,
+def write_split(out_dir: str | Path, split: str, samples: Iterator[tuple[np.ndarray, int, dict]], *,
                 shape: tuple[int, int, int], source: str, total: int | None = None,
                 shard_size: int | None = None, classes: list[str] | None = None,
                 options: dict[str, Any] | None = None, overwrite: bool = False,

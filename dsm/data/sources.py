@@ -22,9 +22,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -55,7 +56,7 @@ class ArraySplit:
         if not (len(self.images) == len(self.labels) == len(self.ids)):
             raise ValueError(f"{len(self.images)} images, {len(self.labels)} labels, {len(self.ids)} ids")
 
-    def take(self, index: np.ndarray) -> "ArraySplit":
+    def take(self, index: np.ndarray) -> ArraySplit:
         return ArraySplit(self.images[index], self.labels[index], self.ids[index], self.classes, self.source)
 
 
@@ -77,7 +78,7 @@ class PrepareConfig(StrictModel):
     test_photos: list[str] | None = Field(None, description="patches: photos held out for the test split")
 
     @model_validator(mode="after")
-    def _one_subset(self) -> "PrepareConfig":
+    def _one_subset(self) -> PrepareConfig:
         if self.first is not None and self.last is not None:
             raise ValueError("give first or last, not both")
         return self

@@ -32,9 +32,10 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ OnError = Literal["raise", "skip"]
 Source = ShardSource | NpySource
 
 
-def open_source(source: "str | Path | Source") -> Source:
+def open_source(source: str | Path | Source) -> Source:
     """A split folder (with manifest.json), a manifest.json path, or a .npy file."""
     if isinstance(source, (ShardSource, NpySource)):
         return source
@@ -183,7 +184,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         break both the exactly-once promise and the balance between ranks.
     """
 
-    def __init__(self, source: "str | Path | Source", *, batch_size: int, mode: Mode = "resampled",
+    def __init__(self, source: str | Path | Source, *, batch_size: int, mode: Mode = "resampled",
                  batches_per_epoch: int | None = None, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None, loader_workers: int | None = None, shuffle_buffer: int = 1000,
                  flips: bool = False, on_error: OnError = "raise"):
@@ -297,7 +298,7 @@ class EvalStream(torch.utils.data.IterableDataset):
     wrap the model in DDP for evaluation.
     """
 
-    def __init__(self, source: "str | Path | Source", *, batch_size: int, rank: int | None = None,
+    def __init__(self, source: str | Path | Source, *, batch_size: int, rank: int | None = None,
                  world_size: int | None = None, on_error: OnError = "raise"):
         super().__init__()
         self.source = open_source(source)
@@ -322,7 +323,7 @@ class EvalStream(torch.utils.data.IterableDataset):
 
 def _one_thread(_: int) -> None:
     """DataLoader worker_init_fn: one torch thread per loader process (2-core machines thrash
-    otherwise: design.md section 8)."""
+    otherwise: docs/design.md section 8)."""
     torch.set_num_threads(1)
 
 

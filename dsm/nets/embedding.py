@@ -1,7 +1,7 @@
 """Noise-level embeddings: t (B,) -> features (B, n_features).
 
 dsm's two embeddings (``log``, ``linear``) floor t at ``t_min`` so that the network is
-*defined* at t = 0 and below the training range (design.md section 2: a network evaluated
+*defined* at t = 0 and below the training range (docs/design.md section 2: a network evaluated
 far outside its training range, e.g. log t at t = 1e-12, returns garbage). Below ``t_min``
 the features, and hence any time dependence through them, are frozen at their ``t_min``
 values. The ``official`` embedding is the paper's code's, unfloored: it is bounded and
@@ -40,7 +40,7 @@ class LogTimeEmbedding(nn.Module):
 class LinearTimeEmbedding(nn.Module):
     """The paper's embedding of t itself: ``sin/cos(w_k t)``, w log-spaced from 1 to 1/100.
 
-    Nearly blind to t below about 1e-3 (design.md section 3); kept to reproduce the paper
+    Nearly blind to t below about 1e-3 (docs/design.md section 3); kept to reproduce the paper
     and to measure against :class:`LogTimeEmbedding`.
     """
 

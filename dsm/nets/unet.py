@@ -1,6 +1,6 @@
 """A bias-free UNet score backbone f(y, t) for images, homogeneous in y.
 
-The paper's design (design.md section 3):
+The paper's design (docs/design.md section 3):
 
 - ``scales`` encoder blocks, a middle block and ``scales`` decoder blocks; block s has
   ``base_width * 2**s`` channels (64/128/256, 512 in the middle for the paper).
@@ -39,7 +39,6 @@ from torch import nn
 from dsm.nets.conv import Conv2d, ConvTranspose2d
 from dsm.nets.embedding import make_time_embedding
 from dsm.nets.mlp import make_activation
-
 
 # How the normalization keeps its division finite (HomogeneousNorm), and the time MLP's shape.
 NORM_EPS_FORMS = ("relative", "official")

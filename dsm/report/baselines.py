@@ -9,7 +9,6 @@ paired by key. Units: nats/dim for means and differences, bits/dim = nats/dim / 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 

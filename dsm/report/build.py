@@ -26,6 +26,8 @@ from dsm import density_stats as ds
 from dsm.report import figures
 
 if TYPE_CHECKING:
+    import torch
+
     from dsm.report.baselines import BaselineOptions
     from dsm.scoring.inputs import Input
 
@@ -171,7 +173,7 @@ def read_images(data: str | Path | None, wanted: set[str], shape: Sequence[int] 
         return Images({}, {}, f"could not read the images from {data}: {e}")
 
 
-def iter_pieces(inp: "Input", shape: Sequence[int] | None = None, pieces: Sequence[int] | None = None):
+def iter_pieces(inp: Input, shape: Sequence[int] | None = None, pieces: Sequence[int] | None = None):
     """(keys, x (n, *shape) float32) per piece of an opened input (``dsm.scoring.inputs.open_input``:
     the reader ``dsm score`` uses, so keys and pixel values, k/255 for 8-bit data, are the scored
     ones); x reshaped to ``shape`` when the data stores flat vectors; only ``pieces`` when given."""
@@ -257,7 +259,8 @@ def _logp_section(sc: Scores, folder: Path, tail: str, metrics: dict, markers: d
 
     md = [SECTIONS[0], ""]
     skew = float(stats.skew(sc.logp_db)) if sc.n > 2 else float("nan")
-    metrics["logp_db_per_dim"] = {"mean": float(sc.logp_db.mean()), "std": float(sc.logp_db.std(ddof=1)) if sc.n > 1 else 0.0,
+    metrics["logp_db_per_dim"] = {"mean": float(sc.logp_db.mean()),
+                                  "std": float(sc.logp_db.std(ddof=1)) if sc.n > 1 else 0.0,
                                   "min": float(sc.logp_db.min()), "max": float(sc.logp_db.max()), "skewness": skew}
     try:
         fit, gev = ds.gumbel_fit(sc.logp_db, tail), ds.gev_fit(sc.logp_db, tail)
@@ -320,7 +323,7 @@ def _markers(model, metrics: dict) -> dict[str, float]:
     return {f"best constant image (c = {c:.3f})": best, f"uniform noise (mean of {len(noise)})": float(noise.mean())}
 
 
-def _dtype(energy) -> "torch.dtype":
+def _dtype(energy) -> torch.dtype:
     """The model's parameter dtype (float32 for an exact density without parameters)."""
     import torch
 
@@ -377,7 +380,8 @@ def _extremes_section(sc: Scores, folder: Path, top_rows: list[int], bottom_rows
             figures.image_grid(np.stack([images.by_key[k] for k in keys]), folder / path,
                                [f"{sc.logp_db[r]:.2f}" for r in rows],
                                suptitle=f"{len(rows)} {name} probable (log p in dB/dim)")
-            md += [f"**{len(rows)} {name} probable** (log p in dB/dim above each):", "", f"![{name} probable]({path})", ""]
+            md += [f"**{len(rows)} {name} probable** (log p in dB/dim above each):", "",
+                   f"![{name} probable]({path})", ""]
         else:
             md += [f"**{len(rows)} {name} probable**: keys {', '.join(f'`{k}`' for k in keys)}.", ""]
             md += _missing(images, "image grid")

@@ -26,35 +26,23 @@ def _numeric_metrics(metrics: dict) -> dict[str, float]:
 
 def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dict, metrics: dict) -> str | None:
     """Log the report folder as artifacts (under ``report/``) and its numbers as metrics: on the
-    scoring run when scores.json records one that this store knows, else on a new run (nested
-    under the model's training run when that is known). Never fails the command."""
-    try:
-        from mlflow.tracking import MlflowClient
+    scoring run when scores.json records one that this store knows, else on a new run about the
+    model (dsm.tracking.child_run). Never fails the command."""
+    from dsm.tracking import best_effort, child_run, tracking_uri
 
-        from dsm.tracking import quick_fail_http, tracking_uri, use_experiment
+    uri = tracking_uri(workspace)
 
-        quick_fail_http()
-        client = MlflowClient(tracking_uri(workspace))
+    def log(client) -> str:
         rid, created = info.get("mlflow_run_id"), False
         if rid:
             try:
                 client.get_run(rid)
             except Exception:  # noqa: BLE001 - logged in another store, or deleted
-                print(f"dsm report: the scoring run {rid} is not in {tracking_uri(workspace)}; logging a new run",
-                      file=sys.stderr)
+                print(f"dsm report: the scoring run {rid} is not in {uri}; logging a new run", file=sys.stderr)
                 rid = None
         if not rid:
-            parent = model_meta.get("mlflow_run_id")
-            tags = {"dsm.model_run_id": str(parent)} if parent else {}
-            exp_id = None
-            if parent:
-                try:
-                    exp_id = client.get_run(parent).info.experiment_id
-                    tags["mlflow.parentRunId"] = parent
-                except Exception:  # noqa: BLE001 - the training run lives in another store
-                    exp_id = None
-            exp_id = exp_id or use_experiment("dsm-report", workspace)
-            rid = client.create_run(exp_id, run_name=f"report-{folder.parent.name}", tags=tags).info.run_id
+            rid = child_run(client, model_meta.get("mlflow_run_id"), "dsm-report", workspace,
+                            f"report-{folder.parent.name}")
             created = True
         client.log_artifacts(rid, str(folder), artifact_path="report")
         for k, v in _numeric_metrics(metrics).items():
@@ -62,9 +50,8 @@ def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dic
         if created:
             client.set_terminated(rid)
         return rid
-    except Exception as e:  # noqa: BLE001
-        print(f"dsm: MLflow unavailable ({type(e).__name__}: {e}); results are on disk only", file=sys.stderr)
-        return None
+
+    return best_effort("report", uri, log)
 
 
 def _model_info(path: str | None, *, required: bool
@@ -162,16 +149,16 @@ def _report(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from dsm.api import load
+    from dsm.fileio import load_torch_file
     from dsm.report import figures
     from dsm.sample import sample
-    from dsm.fileio import load_torch_file
 
     try:
         if min(args.n, args.steps, args.batch_size) < 1:
-            raise ValueError(f"--n, --steps and --batch-size must be >= 1, got {args.n}, {args.steps}, {args.batch_size}")
+            raise ValueError("--n, --steps and --batch-size must be >= 1, "
+                             f"got {args.n}, {args.steps}, {args.batch_size}")
         if not 0 <= args.eta <= 1:
             raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
         device = "cuda" if args.gpu else "cpu"

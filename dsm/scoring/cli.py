@@ -12,29 +12,14 @@ import sys
 from pathlib import Path
 
 
-def _tracking(workspace: str | None, model_meta: dict, run_name: str, params: dict, metrics: dict,
-              artifacts: list[Path], parent_experiment_default: str) -> str | None:
-    """Log a run linked to the model's training run (nested under it when that run is in this
-    store); never fails the command. Returns the run id or None."""
-    try:
-        from mlflow.tracking import MlflowClient
+def _tracking(command: str, workspace: str | None, model_meta: dict, run_name: str, params: dict, metrics: dict,
+              artifacts: list[Path]) -> str | None:
+    """Log a finished run about the model (dsm.tracking.child_run); never fails the command.
+    Returns the run id or None."""
+    from dsm.tracking import best_effort, child_run, tracking_uri
 
-        from dsm.tracking import quick_fail_http, set_tracking_uri, tracking_uri, use_experiment
-
-        quick_fail_http()
-        uri = tracking_uri(workspace)
-        set_tracking_uri(uri)
-        client = MlflowClient(uri)
-        parent = model_meta.get("mlflow_run_id")
-        tags = {"dsm.model_run_id": str(parent)} if parent else {}
-        try:
-            exp_id = client.get_run(parent).info.experiment_id if parent else None
-            tags["mlflow.parentRunId"] = parent  # shows nested under the training run in the UI
-        except Exception:  # noqa: BLE001 - the training run lives in another store
-            exp_id = None
-        exp_id = exp_id or use_experiment(parent_experiment_default, workspace)
-        run = client.create_run(exp_id, run_name=run_name, tags=tags)
-        rid = run.info.run_id
+    def log(client) -> str:
+        rid = child_run(client, model_meta.get("mlflow_run_id"), "dsm-score", workspace, run_name)
         for k, v in params.items():
             client.log_param(rid, k, str(v)[:6000])
         for k, v in metrics.items():
@@ -43,9 +28,8 @@ def _tracking(workspace: str | None, model_meta: dict, run_name: str, params: di
             client.log_artifact(rid, str(a))
         client.set_terminated(rid)
         return rid
-    except Exception as e:  # noqa: BLE001
-        print(f"dsm: MLflow unavailable ({type(e).__name__}: {e}); results are on disk only", file=sys.stderr)
-        return None
+
+    return best_effort(command, tracking_uri(workspace), log)
 
 
 def _normalize(args: argparse.Namespace) -> int:
@@ -61,7 +45,8 @@ def _normalize(args: argparse.Namespace) -> int:
           f"{rec['method']} estimator)")
     print("agreement across t: " + ", ".join(f"t={t:g}: {v:.3f} +- {s:.3f}" for t, v, s in
                                              zip(ag["t"], ag["log_z"], ag["stderr"]))
-          + f"; chi2 {ag['chi2']:.2f} -> {'consistent' if ag['consistent'] else 'INCONSISTENT: train longer or raise t'}")
+          + f"; chi2 {ag['chi2']:.2f} -> "
+            f"{'consistent' if ag['consistent'] else 'INCONSISTENT: train longer or raise t'}")
     from dsm.consistency import PREFIX, out_of_bounds
 
     for line in out_of_bounds({PREFIX + "log_z_spread_nats": ag["max_abs_diff"]}):
@@ -69,11 +54,11 @@ def _normalize(args: argparse.Namespace) -> int:
     from dsm.bundle import load_model
 
     meta = load_model(args.model).meta
-    _tracking(args.workspace, meta, f"normalize-{Path(args.model).parent.name}",
+    _tracking("normalize", args.workspace, meta, f"normalize-{Path(args.model).parent.name}",
               {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"]},
               {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"],
                "log_z_spread_nats": ag["max_abs_diff"]},
-              [], "dsm-score")
+              [])
     print(f"stored in {args.model}")
     return 0
 
@@ -117,10 +102,10 @@ def _score(args: argparse.Namespace) -> int:
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
     flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
-    rid = _tracking(args.workspace, meta, f"score-{Path(args.model).parent.name}-{Path(args.data).name}",
+    rid = _tracking("score", args.workspace, meta, f"score-{Path(args.model).parent.name}-{Path(args.data).name}",
                     {"model": args.model, "data": args.data, "t_grid": list(spec.t_grid),
                      "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
-                    flat, [out / OPTIONS_FILE, *figs], "dsm-score")
+                    flat, [out / OPTIONS_FILE, *figs])
     if rid:
         info = json.loads((out / OPTIONS_FILE).read_text())
         info["mlflow_run_id"] = rid
@@ -129,7 +114,7 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction") -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     norm = sub.add_parser("normalize", help="estimate log Z of an exported model on held-out data; store it",
                           description="Estimate log Z at a large t (paired estimator, with its standard error, "
                                       "and the several-t agreement check) and store it in the model file.")

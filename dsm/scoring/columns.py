@@ -25,8 +25,8 @@ The t grid (noise variances, increasing) is stored in the parquet schema metadat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -14,9 +14,9 @@ the unit of work and of resumption: one parquet part per piece. Rows come out as
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -51,7 +51,8 @@ class Input:
         if count:
             width = max(6, len(str(self._source.num_samples - 1)))
             keys = ", ".join(f"{i:0{width}d}" for i in first)
-            raise ValueError(f"{self.path}: {count} of {self.num_samples} rows hold NaN or Inf (first keys: {keys}{' ...' if count > len(first) else ''}); "
+            raise ValueError(f"{self.path}: {count} of {self.num_samples} rows hold NaN or Inf "
+                             f"(first keys: {keys}{' ...' if count > len(first) else ''}); "
                              "drop or repair them before scoring")
 
     def digest(self) -> str:
@@ -115,7 +116,8 @@ def open_input(path: str | Path, piece_size: int = 1000) -> Input:
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         if not files:
             if any(p.glob("*/manifest.json")):
-                raise ValueError(f"{p}: holds split folders; give one of them ({', '.join(sorted(m.parent.name for m in p.glob('*/manifest.json')))})")
+                raise ValueError(f"{p}: holds split folders; give one of them "
+                                 f"({', '.join(sorted(m.parent.name for m in p.glob('*/manifest.json')))})")
             raise ValueError(f"{p}: empty input (no manifest.json, no images)")
         shape = _check_images(files)
         rel = [str(f.relative_to(p)) for f in files]
@@ -139,7 +141,8 @@ def _check_images(files: list[Path]) -> tuple[int, int, int]:
                 if shape is None:
                     shape = (1 if im.mode in ("L", "1", "I;16", "I") else 3, im.height, im.width)
                 elif (im.height, im.width) != shape[1:]:
-                    raise ValueError(f"{f}: {im.width}x{im.height} pixels, but the folder's first image ({files[0].name}) is "
+                    raise ValueError(f"{f}: {im.width}x{im.height} pixels, "
+                                     f"but the folder's first image ({files[0].name}) is "
                                      f"{shape[2]}x{shape[1]}; resize with `dsm data convert folder`")
         except OSError as e:
             raise ValueError(f"{f}: unreadable image ({e})") from None

@@ -139,7 +139,7 @@ def run_pieces(model_ref: ModelRef, data: Path, out: Path, spec: ScoreSpec, pend
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
         fn_constructor_kwargs={"model_ref": model_ref, "data": str(data), "out": str(out), "spec": spec,
                                "threads": max(1, int(cpus_per_actor)), "device": "cuda" if gpu else "cpu"},
-        # Actors must leave CPU for Ray Data's own read and write tasks (design.md section 8).
+        # Actors must leave CPU for Ray Data's own read and write tasks (docs/design.md section 8).
         num_cpus=cpus_per_actor, num_gpus=1 if gpu else 0)
     return int(sum(r["rows"] for r in ds.take_all()))
 

@@ -33,7 +33,8 @@ def summarize(table, t_grid, dim: int) -> dict:
     db = np.asarray(table.column("logp_db_per_dim").to_numpy(), dtype=np.float64)
     n = len(logp)
     if n == 0:
-        raise ValueError(f"every one of the {len(bad)} scored rows has a non-finite log p (first keys: {', '.join(bad[:5])})")
+        raise ValueError(f"every one of the {len(bad)} scored rows has a non-finite log p "
+                         f"(first keys: {', '.join(bad[:5])})")
     out = {
         "n": n, "dim": dim, "non_finite_rows": len(bad), "non_finite_keys": bad[:5],
         "nll_bpd_mean": float(nll.mean()), "nll_bpd_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,

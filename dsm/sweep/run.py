@@ -114,15 +114,10 @@ def _open_parent(plan: SweepPlan) -> str | None:
 def _log_parent(plan: SweepPlan, parent: str | None, results: list[TrialResult], files: list[Path],
                 top: TrialResult | None) -> None:
     """Artifacts and best metric on the sweep's run; each child's status set from its trial's."""
-    if parent is None:
-        return
-    try:
-        from mlflow.tracking import MlflowClient
+    from dsm.tracking import best_effort, tracking_uri
+    from dsm.train.runlog import RUN_NAME_TAG
 
-        from dsm.tracking import tracking_uri
-        from dsm.train.runlog import RUN_NAME_TAG
-
-        client = MlflowClient(tracking_uri(plan.workspace))
+    def log(client) -> None:
         for f in files:
             client.log_artifact(parent, str(f))
         if top is not None:
@@ -140,8 +135,9 @@ def _log_parent(plan: SweepPlan, parent: str | None, results: list[TrialResult],
                 if r.status != "completed":
                     client.set_terminated(rid, "KILLED" if r.status == "stopped_early" else "FAILED")
         client.set_terminated(parent, "FINISHED")
-    except Exception as e:  # noqa: BLE001 - results are on disk either way
-        print(f"dsm tune: MLflow unavailable ({type(e).__name__}: {e}); results are on disk only", file=sys.stderr)
+
+    if parent is not None:
+        best_effort("tune", tracking_uri(plan.workspace), log)
 
 
 def _cluster_cpus() -> float:
@@ -173,7 +169,6 @@ def concurrency(plan: SweepPlan) -> int:
 def run(plan: SweepPlan, address: str | None = None, verbose: bool = False) -> Path:
     """Run or resume the sweep; returns the best config's path (or the results table's)."""
     from dsm.ray_setup import connect
-
     from dsm.storage import check_cluster_storage
 
     connect(address, log_to_driver=verbose, check_local=lambda: check_local_cpus(plan))

@@ -31,7 +31,7 @@ class Param(StrictModel):
     randint: tuple[int, int] | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "Param":
+    def _one(self) -> Param:
         given = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint"
@@ -81,7 +81,7 @@ class ResourcesSpec(StrictModel):
 
     The trial function reserves no CPU by default (a little memory only) and takes a training
     slot before it starts its workers (dsm.sweep.slots), so trials waiting for their turn
-    never hold CPUs that a running trial's workers need (design.md section 8's 0.2 CPU per
+    never hold CPUs that a running trial's workers need (docs/design.md section 8's 0.2 CPU per
     trial deadlocked a restored sweep on 2 CPUs).
     """
 
@@ -117,7 +117,7 @@ class SweepSpec(StrictModel):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
-    def _space(self) -> "SweepSpec":
+    def _space(self) -> SweepSpec:
         if not self.space:
             raise ValueError("space: the search space is empty; give at least one field to sweep")
         if self.search == "grid":

@@ -1,6 +1,6 @@
 """One trial of a sweep: Tune's function trainable, which drives one Ray Train run.
 
-Ray Train V2's pattern for Tune (design.md section 6): the trial function builds a
+Ray Train V2's pattern for Tune (docs/design.md section 6): the trial function builds a
 ``TorchTrainer`` with ``TuneReportCallback`` and fits it; every checkpoint's report reaches
 Tune, which the scheduler uses (at equal ``step``). The trial's training run has a fixed name
 (``<sweep>-tNNN``) and folder, so a trial restarted by a resumed sweep continues from its last

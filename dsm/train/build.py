@@ -69,7 +69,8 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
     else:
         train = Path(data.path).expanduser().resolve()
         if not train.exists():  # before the eval_path rules below, which assume the training data is there
-            raise ConfigError(f"data.path: {train} does not exist (prepare shards with `dsm data prepare`, or give a .npy)")
+            raise ConfigError(f"data.path: {train} does not exist "
+                              "(prepare shards with `dsm data prepare`, or give a .npy)")
         if data.eval_path is not None:
             held = Path(data.eval_path).expanduser().resolve()
         elif train.suffix == ".npy":
@@ -139,7 +140,9 @@ def build_sampler(cfg: TrainConfig) -> TSampler:
     return make_t_sampler(cfg.noise.sampler, cfg.noise.t_min, cfg.noise.t_max, **extra)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Adam and its lr schedule; the schedule steps once per successful training step."""
     o = cfg.optim
     opt = torch.optim.Adam(model.parameters(), lr=o.lr)
@@ -176,7 +179,8 @@ def check_buildable(cfg: TrainConfig) -> DataShape:
         raise ConfigError(f"data: {e}") from None
     shape, held_shape = data_shape(source), data_shape(held)
     if held_shape.shape != shape.shape:
-        raise ConfigError(f"data.eval_path: held-out shape {held_shape.shape} differs from training shape {shape.shape}")
+        raise ConfigError(f"data.eval_path: held-out shape {held_shape.shape} "
+                          f"differs from training shape {shape.shape}")
     if cfg.data.flips and not shape.is_image:
         raise ConfigError("data.flips: flips need images; this data holds vectors")
     with torch.device("meta"):

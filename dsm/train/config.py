@@ -46,7 +46,7 @@ class DataConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _source(self) -> "DataConfig":
+    def _source(self) -> DataConfig:
         if self.dataset is None and self.path is None:
             raise ValueError("give data.dataset (a built-in data set) or data.path (shards or a .npy)")
         if self.dataset is not None and self.path is not None:
@@ -99,7 +99,7 @@ class ModelConfig(StrictModel):
     mlp: MLPOptions = Field(default_factory=MLPOptions)
 
     @model_validator(mode="after")
-    def _form(self) -> "ModelConfig":
+    def _form(self) -> ModelConfig:
         if self.arch == "unet" and self.form == "scalar":
             raise ValueError("model.form 'scalar' needs model.arch 'mlp' (the UNet is vector-valued)")
         if self.kind == "score" and self.additive_normalization:
@@ -133,7 +133,7 @@ class NoiseConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _order(self) -> "NoiseConfig":
+    def _order(self) -> NoiseConfig:
         if self.t_min >= self.t_max:
             raise ValueError(f"t_min ({self.t_min:g}) must be < t_max ({self.t_max:g})")
         return self
@@ -163,7 +163,8 @@ class OptimConfig(StrictModel):
         None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay "
         "(e.g. 0.999); evaluation, normalization and the exported model then use the average")
     ema_warmup: bool = Field(False, description="ramp the EMA decay as min(ema_decay, (1 + n) / (10 + n)) "
-                                                "after n updates, so that the average forgets the initial weights (no effect without ema_decay)")
+                                                "after n updates, so that the average forgets the initial weights "
+                                                "(no effect without ema_decay)")
 
 
 class EvalConfig(StrictModel):
@@ -246,7 +247,7 @@ class TrainConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _batch_split(self) -> "TrainConfig":
+    def _batch_split(self) -> TrainConfig:
         if self.data.batch_size % self.scaling.workers:
             raise ValueError(f"data.batch_size ({self.data.batch_size}) must be divisible by scaling.workers "
                              f"({self.scaling.workers}): each worker takes an equal share")

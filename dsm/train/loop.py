@@ -18,9 +18,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -198,7 +198,8 @@ def train_loop(config: dict) -> None:
                        grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
                        consistency=consistency_options(cfg.eval))
         if res.denoised:
-            fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(run_dir / "figures" / f"denoised_{step:08d}.png"))
+            fig = denoising_figure(held[0][:8].cpu(), res.denoised,
+                                   str(run_dir / "figures" / f"denoised_{step:08d}.png"))
             log.artifact(fig, "figures")
         _keep_best(cfg, config, final, shape, res, state, step)
         return res.metrics
@@ -218,7 +219,8 @@ def train_loop(config: dict) -> None:
                  f"(keys {batch['key'][:3]}...)", err=True)
         gen = torch.Generator(device=device).manual_seed(key_seed(state.step, f"train/{cfg.seed}/{rank}"))
         res = train_step(net, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
-                         max_grad_norm=cfg.optim.max_grad_norm, ema=ema, all_finite=lambda ok: all_finite(ok and input_ok),
+                         max_grad_norm=cfg.optim.max_grad_norm, ema=ema,
+                         all_finite=lambda ok: all_finite(ok and input_ok),  # noqa: B023 - called at once, in this step
                          all_reduce_sum=all_ranks_sum_tensor)
         state.step += 1
         step = state.step
@@ -263,7 +265,8 @@ def train_loop(config: dict) -> None:
                     state.pending.append((step, row))
                 _say(f"step {step}/{cfg.steps}  loss {row['train/loss']:.4g}  {ips:.0f} img/s  "
                      f"eta {_fmt_eta((cfg.steps - step) / max(rate, 1e-9))}")
-            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
+            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0,
+                      "steps": 0}
             t_window = time.time()
 
         if stopped:

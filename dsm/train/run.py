@@ -18,6 +18,7 @@ from dsm.config import ConfigError
 from dsm.fileio import Busy, exclusive
 from dsm.train.config import TrainConfig
 
+
 class NonFiniteTraining(RuntimeError):
     """The run stopped after too many non-finite steps in a row."""
 
@@ -107,7 +108,8 @@ def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
     differ = sorted(k for k in now.keys() | then.keys()
                     if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE)
     if differ:
-        shown = ", ".join(f"{k} ({then.get(k)} -> {now.get(k)})" for k in differ[:4]) + (" ..." if len(differ) > 4 else "")
+        shown = (", ".join(f"{k} ({then.get(k)} -> {now.get(k)})" for k in differ[:4])
+                 + (" ..." if len(differ) > 4 else ""))
         raise ConfigError(f"run {run_dir.name!r} in {run_dir} was trained with another config: {shown}; "
                           f"give another name=, or delete that folder to start afresh")
 
@@ -181,7 +183,8 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=p.name, storage_path=str(p.run_dir.parent), callbacks=[failure_callback(cfg.scaling.max_failures), *(callbacks or [])],
+            name=p.name, storage_path=str(p.run_dir.parent),
+            callbacks=[failure_callback(cfg.scaling.max_failures), *(callbacks or [])],
             checkpoint_config=_checkpoint_config(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),  # our own progress lines suffice

@@ -25,32 +25,25 @@ def open_run(experiment: str, run_name: str, tracking_uri: str, workspace: Path,
     """The id of the MLflow run called ``run_name`` in ``experiment``: the existing one (a
     resumed run) or a new one with ``params`` and ``tags``. None, with a message, when the
     tracking server cannot be reached."""
-    try:
-        from mlflow.tracking import MlflowClient
+    from dsm.tracking import best_effort, use_experiment
 
-        from dsm.tracking import quick_fail_http, set_tracking_uri, use_experiment
+    def find_or_create(client) -> str:
+        from mlflow.entities import Param
 
-        quick_fail_http()
-        set_tracking_uri(tracking_uri)
         exp_id = use_experiment(experiment, workspace)
-        client = MlflowClient(tracking_uri)
         found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
                                    max_results=1, order_by=["attributes.start_time DESC"])
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-        run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+        run_id = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags}).info.run_id
         items = list(params.items())
-        from mlflow.entities import Param
-
         for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params
-            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-        return run.info.run_id
-    except Exception as e:  # noqa: BLE001 - any tracking failure: say so and train anyway
-        print(f"dsm: MLflow at {tracking_uri} is unavailable ({type(e).__name__}: {e}); "
-              "training goes on without tracking", file=sys.stderr)
-        return None
+            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        return run_id
+
+    return best_effort("train", tracking_uri, find_or_create, "training goes on without tracking")
 
 
 class RunLog:
@@ -107,7 +100,7 @@ class RunLog:
 
     def tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self._call("tagging", lambda c: c.set_tag(self.run_id, k, v))
+            self._call("tagging", lambda c: c.set_tag(self.run_id, k, v))  # noqa: B023 - called at once, in this iteration
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("artifact upload", lambda c: c.log_artifact(self.run_id, str(path), artifact_path))

@@ -88,7 +88,8 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
         sampler.load_state_dict(blob["sampler"])
     if ema is not None:
         if blob.get("ema") is None:
-            warnings.warn(f"{path}: the checkpoint holds no weight EMA; the EMA restarts from its weights", stacklevel=2)
+            warnings.warn(f"{path}: the checkpoint holds no weight EMA; the EMA restarts from its weights",
+                          stacklevel=2)
             ema.module.load_state_dict(model.state_dict())
         else:
             ema.load_state_dict(blob["ema"])

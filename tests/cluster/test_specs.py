@@ -176,7 +176,8 @@ def test_mlflow_deployment_takes_secrets_from_the_environment_only():
 
 
 def test_no_secrets_committed():
-    pattern = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|(?i:password)\s*[:=]\s*(?!\$|CHANGE)[\w@!]{6,}")
+    pattern = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|"
+                         r"(?i:password)\s*[:=]\s*(?!\$|CHANGE)[\w@!]{6,}")
     for f in CLUSTER.rglob("*"):
         if f.is_file():
             assert not pattern.search(f.read_text()), f

@@ -7,8 +7,16 @@ import tarfile
 import numpy as np
 import pytest
 
-from dsm.data.shards import (MANIFEST, Manifest, ShardError, ShardSource, ShardWriter, auto_shard_size, iter_shard,
-                             sha256_file)
+from dsm.data.shards import (
+    MANIFEST,
+    Manifest,
+    ShardError,
+    ShardSource,
+    ShardWriter,
+    auto_shard_size,
+    iter_shard,
+    sha256_file,
+)
 from tests.data._util import write_shards
 
 

@@ -6,7 +6,6 @@ import pickle
 import struct
 
 import numpy as np
-
 import pytest
 
 from dsm.config import ConfigError

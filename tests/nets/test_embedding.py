@@ -17,7 +17,7 @@ def test_log_embedding_floors_at_t_min_and_resolves_the_range():
 
 
 def test_linear_embedding_is_blind_at_small_t():
-    # the paper's embedding of t itself barely changes between 1e-9 and 1e-4 (design.md section 3)
+    # the paper's embedding of t itself barely changes between 1e-9 and 1e-4 (docs/design.md section 3)
     emb = make_time_embedding("linear", 1e-9, 1e3)
     f = emb(torch.tensor([1e-9, 1e-4, 1.0]))
     assert (f[0] - f[1]).norm() < 1e-3 < (f[1] - f[2]).norm()

@@ -184,7 +184,7 @@ def _model():
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out: str):
-    torch.set_num_threads(1)  # two processes on two cores (design.md section 8)
+    torch.set_num_threads(1)  # two processes on two cores (docs/design.md section 8)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model())

@@ -81,7 +81,7 @@ def test_report_without_images_or_mlflow(digits_scores, tmp_path, capsys, monkey
     out_err = capsys.readouterr()
     assert rc == 0, out_err.err
     assert out_err.out.strip().splitlines()[-1] == str(tmp_path / "rep")
-    assert "MLflow unavailable" in out_err.err
+    assert "MLflow at http://127.0.0.1:9 is unavailable" in out_err.err
     md = (tmp_path / "rep" / "report.md").read_text()
     for header in SECTIONS:
         assert header in md, header

@@ -13,7 +13,8 @@ from dsm import toy
 def make_gaussian(d: int = 5, seed: int = 0) -> toy.Gaussian:
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.4
-    return toy.Gaussian(torch.rand(d, generator=g, dtype=torch.float64), a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64))
+    return toy.Gaussian(torch.rand(d, generator=g, dtype=torch.float64),
+                        a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64))
 
 
 @pytest.fixture(scope="session")

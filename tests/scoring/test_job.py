@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dsm.consistency import Options as ConsistencyOptions
 from dsm.bundle import save_bundle
 from dsm.cli import main
 from dsm.config import load_config
+from dsm.consistency import Options as ConsistencyOptions
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.job import DEFAULT_T_RANGE, read_scores, score
 from dsm.train import build
@@ -54,8 +54,8 @@ def test_exact_gaussian_through_the_job(ray_cluster, gaussian, gaussian_ref, gau
         == [0.01, 1.0]
 
     # One actor and another batch size: the same numbers, row for row.
-    score(gaussian_ref, gaussian_npy, tmp_path / "b", ScoreSpec(t_grid=(0.01, 1.0), n_noise=4, batch_size=500), actors=1,
-          consistency=None)
+    score(gaussian_ref, gaussian_npy, tmp_path / "b", ScoreSpec(t_grid=(0.01, 1.0), n_noise=4, batch_size=500),
+          actors=1, consistency=None)
     other = read_scores(tmp_path / "b")
     assert other.column("key").to_pylist() == table.column("key").to_pylist()
     for c in table.column_names[1:]:
@@ -187,7 +187,8 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
     out.write_text("not a folder")
     rc = main(["score", str(model), "--data", str(data), "--out", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip() == f"dsm score: --out {out} is a file; give a folder (it will hold parts/ and scores.json)"
+    assert rc == 2 and err.strip() == (f"dsm score: --out {out} is a file; "
+                                       "give a folder (it will hold parts/ and scores.json)")
 
 
 def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):

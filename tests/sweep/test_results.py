@@ -11,7 +11,8 @@ from dsm.sweep.spec import SweepSpec
 
 def _results():
     return [
-        TrialResult("s-t000", {"optim.lr": 1e-3, "model.form": "inner"}, 3.2, 100, 100, "completed", {"steps": 100, "name": "s-t000"}),
+        TrialResult("s-t000", {"optim.lr": 1e-3, "model.form": "inner"}, 3.2, 100, 100, "completed",
+                    {"steps": 100, "name": "s-t000"}),
         TrialResult("s-t001", {"optim.lr": 1e-2, "model.form": "inner+c"}, 2.9, 100, 100, "completed", {"steps": 100}),
         TrialResult("s-t002", {"optim.lr": 1e-9, "model.form": "inner"}, 1.0, 20, 100, "stopped_early", {"steps": 100}),
         TrialResult("s-t003", {"optim.lr": 5e-3, "model.form": "inner"}, math.nan, 0, 100, "error", None, "boom"),

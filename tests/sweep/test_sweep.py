@@ -15,7 +15,6 @@ import yaml
 from dsm.cli import main as cli
 from dsm.config import load_config
 from dsm.train.config import TrainConfig
-
 from tests.sweep.conftest import REPO
 
 

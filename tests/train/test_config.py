@@ -142,8 +142,8 @@ def test_two_commands_on_one_run_folder_or_fresh_data(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         check = ("import sys; from dsm.cli import main; rc = main(sys.argv[1:]); "
                  "assert 'ray' not in sys.modules, 'Ray was imported'; sys.exit(rc)")
-        r = subprocess.run([sys.executable, "-c", check, "train", SMOKE, "name=busy", "--workspace", str(ws), "--quiet"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-c", check, "train", SMOKE, "name=busy", "--workspace", str(ws),
+                            "--quiet"], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and f"pid {holder.pid}" in r.stderr and "run 'busy'" in r.stderr, r.stderr
     finally:
         holder.kill()

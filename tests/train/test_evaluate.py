@@ -12,7 +12,6 @@ from dsm.seeding import keyed_normal, keyed_uniform
 from dsm.train.config import EvalConfig
 from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate, metric_names
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

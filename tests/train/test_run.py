@@ -3,7 +3,6 @@
 import threading
 import time
 
-import mlflow
 import numpy as np
 import psutil
 import pytest
@@ -148,7 +147,8 @@ def test_a_killed_worker_is_one_line_on_the_console(digits_workspace, tmp_path):
     assert proc.wait(timeout=300) == 0, out.read_text()[-3000:]
     lines = [ln for ln in out.read_text().splitlines() if ln.strip()]
     text = "\n".join(lines)
-    assert "Traceback" not in text and "Error in training function" not in text and "Graceful shutdown" not in text, text
+    assert ("Traceback" not in text and "Error in training function" not in text
+            and "Graceful shutdown" not in text), text
     assert sum("dsm train: worker failure 1 of 3 allowed" in ln for ln in lines) == 1, text
     assert lines[-1] == str(run_dir / "model.pt"), lines[-3:]
 

@@ -37,7 +37,8 @@ def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     opt_a, sched_a = build.build_optimizer(cfg, a)
     sampler_a, ema_a = build.build_sampler(cfg), build.build_ema(cfg, a)
     _steps(cfg, a, opt_a, sched_a, x, 0, 6, sampler_a, ema_a)
-    save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=6, mlflow_run_id="r", best_nll_bpd=1.5, best_step=4),
+    save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a,
+               state=TrainState(step=6, mlflow_run_id="r", best_nll_bpd=1.5, best_step=4),
                config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1, sampler=sampler_a, ema=ema_a)
 
     torch.manual_seed(123)  # a fresh process: different init, fresh optimizer
@@ -55,7 +56,7 @@ def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     for (name, p), q in zip(ref.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     if ema_ref is not None:  # the weight EMA resumes too (and is not the raw weights)
-        for (name, p), q, w in zip(ema_ref.module.named_parameters(), ema_b.module.parameters(), b.parameters()):
+        for (name, p), q, _w in zip(ema_ref.module.named_parameters(), ema_b.module.parameters(), b.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
         assert any(not torch.equal(q, w) for q, w in zip(ema_b.module.parameters(), b.parameters()))
 
