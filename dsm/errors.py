@@ -124,3 +124,18 @@ def print_failure(command: str, cause: str, log: Path) -> int:
 def report_failure(command: str, err: BaseException, log: Path) -> int:
     """:func:`print_failure` of ``err``, its traceback written to ``log`` first."""
     return print_failure(command, short_cause(err), write_traceback(err, log))
+
+
+def exit_interrupted(command: str, how_to_resume: str) -> None:
+    """Ctrl-C of a long command: say how to resume, then exit 130 at once. Not through the
+    interpreter's shutdown: a thread still blocked in Ray's client made it crash with SIGSEGV
+    (seen in CI). The work done is on disk; a local Ray's own processes go with this one (and
+    dsm's watchdog stops the agents that would not: dsm.ray_setup)."""
+    import os
+    import sys
+
+    print(f"\ndsm {command}: interrupted; {how_to_resume}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+

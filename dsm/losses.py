@@ -137,15 +137,19 @@ class Denoising:
         return LossTerms(total=dsm, dsm=dsm)
 
 
-def loss_by_band(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[str, tuple[float, int]]:
-    """Group per-example ``values`` by noise band: ``{"[lo,hi)": (mean, count)}``.
+def loss_by_band(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[int, tuple[float, int]]:
+    """Group per-example ``values`` by noise band: ``{band index: (mean, count)}``, bands with
+    no example left out.
 
-    edges: increasing t boundaries; examples outside them are dropped. Used to log losses
-    per noise band (as improved-diffusion logs per quartile of t).
+    edges: increasing t boundaries; band i is [edges[i], edges[i+1]), the last one closed
+    ([lo, hi]) so that t_max itself counts; examples outside are dropped. Used to log the
+    training loss per noise band (as improved-diffusion logs per quartile of t), in the
+    evaluation's bands.
     """
     out = {}
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (t >= lo) & (t < hi)
+    last = len(edges) - 2
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        m = (t >= lo) & ((t < hi) if i < last else (t <= hi))
         if m.any():
-            out[f"[{lo:g},{hi:g})"] = (float(values[m].mean()), int(m.sum()))
+            out[i] = (float(values[m].mean()), int(m.sum()))
     return out

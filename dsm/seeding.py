@@ -12,10 +12,16 @@ from collections.abc import Sequence
 import torch
 
 
-def key_seed(key: int | str, salt: str = "") -> int:
-    """A 63-bit seed from ``salt`` and ``key`` (blake2b, stable across processes and runs)."""
-    h = hashlib.blake2b(f"{salt}\x1f{key}".encode(), digest_size=8).digest()
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts' strings (blake2b: stable across processes and runs, unlike
+    ``hash()`` of a str)."""
+    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def key_seed(key: int | str, salt: str = "") -> int:
+    """The seed of example ``key`` under ``salt``: ``derive_seed(salt, key)``."""
+    return derive_seed(salt, key)
 
 
 def _per_key(keys: Sequence[int | str], shape: tuple[int, ...], salt: str, dtype: torch.dtype,

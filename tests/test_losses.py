@@ -114,10 +114,12 @@ def test_negative_tsm_weight_is_rejected():
 
 
 def test_loss_by_band():
-    t = torch.tensor([1e-3, 2e-3, 0.5, 5.0, 50.0])
-    v = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0])
+    t = torch.tensor([1e-3, 2e-3, 0.5, 5.0, 100.0, 1e-5, 200.0])
+    v = torch.tensor([1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0])
     out = loss_by_band(t, v, [1e-4, 1e-2, 1.0, 100.0])
-    assert out == {"[0.0001,0.01)": (2.0, 2), "[0.01,1)": (5.0, 1), "[1,100)": (8.0, 2)}
+    # bands are half-open but the last, which holds t = 100 itself; t outside the edges is dropped
+    assert out == {0: (2.0, 2), 1: (5.0, 1), 2: (8.0, 2)}
+    assert loss_by_band(t[:2], v[:2], [1e-4, 1e-2, 1.0, 100.0]) == {0: (2.0, 2)}  # empty bands left out
 
 
 def test_heat_residual_is_zero_for_exact_families(batch):

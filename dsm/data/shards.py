@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from dsm.data.images import as_hwc, decode_png, encode_png
+from dsm.fileio import atomic_path
 
 MANIFEST = "manifest.json"
 FORMAT = "dsm-webdataset"
@@ -155,12 +156,6 @@ def auto_shard_size(num_samples: int) -> int:
     return max(1, min(DEFAULT_SHARD_SIZE, -(-num_samples // MIN_SHARDS)))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Writes one split: samples go into ``<split>-NNNNNN.tar`` shards of ``shard_size`` samples.
 
@@ -267,7 +262,8 @@ class ShardWriter:
         m = Manifest(source=self.source, split=self.split, shape=self.shape, shards=self.shards,
                      classes=self.classes, options=self.options,
                      created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-        _atomic_write_text(self.dir / MANIFEST, m.to_json())
+        with atomic_path(self.dir / MANIFEST) as tmp:
+            tmp.write_text(m.to_json())
         return m
 
     def abort(self) -> None:

@@ -27,7 +27,6 @@ when there are several), with no shuffling and no flips.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 import random
@@ -42,10 +41,18 @@ import torch
 
 from dsm.data.npy import NpySource
 from dsm.data.shards import ShardError, ShardSource
+from dsm.seeding import derive_seed
 
 Mode = Literal["resampled", "exact"]
 OnError = Literal["raise", "skip"]
 Source = ShardSource | NpySource
+
+
+def is_eight_bit(source: Source) -> bool:
+    """True for 8-bit images (k/255 pixel values): their NLL is reported in the 8-bit convention.
+    The one place this is decided, for training, evaluation and scoring."""
+    dtype = source.manifest.dtype if hasattr(source, "manifest") else source.dtype
+    return bool(source.is_image) and str(dtype) == "uint8"
 
 
 def open_source(source: str | Path | Source) -> Source:
@@ -81,12 +88,6 @@ def worker_info() -> tuple[int, int]:
     """(loader worker id, number of loader workers); (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()
     return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from the parts (blake2b: stable across processes, unlike hash() of str)."""
-    h = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 def assign_pieces(n_pieces: int, rank: int, world: int, worker: int, workers: int) -> list[int]:

@@ -50,7 +50,7 @@ def verify_split(folder: str | Path, *, decode: bool = True, progress: bool = Fa
     for p in sorted(folder.glob("*.tar")):
         if p.name not in listed:
             problems.append(Problem(str(p), f"not listed in {MANIFEST}"))
-    for p in sorted(folder.glob(".*.tmp-*")):
+    for p in sorted({*folder.glob(".*.tmp-*"), *folder.glob(".*.tmp")}):  # ShardWriter's, atomic_path's
         problems.append(Problem(str(p), "left over from an unfinished write"))
     keys: dict[str, str] = {}
     for info in tqdm(m.shards, desc=f"verify {folder}", unit="shard", disable=not progress, leave=False):

@@ -22,6 +22,7 @@ import numpy as np
 
 from dsm.data.npy import NpySource
 from dsm.data.shards import Piece, ShardError, ShardSource
+from dsm.data.stream import is_eight_bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -103,7 +104,7 @@ def open_input(path: str | Path, piece_size: int = 1000) -> Input:
         raise ValueError(f"{p}: no such data (give a shard split folder, a .npy, or an image folder)")
     if p.suffix == ".npy":
         src = NpySource(p, piece_size=piece_size)
-        return Input(p, "npy", src.pieces, tuple(src.shape), bool(src.is_image and src.dtype == np.uint8), src)
+        return Input(p, "npy", src.pieces, tuple(src.shape), is_eight_bit(src), src)
     if p.name == "manifest.json":
         p = p.parent
     if (p / "manifest.json").is_file():
@@ -111,7 +112,7 @@ def open_input(path: str | Path, piece_size: int = 1000) -> Input:
             src = ShardSource(p)
         except ShardError as e:
             raise ValueError(str(e)) from None
-        return Input(p, "shards", src.pieces, tuple(src.shape), src.manifest.dtype == "uint8", src)
+        return Input(p, "shards", src.pieces, tuple(src.shape), is_eight_bit(src), src)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         if not files:

@@ -13,8 +13,6 @@ the batch size or the order.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
 from dsm.data.shards import sha256_file
+from dsm.fileio import atomic_path
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
 from dsm.scoring.inputs import Input, iter_examples, open_input
 
@@ -71,9 +70,8 @@ class PieceScorer:
                          else pa.array(v, pa.float64()))
         table = pa.table(arrays).replace_schema_metadata({"dsm.t_grid": json.dumps(list(self.spec.t_grid))})
         final = part_path(self.out, index)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)  # atomic: a part exists whole or not at all
+        with atomic_path(final) as tmp:  # a part exists whole or not at all
+            pq.write_table(table, tmp)
         return len(keys)
 
 
@@ -119,9 +117,8 @@ def prepare_out(out: Path, options: dict, restart: bool = False) -> list[int]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
 
 
 def run_pieces(model_ref: ModelRef, data: Path, out: Path, spec: ScoreSpec, pending: list[int], *,

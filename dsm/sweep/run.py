@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from pathlib import Path
 
 from dsm.sweep.plan import SweepPlan, check_local_cpus, describe, make_plan
@@ -149,8 +148,6 @@ def _cluster_cpus() -> float:
 def concurrency(plan: SweepPlan) -> int:
     """Trials training at once: ``max_concurrent``, else as many as the cluster's CPUs (and
     GPUs) hold, at least one."""
-    import math
-
     import ray
 
     if plan.spec.max_concurrent:
@@ -228,11 +225,8 @@ def main(spec: str, overrides: list[str], *, workspace: str | None, address: str
     try:
         last = run(plan, address, verbose)
     except KeyboardInterrupt:
-        print(f"\ndsm tune: interrupted; re-run the same command to resume sweep {plan.name!r}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        import os
+        from dsm.errors import exit_interrupted
 
-        os._exit(130)
+        exit_interrupted("tune", f"re-run the same command to resume sweep {plan.name!r}")
     print(last)
     return 0 if last.name == "best_config.yaml" else 1

@@ -92,12 +92,6 @@ def data_shape(source: Source) -> DataShape:
     return DataShape(tuple(int(s) for s in source.shape), bool(source.is_image))
 
 
-def is_eight_bit(source: Source) -> bool:
-    """True for 8-bit images (k/255 pixel values): their NLL is reported in the 8-bit convention."""
-    dtype = source.manifest.dtype if hasattr(source, "manifest") else source.dtype
-    return bool(source.is_image) and str(dtype) == "uint8"
-
-
 def build_model(cfg: TrainConfig, shape: DataShape) -> nn.Module:
     """The energy (or score baseline) the config describes, for data of ``shape``."""
     m, n = cfg.model, cfg.noise

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from dsm.bundle import save_bundle
-from dsm.data.stream import EvalStream, TrainStream, make_loader, open_source
+from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source
 from dsm.energy import Energy, unwrap
+from dsm.losses import loss_by_band
 from dsm.seeding import key_seed
 from dsm.step import train_step
 from dsm.train import build
@@ -61,12 +62,7 @@ def _held_out(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, lis
 
 def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[str, float]:
     """Rank 0's mean training loss per noise band (the same bands as the evaluation)."""
-    out = {}
-    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
-        m = (t >= lo) & ((t < hi) if i < len(edges) - 2 else (t <= hi))
-        if m.any():
-            out[f"train/loss_band{i}"] = float(values[m].mean())
-    return out
+    return {f"train/loss_band{i}": mean for i, (mean, _) in loss_by_band(t, values, edges).items()}
 
 
 # Ray Train's pages of traceback on the driver's console for a failure that dsm reports in one
@@ -187,7 +183,7 @@ def train_loop(config: dict) -> None:
     edges = torch.logspace(math.log10(cfg.noise.t_min), math.log10(cfg.noise.t_max), BANDS + 1).tolist()
     held = _held_out(cfg, device) if rank == 0 and (cfg.eval.enabled or isinstance(model, Energy)) else None
     run_dir = Path(config["export_path"]).parent
-    eight_bit = build.is_eight_bit(open_source(cfg.data.eval_path))
+    eight_bit = is_eight_bit(open_source(cfg.data.eval_path))
 
     final = ema.module if ema is not None else model  # what is evaluated, normalized and exported
 

@@ -345,13 +345,8 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
         rc = print_failure("train", e.cause, e.log)  # the cause last; the traceback in a file
         return 2 if e.bad_input else rc
     except KeyboardInterrupt:
-        print(f"\ndsm train: interrupted; re-run the same command to resume {p.name!r} from its last checkpoint",
-              file=sys.stderr)
-        # Exit now: the fit thread is still blocked inside Ray's client, and interpreter
-        # shutdown with it alive crashed with SIGSEGV (seen in CI). The run's actors belong to
-        # this driver and a local Ray's processes exit with it; the checkpoints are on disk.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+        from dsm.errors import exit_interrupted
+
+        exit_interrupted("train", f"re-run the same command to resume {p.name!r} from its last checkpoint")
     print_summary(p, export)
     return 0

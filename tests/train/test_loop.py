@@ -2,7 +2,7 @@
 
 import logging
 
-from dsm.train.loop import _quiet_ray_train_logs
+from dsm.train.loop import quiet_ray_train_logs
 
 
 def test_ray_train_report_lines_are_silenced():
@@ -11,6 +11,36 @@ def test_ray_train_report_lines_are_silenced():
 
     report_logger = logging.getLogger(context.__file__)
     report_logger.setLevel(logging.INFO)
-    _quiet_ray_train_logs()
+    quiet_ray_train_logs()
     assert not report_logger.isEnabledFor(logging.INFO)
     assert not logging.getLogger("ray.train").isEnabledFor(logging.INFO)
+
+
+def test_ray_train_tracebacks_are_dropped_other_errors_kept():
+    """Issue #17 item 15b: the per-rank "Error in training function" page and the controller's
+    teardown warning are dropped (dsm prints the cause in one line); other errors still show."""
+    import ray.train.v2._internal.callbacks.backend_setup as backend_setup
+    import ray.train.v2._internal.util as util
+
+    quiet_ray_train_logs()
+    for module in (util, backend_setup):
+        log = logging.getLogger(module.__name__)
+        assert log.filters, module.__name__
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    log, teardown = logging.getLogger(util.__name__), logging.getLogger(backend_setup.__name__)
+    handler = Keep()
+    for lg in (log, teardown):
+        lg.addHandler(handler)
+    try:
+        log.error("Error in training function:\nTraceback ...")
+        teardown.warning("Graceful shutdown of backend failed. This is expected if one of the workers has crashed.")
+        log.error("something else broke")
+    finally:
+        for lg in (log, teardown):
+            lg.removeHandler(handler)
+    assert seen == ["something else broke"]
