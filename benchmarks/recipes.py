@@ -35,7 +35,7 @@ from dsm import consistency as cons
 from dsm.api import load
 from dsm.bundle import load_model
 from dsm.report.baselines import read_training
-from dsm.report.build import iter_pieces
+from dsm.report.scores import iter_pieces
 from dsm.scoring.inputs import open_input
 
 LOG_Z_TS = (100.0, 333.0, 1000.0)
@@ -168,8 +168,7 @@ def main() -> None:
                   flush=True)
         return
     m = load(args.model)
-    noise = load_model(args.model).config.noise  # the training t range
-    t_min, t_max = float(noise.t_min), float(noise.t_max)
+    t_min, t_max = load_model(args.model).t_range  # the training t range
     keys, x = read_heldout(args.test, args.n_test, m.shape)
     d = m.dim
     lp = model_logp(m, x)

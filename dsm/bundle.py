@@ -24,29 +24,44 @@ import torch
 from torch import nn
 
 from dsm.fileio import atomic_path, load_torch_file
+from dsm.models import DataShape, ModelConfig, from_config
 
 FORMAT, VERSION = "dsm-model", 2
 
 
 @dataclass
 class Bundle:
+    """A model file read back. ``config`` is the resolved training config as stored (JSON;
+    ``dsm.train.config.TrainConfig.model_validate`` reads it), upgraded to this dsm's names."""
+
     model: nn.Module
-    config: Any  # dsm.train.config.TrainConfig
+    config: dict
     shape: tuple[int, ...]
     is_image: bool
     normalization: dict | None = None
     meta: dict = field(default_factory=dict)
 
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig.model_validate(self.config.get("model", {}))
+
+    @property
+    def t_range(self) -> tuple[float, float]:
+        """[t_min, t_max] of the noise variances the model was trained on."""
+        return float(self.config["noise"]["t_min"]), float(self.config["noise"]["t_max"])
+
 
 def save_bundle(path: str | Path, model: nn.Module, config: Any, shape: tuple[int, ...], is_image: bool,
                 normalization: dict | None = None, meta: dict | None = None) -> Path:
-    """Write ``model`` (unwrapped, on CPU) and its config to ``path`` atomically; returns the path."""
+    """Write ``model`` (unwrapped, on CPU) and its config (a TrainConfig, or its JSON dict) to
+    ``path`` atomically; returns the path."""
     from dsm.energy import unwrap
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    blob = {"format": FORMAT, "version": VERSION, "config": config.model_dump(mode="json"),
+    config = config if isinstance(config, dict) else config.model_dump(mode="json")
+    blob = {"format": FORMAT, "version": VERSION, "config": config,
             "shape": list(shape), "is_image": bool(is_image), "state_dict": state,
             "normalization": normalization, "meta": dict(meta or {})}
     with atomic_path(path) as tmp:
@@ -64,21 +79,24 @@ def _upgrade_config(config: dict, version: int) -> dict:
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Bundle:
     """Read a bundle and rebuild its model (in eval mode). Errors name the file."""
-    from dsm.train.build import DataShape, build_model
-    from dsm.train.config import TrainConfig
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     blob = load_torch_file(path, "dsm model", map_location)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a dsm model bundle "
-                         f"(format {blob.get('format') if isinstance(blob, dict) else '?'})")
+        found = blob.get("format") if isinstance(blob, dict) else "?"
+        raise ValueError(f"{path}: not a dsm model bundle (format {found})")
     if blob["version"] > VERSION:
         raise ValueError(f"{path}: bundle version {blob['version']} is newer than this dsm reads ({VERSION})")
-    cfg = TrainConfig.model_validate(_upgrade_config(blob["config"], blob["version"]))
+    config = _upgrade_config(blob["config"], blob["version"])
+    try:
+        model_cfg = ModelConfig.model_validate(config.get("model", {}))
+        t_min, t_max = float(config["noise"]["t_min"]), float(config["noise"]["t_max"])
+    except (ValueError, KeyError, TypeError) as e:
+        why = str(e).splitlines()[0]
+        raise ValueError(f"{path}: its model description is not one this dsm reads ({why})") from None
     shape = DataShape(tuple(blob["shape"]), blob["is_image"])
-    model = build_model(cfg, shape)
+    model = from_config(model_cfg, shape, t_min=t_min, t_max=t_max)
     model.load_state_dict(blob["state_dict"])
     model.to(map_location).eval()
-    return Bundle(model, cfg, shape.shape, shape.is_image, blob.get("normalization"), blob.get("meta", {}))
+    return Bundle(model, config, shape.shape, shape.is_image, blob.get("normalization"), blob.get("meta", {}))

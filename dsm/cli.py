@@ -106,10 +106,12 @@ def _import_official(args: argparse.Namespace) -> int:
 def _export_official(args: argparse.Namespace) -> int:
     from dsm.bundle import load_model
     from dsm.official import export_official
+    from dsm.train.config import TrainConfig
 
     try:
         b = load_model(args.model)
-        folder = export_official(b.model, b.config, b.shape, args.out, step=int(b.meta.get("step") or 0))
+        cfg = TrainConfig.model_validate(b.config)
+        folder = export_official(b.model, cfg, b.shape, args.out, step=int(b.meta.get("step") or 0))
     except (ValueError, FileNotFoundError) as e:
         print(f"dsm export official: {e}", file=sys.stderr)
         return 2
@@ -177,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dsm.report.cli import register as _register_report
     _register_report(sub)  # report, sample
     from dsm.submit.cli import register as _register_submit
-    _register_submit(sub)  # submit, jobs
+    _register_submit(sub, lambda argv: parse_args(build_parser(), argv))  # submit, jobs
     return p
 
 

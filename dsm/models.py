@@ -1,7 +1,17 @@
-"""Factories that assemble energies and score models from a backbone description."""
+"""The model description (:class:`ModelConfig`, the ``model`` section of a training config)
+and the factories that assemble energies and score models from it. Core: no Ray, no MLflow,
+nothing from the orchestration packages, so a model file (dsm.bundle) is rebuilt from here."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from dsm.config import ConfigError, StrictModel
 from dsm.energy import EnergyForm, EnergyModel, ScoreModel
 from dsm.nets.mlp import MLP, TimeScalar
 from dsm.nets.unet import UNet, unet_config
@@ -63,3 +73,93 @@ def unet_score_model(channels: int, image_size: int, preset: str = "small", *, s
     cfg = unet_config(preset, channels=channels, image_size=image_size, **overrides)
     return ScoreModel(UNet(cfg), (channels, image_size, image_size), scaling=scaling,
                       sigma_data=_image_sigma(scaling), t_floor=cfg.t_min)
+
+
+class UNetOptions(StrictModel):
+    """Overrides of the UNet preset's fields (see dsm.nets.unet.UNetConfig); None keeps the preset."""
+
+    base_width: int | None = Field(None, ge=1)
+    scales: int | None = Field(None, ge=0)
+    convs_per_block: int | None = Field(None, ge=2)
+    kernel_size: int | None = Field(None, ge=1)
+    activation: Literal["gelu", "relu", "silu"] | None = None
+    embedding: Literal["log", "linear", "official"] | None = None
+    n_freq: int | None = Field(None, ge=1)
+    emb_dim: int | None = Field(None, ge=1)
+    group_size: int | None = Field(None, ge=1)
+    eps: float | None = Field(None, gt=0)
+    norm_eps: Literal["relative", "official"] | None = Field(
+        None, description="normalization epsilon: relative sqrt(m/(var+eps m)) (dsm) or official sqrt(m/(var+eps)+eps)")
+    time_mlp: Literal["gelu", "official"] | None = Field(
+        None, description="time MLP: Linear-GELU-Linear (dsm) or Linear-SiLU-Linear-SiLU (official)")
+
+
+class MLPOptions(StrictModel):
+    """The MLP backbone (vectors; any data flattened)."""
+
+    width: int = Field(256, ge=1)
+    depth: int = Field(3, ge=1)
+    activation: Literal["gelu", "relu", "silu"] = "silu"
+    homogeneous: bool = False
+    embedding: Literal["log", "linear"] = "log"
+    sigma_data: float | None = Field(1.0, gt=0, description="data scale of the MLP's input scaling")
+
+
+class ModelConfig(StrictModel):
+    """Which network: an energy (dual score matching) or the score-network baseline."""
+
+    kind: Literal["energy", "score"] = "energy"
+    arch: Literal["unet", "mlp"] = "unet"
+    form: Literal["inner", "inner+c", "scalar"] = "inner"
+    scaling: Literal["none", "variance", "inverse_t"] = "none"
+    preset: Literal["paper", "paper-dsm", "small", "tiny"] = Field(
+        "small", description="UNet preset: paper (the paper's exact network), paper-dsm (the same size with "
+                             "dsm's normalization, time MLP and embedding), small, tiny (docs/unet.md)")
+    additive_normalization: bool = Field(False, description="energy only: U += (d/2) log t, the official option")
+    unet: UNetOptions = Field(default_factory=UNetOptions)
+    mlp: MLPOptions = Field(default_factory=MLPOptions)
+
+    @model_validator(mode="after")
+    def _form(self) -> ModelConfig:
+        if self.arch == "unet" and self.form == "scalar":
+            raise ValueError("model.form 'scalar' needs model.arch 'mlp' (the UNet is vector-valued)")
+        if self.kind == "score" and self.additive_normalization:
+            raise ValueError("model.additive_normalization is an energy option; model.kind is 'score'")
+        return self
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """The event shape of the data: (C, H, W) for images, (d,) for vectors."""
+
+    shape: tuple[int, ...]
+    is_image: bool
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+
+def from_config(m: ModelConfig, shape: DataShape, *, t_min: float, t_max: float) -> nn.Module:
+    """The energy (or score baseline) that ``m`` describes, for data of ``shape``, trained on
+    noise variances [t_min, t_max] (the time embedding's range). ConfigError names the field."""
+    if m.arch == "unet":
+        if not shape.is_image or len(shape.shape) != 3 or shape.shape[1] != shape.shape[2]:
+            raise ConfigError(f"model.arch: the UNet needs square images (C, H, H); the data is {shape.shape}. "
+                              "Use model.arch=mlp for vectors")
+        c, h = shape.shape[0], shape.shape[1]
+        over = {k: v for k, v in m.unet.model_dump().items() if v is not None}
+        over.update(t_min=t_min, t_max=t_max)
+        try:
+            if m.kind == "energy":
+                return unet_energy(c, h, m.preset, form=m.form, scaling=m.scaling,
+                                   additive_normalization=m.additive_normalization, **over)
+            return unet_score_model(c, h, m.preset, scaling=m.scaling, **over)
+        except ValueError as e:
+            raise ConfigError(f"model.unet: {e}") from None
+    o = m.mlp
+    kw = dict(t_min=t_min, t_max=t_max, width=o.width, depth=o.depth, sigma_data=o.sigma_data,
+              homogeneous=o.homogeneous, activation=o.activation, embedding=o.embedding)
+    if m.kind == "energy":
+        return mlp_energy(shape.dim, form=m.form, additive_normalization=m.additive_normalization, **kw)
+    return mlp_score_model(shape.dim, **kw)

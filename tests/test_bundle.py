@@ -20,7 +20,7 @@ def test_roundtrip_and_errors(tmp_path):
     path = save_bundle(tmp_path / "m" / "model.pt", model, cfg, (3,), False,
                        normalization={"value": 1.25}, meta={"step": 7})
     b = load_model(path)
-    assert b.config == cfg and b.shape == (3,) and not b.is_image and b.meta == {"step": 7}
+    assert b.config == cfg.model_dump(mode="json") and b.shape == (3,) and not b.is_image and b.meta == {"step": 7}
     y = torch.randn(5, 3)
     torch.testing.assert_close(b.model.log_prob(y), model.log_prob(y))
     assert not list(path.parent.glob(".*tmp"))  # atomic write left no temporary file
@@ -48,6 +48,6 @@ def test_version_1_paper_bundles_load_as_paper_dsm(tmp_path):
         blob["config"]["model"]["unet"].pop(k)
     torch.save(blob, tmp_path / "old.pt")
     old = load_model(tmp_path / "old.pt")
-    assert old.config.model.preset == "paper-dsm"
+    assert old.model_config.preset == "paper-dsm"
     y, t = torch.rand(3, 1, 8, 8), torch.tensor([1e-9, 0.1, 10.0])
     torch.testing.assert_close(old.model.energy(y, t), model.energy(y, t), rtol=0, atol=0)

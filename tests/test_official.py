@@ -96,7 +96,7 @@ def test_roundtrip_through_the_official_layout(tmp_path, capsys, official_classe
     assert code == 0, err
     assert out[-1] == str(tmp_path / "imported.pt") and "dsm normalize" in out[0]
     b = load_model(out[-1])
-    assert b.config.model.kind == kind and b.config.model.preset == "paper" and b.meta["step"] == 1000
+    assert b.model_config.kind == kind and b.model_config.preset == "paper" and b.meta["step"] == 1000
     assert b.normalization is None and b.shape == (channels, 8, 8)
     y = torch.rand(5, channels, 8, 8)
     t = torch.tensor([0.0, 1e-9, 1e-3, 1.0, 1e3])

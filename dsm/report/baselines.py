@@ -16,7 +16,7 @@ import numpy as np
 
 from dsm import baselines as bl
 from dsm.report import figures
-from dsm.report.build import Scores, iter_pieces
+from dsm.report.scores import Scores, iter_pieces
 
 SECTION = "## Classical baselines"
 MAX_TRAIN = 10_000  # default training subsample: EM costs about n K d^2 per iteration

@@ -70,8 +70,7 @@ def _model_info(path: str | None, *, required: bool
         if required:
             raise
         return {}, None, None, None
-    return (dict(b.meta), tuple(b.shape), (float(b.config.noise.t_min), float(b.config.noise.t_max)),
-            b.config.data.path)
+    return dict(b.meta), tuple(b.shape), b.t_range, b.config["data"]["path"]
 
 
 def _studies(args: argparse.Namespace, t_range: tuple[float, float] | None):
@@ -112,7 +111,8 @@ def _baseline_options(args: argparse.Namespace, t_range: tuple[float, float] | N
 
 
 def _report(args: argparse.Namespace) -> int:
-    from dsm.report.build import build_report, resolve_scores_dir
+    from dsm.report.build import build_report
+    from dsm.report.scores import resolve_scores_dir
 
     try:
         meta, shape, t_range, model_data = _model_info(args.model, required=True)

@@ -158,8 +158,7 @@ def _training_t_range(model_ref: ModelRef) -> tuple[float, float]:
         return DEFAULT_T_RANGE
     from dsm.bundle import load_model
 
-    noise = load_model(model_ref).config.noise
-    return noise.t_min, noise.t_max
+    return load_model(model_ref).t_range
 
 
 def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Options) -> dict:

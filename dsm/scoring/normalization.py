@@ -36,9 +36,9 @@ def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, 
         keys += k
         xs.append(torch.from_numpy(x))
     x = torch.cat(xs)
-    if b.config.model.arch == "mlp":
+    if b.model_config.arch == "mlp":
         x = x.flatten(1)
-    t = float(t or b.config.noise.t_max)
+    t = float(t or b.t_range[1])
     est = estimate_log_z(b.model, x, t, keys=keys, batch_size=batch_size)
     agree = log_z_agreement(b.model, x, log_z_ts(t), keys=keys, batch_size=batch_size)
     b.model.log_z.fill_(est.value)

@@ -17,19 +17,19 @@ def _err(cmd: str, msg: str) -> int:
     return 2
 
 
-def _check_command(argv: list[str], root: Path) -> None:
-    """Parse the command with dsm's own parser, and validate a training config, before anything
-    is uploaded: a typo fails here with status 2, not minutes later on the cluster. Runs in
+def _check_command(argv: list[str], root: Path, parse) -> None:
+    """Parse the command with dsm's own parser (``parse``: argv -> Namespace, given by dsm.cli,
+    which registers this command), and validate a training config, before anything is
+    uploaded: a typo fails here with status 2, not minutes later on the cluster. Runs in
     ``root``, as the job will (its working_dir)."""
     from contextlib import chdir
 
-    from dsm.cli import build_parser, parse_args
     from dsm.submit.runtime_env import SubmitError
 
     if argv[0] in ("submit", "jobs"):
         raise SubmitError(f"`dsm {argv[0]}` runs here, not on the cluster")
     try:
-        args = parse_args(build_parser(), argv)
+        args = parse(argv)
     except SystemExit:
         raise SubmitError(f"not a valid dsm command: dsm {' '.join(argv)} (usage above)") from None
     if args.command == "train":
@@ -63,7 +63,7 @@ def _submit(args: argparse.Namespace) -> int:
         local = jc.is_local(url)
         root = project_root()
         cmd = normalize_command(args.command, root, local)
-        _check_command(cmd.argv, root)
+        _check_command(cmd.argv, root, args.parse_dsm_command)
         runtime_env, env, warnings = build_runtime_env(root, local=local, workspace=args.workspace,
                                                        env_pip=args.env_pip)
         upload = check_upload(root, runtime_env["excludes"], args.upload_limit or UPLOAD_LIMIT_MB)
@@ -137,8 +137,9 @@ def _list(client) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``dsm submit`` and ``dsm jobs`` to the top-level subparsers."""
+def register(sub: argparse._SubParsersAction, parse_dsm_command) -> None:
+    """Add ``dsm submit`` and ``dsm jobs`` to the top-level subparsers. ``parse_dsm_command``
+    (argv -> Namespace) parses the command to submit, as the top-level parser would."""
     addr_help = "the cluster's Ray dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
     s = sub.add_parser(
         "submit", help="run a dsm command on a Ray cluster as a Ray Job",
@@ -163,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse a working_dir upload above this size (default 100 MB; data, outputs, weights "
                         "and secrets are never uploaded, and .dsmignore excludes more)")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- dsm COMMAND [ARGS ...]")
-    s.set_defaults(func=_submit)
+    s.set_defaults(func=_submit, parse_dsm_command=parse_dsm_command)
 
     j = sub.add_parser("jobs", help="list, inspect, follow or stop jobs on a Ray cluster")
     jsub = j.add_subparsers(dest="action", required=True, metavar="ACTION")

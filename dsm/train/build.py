@@ -8,8 +8,6 @@ UNet cannot take is reported before any cluster resources are claimed.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,20 +16,9 @@ from torch import nn
 from dsm import losses, models
 from dsm.config import ConfigError
 from dsm.data.stream import Source, open_source
+from dsm.models import DataShape
 from dsm.noise import TSampler, make_t_sampler
 from dsm.train.config import TrainConfig
-
-
-@dataclass(frozen=True)
-class DataShape:
-    """The event shape of the data: (C, H, W) for images, (d,) for vectors."""
-
-    shape: tuple[int, ...]
-    is_image: bool
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.shape)
 
 
 def _prepared_dir(cfg: TrainConfig, workspace: Path) -> Path:
@@ -94,27 +81,7 @@ def data_shape(source: Source) -> DataShape:
 
 def build_model(cfg: TrainConfig, shape: DataShape) -> nn.Module:
     """The energy (or score baseline) the config describes, for data of ``shape``."""
-    m, n = cfg.model, cfg.noise
-    if m.arch == "unet":
-        if not shape.is_image or len(shape.shape) != 3 or shape.shape[1] != shape.shape[2]:
-            raise ConfigError(f"model.arch: the UNet needs square images (C, H, H); the data is {shape.shape}. "
-                              "Use model.arch=mlp for vectors")
-        c, h = shape.shape[0], shape.shape[1]
-        over = {k: v for k, v in m.unet.model_dump().items() if v is not None}
-        over.update(t_min=n.t_min, t_max=n.t_max)
-        try:
-            if m.kind == "energy":
-                return models.unet_energy(c, h, m.preset, form=m.form, scaling=m.scaling,
-                                          additive_normalization=m.additive_normalization, **over)
-            return models.unet_score_model(c, h, m.preset, scaling=m.scaling, **over)
-        except ValueError as e:
-            raise ConfigError(f"model.unet: {e}") from None
-    o = m.mlp
-    kw = dict(t_min=n.t_min, t_max=n.t_max, width=o.width, depth=o.depth, sigma_data=o.sigma_data,
-              homogeneous=o.homogeneous, activation=o.activation, embedding=o.embedding)
-    if m.kind == "energy":
-        return models.mlp_energy(shape.dim, form=m.form, additive_normalization=m.additive_normalization, **kw)
-    return models.mlp_score_model(shape.dim, **kw)
+    return models.from_config(cfg.model, shape, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max)
 
 
 def model_input(cfg: TrainConfig, x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from dsm.config import StrictModel
 from dsm.data.sources import DATASETS, PrepareConfig
+from dsm.models import ModelConfig
 from dsm.noise import T_SAMPLERS
 
 # The paper's input PSNRs for the denoising table (Table 1): 90, 75, ..., -30 dB.
@@ -51,59 +52,6 @@ class DataConfig(StrictModel):
             raise ValueError("give data.dataset (a built-in data set) or data.path (shards or a .npy)")
         if self.dataset is not None and self.path is not None:
             raise ValueError("give data.dataset or data.path, not both")
-        return self
-
-
-class UNetOptions(StrictModel):
-    """Overrides of the UNet preset's fields (see dsm.nets.unet.UNetConfig); None keeps the preset."""
-
-    base_width: int | None = Field(None, ge=1)
-    scales: int | None = Field(None, ge=0)
-    convs_per_block: int | None = Field(None, ge=2)
-    kernel_size: int | None = Field(None, ge=1)
-    activation: Literal["gelu", "relu", "silu"] | None = None
-    embedding: Literal["log", "linear", "official"] | None = None
-    n_freq: int | None = Field(None, ge=1)
-    emb_dim: int | None = Field(None, ge=1)
-    group_size: int | None = Field(None, ge=1)
-    eps: float | None = Field(None, gt=0)
-    norm_eps: Literal["relative", "official"] | None = Field(
-        None, description="normalization epsilon: relative sqrt(m/(var+eps m)) (dsm) or official sqrt(m/(var+eps)+eps)")
-    time_mlp: Literal["gelu", "official"] | None = Field(
-        None, description="time MLP: Linear-GELU-Linear (dsm) or Linear-SiLU-Linear-SiLU (official)")
-
-
-class MLPOptions(StrictModel):
-    """The MLP backbone (vectors; any data flattened)."""
-
-    width: int = Field(256, ge=1)
-    depth: int = Field(3, ge=1)
-    activation: Literal["gelu", "relu", "silu"] = "silu"
-    homogeneous: bool = False
-    embedding: Literal["log", "linear"] = "log"
-    sigma_data: float | None = Field(1.0, gt=0, description="data scale of the MLP's input scaling")
-
-
-class ModelConfig(StrictModel):
-    """Which network: an energy (dual score matching) or the score-network baseline."""
-
-    kind: Literal["energy", "score"] = "energy"
-    arch: Literal["unet", "mlp"] = "unet"
-    form: Literal["inner", "inner+c", "scalar"] = "inner"
-    scaling: Literal["none", "variance", "inverse_t"] = "none"
-    preset: Literal["paper", "paper-dsm", "small", "tiny"] = Field(
-        "small", description="UNet preset: paper (the paper's exact network), paper-dsm (the same size with "
-                             "dsm's normalization, time MLP and embedding), small, tiny (docs/unet.md)")
-    additive_normalization: bool = Field(False, description="energy only: U += (d/2) log t, the official option")
-    unet: UNetOptions = Field(default_factory=UNetOptions)
-    mlp: MLPOptions = Field(default_factory=MLPOptions)
-
-    @model_validator(mode="after")
-    def _form(self) -> ModelConfig:
-        if self.arch == "unet" and self.form == "scalar":
-            raise ValueError("model.form 'scalar' needs model.arch 'mlp' (the UNet is vector-valued)")
-        if self.kind == "score" and self.additive_normalization:
-            raise ValueError("model.additive_normalization is an energy option; model.kind is 'score'")
         return self
 
 

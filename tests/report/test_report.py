@@ -151,7 +151,8 @@ def test_report_model_sections_and_train_test_cross_entropy(digits_scores, tmp_p
     """With the model (the exact Gaussian) and a train-scores folder: every paper study, checked in closed form."""
     import dsm.api
     from dsm import density_stats as ds
-    from dsm.report.build import Studies, read_scores_dir
+    from dsm.report.build import Studies
+    from dsm.report.scores import read_scores_dir
 
     from .conftest import SHAPE
 
@@ -301,7 +302,7 @@ def test_report_baselines_defaults_from_the_model_and_errors(digits_scores, tmp_
     train = _digits_train(tmp_path / "train.npy")
     plain = _image_bundle(tmp_path)
     b = load_model(plain)  # unnormalized: the model-based sections stay out of the way
-    cfg = b.config.model_copy(update={"data": b.config.data.model_copy(update={"dataset": None, "path": str(train)})})
+    cfg = {**b.config, "data": {**b.config["data"], "dataset": None, "path": str(train)}}
     bundle = save_bundle(tmp_path / "with-data.pt", b.model, cfg, b.shape, b.is_image)
     assert main(["report", str(scores), "--model", str(bundle), "--baselines", "1", "--out", str(tmp_path / "a")]) == 0
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())["baselines"]
@@ -321,7 +322,7 @@ def test_report_baselines_defaults_from_the_model_and_errors(digits_scores, tmp_
 def test_baselines_section_subsample_and_no_t_min(digits_scores, tmp_path, one_blas_thread):
     """The section alone: a seeded training subsample, and without t_min no smoothed columns, with the reason."""
     from dsm.report import baselines as rb
-    from dsm.report.build import read_scores_dir
+    from dsm.report.scores import read_scores_dir
 
     scores, data, _ = digits_scores
     sc = read_scores_dir(scores)
