@@ -1,8 +1,9 @@
 """Fit a model in-process on samples from a callable: the toys, the demo and the tests.
 
-The Ray Train loop (dsm.train) calls the same :func:`dsm.step.train_step`; this module is
-the single-process counterpart, with a progress bar, a cosine learning-rate decay, an
-optional weight EMA, and a stop after too many non-finite steps in a row.
+The one-process case of the Ray Train loop (dsm.train.loop): the same step
+(:func:`dsm.step.train_step`), the same non-finite policy (:class:`dsm.step.NonFinitePolicy`),
+with a progress bar, a cosine learning-rate decay and an optional weight EMA; without the
+checkpoints, evaluations and reports that a run on Ray needs.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsm.noise import TSampler
-from dsm.step import train_step, weight_ema
+from dsm.step import NonFinitePolicy, NonFiniteTraining, train_step, weight_ema
 
-
-class NonFiniteTraining(RuntimeError):
-    """Training produced non-finite losses or gradients too many steps in a row."""
+__all__ = ["FitResult", "NonFiniteTraining", "fit"]
 
 
 @dataclass
@@ -45,24 +44,19 @@ def fit(model: nn.Module, loss_fn, sample_data: Callable[[int, torch.Generator],
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * final_lr_fraction)
     ema = weight_ema(model, ema_decay)
-    losses, skipped, bad_run = [], 0, 0
+    losses, policy = [], NonFinitePolicy(max_bad_steps)
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
     for i in bar:
         x = sample_data(batch_size, gen)
         res = train_step(model, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
                          max_grad_norm=max_grad_norm, ema=ema)
-        if not res.finite:
-            skipped += 1
-            bad_run += 1
-            if bad_run >= max_bad_steps:
-                raise NonFiniteTraining(
-                    f"{bad_run} non-finite steps in a row (last at step {i}); lower the learning "
-                    f"rate, raise t_min, or set max_grad_norm")
-            continue
-        bad_run = 0
-        losses.append(res.loss)
-        if i % 100 == 0:
-            bar.set_postfix(loss=f"{res.loss:.4f}")
+        stop = policy.after_step(res.finite, i + 1)
+        if stop:
+            raise NonFiniteTraining(stop)
+        if res.finite:
+            losses.append(res.loss)
+            if i % 100 == 0:
+                bar.set_postfix(loss=f"{res.loss:.4f}")
     out = ema.module if ema is not None else model
     out.eval()
-    return FitResult(out, losses, skipped)
+    return FitResult(out, losses, policy.skipped)

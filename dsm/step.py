@@ -1,9 +1,11 @@
-"""One optimization step, shared by the in-process fitter and the Ray Train loop.
+"""One optimization step, and the rules around it, shared by the in-process fitter
+(``dsm.fit``) and the Ray Train loop (``dsm.train.loop``).
 
 The step samples the noise itself (t from a sampler, z standard normal), so callers hand it
 clean data only. Non-finite losses or gradients are detected and the update is skipped, so
-that one bad batch never reaches the weights; the caller counts skips and decides when to
-stop. Under DDP, pass ``all_finite`` (an all-reduce) so that every rank skips together.
+that one bad batch never reaches the weights; :class:`NonFinitePolicy` counts skips and says
+when to stop. Under DDP, :class:`Collectives` supplies the all-reduces, so that every rank
+skips together (docs/design.md section 7).
 """
 
 from __future__ import annotations
@@ -41,6 +43,66 @@ def weight_ema(model: nn.Module, decay: float | None,
         torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
 
     return AveragedModel(model, multi_avg_fn=warm_ema)
+
+
+class NonFiniteTraining(RuntimeError):
+    """Training produced non-finite losses or gradients too many steps in a row."""
+
+
+@dataclass
+class NonFinitePolicy:
+    """The one non-finite policy: a step whose loss, gradients or inputs are not finite (on any
+    rank) is skipped, and training stops after ``max_bad_steps`` such steps in a row.
+    ``skipped`` / ``bad_run``: counts in total and in a row (kept in checkpoints)."""
+
+    max_bad_steps: int
+    skipped: int = 0
+    bad_run: int = 0
+
+    def after_step(self, finite: bool, step: int) -> str | None:
+        """Count step ``step``; returns why to stop (a sentence) or None."""
+        if finite:
+            self.bad_run = 0
+            return None
+        self.skipped += 1
+        self.bad_run += 1
+        if self.bad_run < self.max_bad_steps:
+            return None
+        return (f"{self.bad_run} non-finite steps in a row (last at step {step}): stopping. Lower the learning "
+                "rate (optim.lr), raise noise.t_min, or set optim.max_grad_norm")
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """The all-reduces that keep ranks in step (torch.distributed, already initialised, when
+    ``world`` > 1; plain values for one process). Every rank must call each method at the same
+    point of the same step."""
+
+    world: int = 1
+    device: torch.device | str = "cpu"
+
+    def all_finite(self, ok: bool) -> bool:
+        """True when ``ok`` on every rank (a MIN all-reduce)."""
+        if self.world == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over ranks (float64)."""
+        v = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(v)
+        return v.tolist()
+
+    def sum_tensor(self, v: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over ranks, returned on the CPU (an adaptive t sampler's per-bin sums)."""
+        if self.world == 1:
+            return v
+        w = v.to(self.device)
+        torch.distributed.all_reduce(w)
+        return w.cpu()
 
 
 @dataclass

@@ -149,3 +149,51 @@ def test_weight_ema_warmup_ramps_the_decay_and_resumes():
     assert float(again.module.weight.detach()) == pytest.approx(float(straight.module.weight.detach()), abs=1e-5)
     # Early on, the warm-up average is far nearer the current weights than the fixed decay's.
     assert abs(by_hand(True, 0.0, 30) - 30) < abs(by_hand(False, 0.0, 30) - 30) / 2
+
+
+def test_the_non_finite_policy_skips_then_stops_and_a_finite_step_resets_the_run():
+    from dsm.step import NonFinitePolicy
+
+    policy = NonFinitePolicy(max_bad_steps=3)
+    assert [policy.after_step(ok, i) for i, ok in enumerate([False, False, True, False, False], 1)] == [None] * 5
+    assert (policy.skipped, policy.bad_run) == (4, 2)
+    reason = policy.after_step(False, 6)
+    assert reason.startswith("3 non-finite steps in a row (last at step 6)") and policy.skipped == 5
+
+
+def _collectives_rank(rank: int, port: int, oks: list[bool], out) -> None:
+    import torch.distributed as dist
+
+    from dsm.step import Collectives
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        comm = Collectives(world=2)
+        out.put((rank, comm.all_finite(oks[rank]), comm.sum(1.0 + rank, 10.0),
+                 comm.sum_tensor(torch.tensor([rank, 1.0])).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("oks", [[True, True], [True, False]])
+def test_collectives_agree_across_two_ranks(oks):
+    """Two real processes on gloo: every rank gets the same answers (docs/design.md section 7:
+    a vetoed update is skipped on all ranks), and one process gets its own values back."""
+    import torch.multiprocessing as mp
+
+    from dsm.ray_setup import free_port
+    from dsm.step import Collectives
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_collectives_rank, args=(r, port, oks, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert [g[1] for g in got] == [all(oks)] * 2
+    assert all(g[2] == [3.0, 20.0] and g[3] == [1.0, 2.0] for g in got), got
+    one = Collectives()
+    assert one.all_finite(False) is False and one.sum(2.0, 3.0) == [2.0, 3.0]

@@ -1,13 +1,19 @@
 """The per-worker training function that Ray Train runs on every rank.
 
-It is thin over the core: the data issue's :class:`TrainStream`, the core's
-:func:`dsm.step.train_step` (unchanged), :func:`dsm.train.evaluate.evaluate`, and a checkpoint
-folder per report. Invariants that keep DDP and ``ray.train.report`` (a barrier) safe:
+It is thin over the core: the data's :class:`TrainStream`, the core's
+:func:`dsm.step.train_step` with :class:`~dsm.step.Collectives` and
+:class:`~dsm.step.NonFinitePolicy` (as ``dsm.fit`` uses them in one process),
+:func:`dsm.train.evaluate.evaluate`, and a checkpoint folder per report. The rules that keep
+DDP and ``ray.train.report`` (a barrier) safe, and the code that keeps each:
 
-- every rank runs the same number of steps (``cfg.steps``; a skipped non-finite step counts);
-- every rank calls ``ray.train.report`` at the same steps; only rank 0 attaches a checkpoint;
-- the non-finite decision is all-reduced, so all ranks skip, and stop, together;
-- evaluation, export and MLflow run on rank 0 only, on the model unwrapped from DDP.
+- every rank runs the same number of steps (``cfg.steps``; a skipped non-finite step counts):
+  :func:`_train`;
+- every rank joins the loss all-reduce at :func:`is_progress_step` and calls
+  ``ray.train.report`` at :func:`is_report_step`; only rank 0 attaches a checkpoint;
+- the non-finite decision is all-reduced (``Collectives.all_finite``), so all ranks skip, and
+  stop, together;
+- evaluation, export and MLflow run on rank 0 only, on the model unwrapped from DDP, and the
+  export is written before the last report (:func:`_report`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -29,7 +36,7 @@ from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, 
 from dsm.energy import Energy, unwrap
 from dsm.losses import loss_by_band
 from dsm.seeding import key_seed
-from dsm.step import train_step
+from dsm.step import Collectives, NonFinitePolicy, train_step
 from dsm.train import build
 from dsm.train.config import TrainConfig
 from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate
@@ -115,9 +122,67 @@ def reported_metrics(cfg: TrainConfig) -> set[str]:
     return names
 
 
+@dataclass
+class Worker:
+    """One rank's training run, as :func:`train_loop` sets it up. ``config``: what the driver
+    sent (see train_loop); ``final``: the model that is evaluated, normalized and exported
+    (the weight EMA when there is one, on rank 0)."""
+
+    cfg: TrainConfig
+    config: dict
+    rank: int
+    comm: Collectives
+    device: torch.device
+    shape: build.DataShape
+    model: torch.nn.Module
+    net: torch.nn.Module  # model, wrapped in DDP when world > 1
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    loss_fn: object
+    sampler: object
+    stream: TrainStream
+    state: TrainState
+    policy: NonFinitePolicy
+    log: RunLog
+    held: tuple[torch.Tensor, list[str]] | None = None  # rank 0: held-out examples and keys
+    edges: list[float] = field(default_factory=list)  # noise bands of the per-band losses
+    eight_bit: bool = False  # NLL in the 8-bit convention (8-bit images)
+    per_epoch: int = 1  # batches per epoch of this rank's stream (the data position in checkpoints)
+
+    @property
+    def final(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["export_path"]).parent
+
+    def flush(self) -> None:
+        """Write the metric rows kept since the last flush to MLflow (rank 0)."""
+        self.log.flush(self.state.pending)
+        self.state.pending = []
+
+
 def train_loop(config: dict) -> None:
     """Ray Train's ``train_loop_per_worker``. ``config``: ``cfg`` (TrainConfig as JSON),
-    ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``export_path``, ``tags``."""
+    ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``export_path``, ``tags``.
+
+    Every rank runs the same steps and reports at the same steps (docs/design.md section 7);
+    rank 0 alone evaluates, checkpoints, exports and logs."""
+    w = _start(config)
+    if w.state.step >= w.cfg.steps:  # a finished run, run again: redo only the export
+        if w.rank == 0:
+            _finalize(w)
+        return
+    stopped = _train(w)
+    if stopped and w.rank == 0:
+        _stop(w, stopped)
+
+
+def _start(config: dict) -> Worker:
+    """Build this rank's model, optimizer, data stream and state; resume from Ray Train's
+    checkpoint when there is one; open the MLflow run on rank 0."""
     import ray.train
     import ray.train.torch
 
@@ -131,185 +196,214 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every repeat of the run
     model = build.build_model(cfg, shape).to(device)
     opt, sched = build.build_optimizer(cfg, model)
-    ema = build.build_ema(cfg, model) if rank == 0 else None  # only rank 0 evaluates and exports
     stream = TrainStream(cfg.data.path, batch_size=cfg.per_worker_batch, mode=cfg.data.mode, seed=cfg.seed,
                          rank=rank, world_size=world, loader_workers=cfg.data.loader_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, flips=cfg.data.flips, on_error=cfg.data.on_error)
-    per_epoch = stream.batches_per_epoch(cfg.data.loader_workers)
-
-    loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
-    state = TrainState(mlflow_run_id=config.get("mlflow_run_id"))
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as folder:
-            state, _ = load_state(folder, model=model, optimizer=opt, scheduler=sched, map_location=device,
-                                  sampler=sampler, ema=ema)
-        if rank == 0:
-            _say(f"dsm train: resumed {config['run_name']} at step {state.step}/{cfg.steps}")
-    log = RunLog(state.mlflow_run_id, config["tracking_uri"]) if rank == 0 else RunLog(None, "")
-    if rank == 0 and log.enabled:
-        log.resume()
-        log.flush(state.pending)  # rows a crash may have kept from MLflow
-        state.pending = []
-        log.tags({"dsm.device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                  f"cpu x {world} worker(s)"})
-
-    net = model
+    w = Worker(cfg, config, rank, Collectives(world, device), device, shape, model, model, opt, sched,
+               ema=build.build_ema(cfg, model) if rank == 0 else None,  # only rank 0 evaluates and exports
+               loss_fn=build.build_loss(cfg), sampler=build.build_sampler(cfg), stream=stream,
+               state=TrainState(mlflow_run_id=config.get("mlflow_run_id")),
+               policy=NonFinitePolicy(cfg.optim.max_bad_steps), log=RunLog(None, ""))
+    _resume(w, ray.train.get_checkpoint())
     if world > 1:
-        net = ray.train.torch.prepare_model(model, move_to_device=False)
+        w.net = ray.train.torch.prepare_model(model, move_to_device=False)
+    w.edges = torch.logspace(math.log10(cfg.noise.t_min), math.log10(cfg.noise.t_max), BANDS + 1).tolist()
+    w.eight_bit = is_eight_bit(open_source(cfg.data.eval_path))
+    w.per_epoch = stream.batches_per_epoch(cfg.data.loader_workers)
+    if rank == 0:
+        _open_log(w)
+        if cfg.eval.enabled or isinstance(model, Energy):
+            w.held = _held_out(cfg, device)
+    return w
 
-    def all_finite(ok: bool) -> bool:
-        """True when every rank's loss, gradients and inputs are finite (an all-reduce)."""
-        if world == 1:
-            return ok
-        flag = torch.tensor([1.0 if ok else 0.0], device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item() > 0)
 
-    def all_ranks_sum(*values: float) -> list[float]:
-        v = torch.tensor(values, dtype=torch.float64, device=device)
-        if world > 1:
-            torch.distributed.all_reduce(v)
-        return v.tolist()
+def _resume(w: Worker, ckpt) -> None:
+    """Load Ray Train's latest checkpoint (weights, optimizer, schedule, sampler, EMA, step)."""
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as folder:
+        w.state, _ = load_state(folder, model=w.model, optimizer=w.opt, scheduler=w.sched, map_location=w.device,
+                                sampler=w.sampler, ema=w.ema)
+    w.policy.skipped, w.policy.bad_run = w.state.skipped, w.state.bad_run
+    if w.rank == 0:
+        _say(f"dsm train: resumed {w.config['run_name']} at step {w.state.step}/{w.cfg.steps}")
 
-    def all_ranks_sum_tensor(v: torch.Tensor) -> torch.Tensor:
-        """An adaptive t sampler's per-bin sums, added across ranks (same state everywhere)."""
-        if world == 1:
-            return v
-        w = v.to(device)
-        torch.distributed.all_reduce(w)
-        return w.cpu()
 
-    edges = torch.logspace(math.log10(cfg.noise.t_min), math.log10(cfg.noise.t_max), BANDS + 1).tolist()
-    held = _held_out(cfg, device) if rank == 0 and (cfg.eval.enabled or isinstance(model, Energy)) else None
-    run_dir = Path(config["export_path"]).parent
-    eight_bit = is_eight_bit(open_source(cfg.data.eval_path))
+def _open_log(w: Worker) -> None:
+    """Rank 0's MLflow handle: skip rows already logged, write those a crash kept back."""
+    w.log = RunLog(w.state.mlflow_run_id, w.config["tracking_uri"])
+    if not w.log.enabled:
+        return
+    w.log.resume()
+    w.flush()  # rows a crash may have kept from MLflow
+    w.log.tags({"dsm.device": torch.cuda.get_device_name(w.device) if w.device.type == "cuda" else
+                f"cpu x {w.comm.world} worker(s)"})
 
-    final = ema.module if ema is not None else model  # what is evaluated, normalized and exported
 
-    def run_eval(step: int) -> dict[str, float]:
-        res = evaluate(final, held[0], held[1], loss_fn=loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
-                       psnrs=cfg.eval.psnrs if cfg.eval.enabled else [],
-                       log_z_t=cfg.eval.log_z_t, eight_bit=eight_bit, batch_size=cfg.eval.batch_size,
-                       grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
-                       consistency=consistency_options(cfg.eval))
-        if res.denoised:
-            fig = denoising_figure(held[0][:8].cpu(), res.denoised,
-                                   str(run_dir / "figures" / f"denoised_{step:08d}.png"))
-            log.artifact(fig, "figures")
-        _keep_best(cfg, config, final, shape, res, state, step)
-        return res.metrics
+def is_progress_step(cfg: TrainConfig, step: int) -> bool:
+    """Steps after which every rank joins the loss all-reduce and rank 0 prints a line."""
+    return step % cfg.log_every == 0 or step == cfg.steps
 
-    batches = _batches(stream, cfg.data.loader_workers, state.step)
-    window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0, "steps": 0}
-    t_start, step_start, t_window = time.time(), state.step, time.time()
-    stopped, finalized = None, False
-    while state.step < cfg.steps:
-        t_step = time.perf_counter()
-        batch = next(batches)
-        x = build.model_input(cfg, batch["x"]).to(device, non_blocking=True)
-        input_ok = bool(torch.isfinite(x).all())
-        if not input_ok:  # every rank must still take part in the step's collectives, so zero the
-            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # batch and veto the update
-            _say(f"dsm train: rank {rank}: non-finite values in the input batch at step {state.step + 1} "
-                 f"(keys {batch['key'][:3]}...)", err=True)
-        gen = torch.Generator(device=device).manual_seed(key_seed(state.step, f"train/{cfg.seed}/{rank}"))
-        res = train_step(net, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
-                         max_grad_norm=cfg.optim.max_grad_norm, ema=ema,
-                         all_finite=lambda ok: all_finite(ok and input_ok),  # noqa: B023 - called at once, in this step
-                         all_reduce_sum=all_ranks_sum_tensor)
-        state.step += 1
-        step = state.step
-        window["busy"] += time.perf_counter() - t_step
-        if res.finite:
-            state.bad_run = 0
-            window["loss"] += res.loss
-            window["n"] += 1
-            window["grad"] += res.grad_norm
-            window["t"].append(res.t.cpu())
-            window["terms"].append(res.terms.total.cpu())
-            if res.terms.heat is not None:
-                window["heat"].append(res.terms.heat.cpu())
-        else:
-            state.skipped += 1
-            state.bad_run += 1
-            if rank == 0:
-                _say(f"dsm train: non-finite loss or gradient at step {step} on some rank; update skipped "
-                     f"({state.bad_run} in a row, {state.skipped} in total)", err=True)
-                state.pending.append((step, {"train/nonfinite_skipped": float(state.skipped)}))
-            if state.bad_run >= cfg.optim.max_bad_steps:
-                stopped = (f"{state.bad_run} non-finite steps in a row (last at step {step}): stopping. "
-                           "Lower optim.lr, raise noise.t_min, or set optim.max_grad_norm")
-        window["images"] += x.shape[0] * world
-        window["steps"] += 1
 
-        if step % cfg.log_every == 0 or step == cfg.steps or stopped:
-            loss_sum, n = all_ranks_sum(window["loss"], float(window["n"]))
-            if rank == 0:
-                now = time.time()
-                ips = window["images"] / max(now - t_window, 1e-9)
-                rate = (step - step_start) / max(now - t_start, 1e-9)
-                row = {"train/loss": loss_sum / max(n, 1), "train/lr": opt.param_groups[0]["lr"],
-                       "train/grad_norm": window["grad"] / max(window["n"], 1), "train/images_per_s": ips,
-                       # batch fetch + step, rank 0: what benchmarks/ray_overhead.py compares
-                       "train/step_s": window["busy"] / max(window["steps"], 1)}
-                if window["t"]:
-                    row.update(_band_means(torch.cat(window["t"]), torch.cat(window["terms"]), edges))
-                if window["heat"]:  # rank 0's mean of the (unbiased) squared heat residual
-                    row["train/heat_residual_sq"] = float(torch.cat(window["heat"]).mean())
-                if n > 0:
-                    state.pending.append((step, row))
-                _say(f"step {step}/{cfg.steps}  loss {row['train/loss']:.4g}  {ips:.0f} img/s  "
-                     f"eta {_fmt_eta((cfg.steps - step) / max(rate, 1e-9))}")
-            window = {"loss": 0.0, "n": 0, "t": [], "terms": [], "heat": [], "grad": 0.0, "images": 0, "busy": 0.0,
-                      "steps": 0}
-            t_window = time.time()
+def is_report_step(cfg: TrainConfig, step: int) -> bool:
+    """Steps after which every rank calls ``ray.train.report`` (a barrier) and rank 0 attaches a
+    checkpoint: the same steps on every rank, the last step always one."""
+    return step % cfg.checkpoint.every == 0 or step == cfg.steps
 
+
+def _train(w: Worker) -> str | None:
+    """Steps from the state's step to ``cfg.steps``, with progress lines and reports; returns
+    why training stopped early (non-finite steps), else None."""
+    cfg = w.cfg
+    batches = _batches(w.stream, cfg.data.loader_workers, w.state.step)
+    window, clock = Window(), (time.time(), w.state.step)
+    while w.state.step < cfg.steps:
+        stopped = _step(w, next(batches), window)
+        step = w.state.step
+        if is_progress_step(cfg, step) or stopped:
+            _progress(w, window, clock)
+            window = Window()
         if stopped:
-            break
-        if step % cfg.checkpoint.every == 0 or step == cfg.steps:
-            metrics: dict = {"step": step, "skipped": state.skipped}
-            with tempfile.TemporaryDirectory(prefix="dsm-ckpt-") as tmp:
-                checkpoint = None
-                if rank == 0:
-                    if cfg.eval.enabled and held is not None:
-                        ev = run_eval(step)
-                        state.pending.append((step, ev))
-                        metrics.update(ev)
-                    save_state(tmp, model=unwrap(net), optimizer=opt, scheduler=sched, state=state,
-                               config=config["cfg"], batches_per_epoch=per_epoch, world_size=world, sampler=sampler,
-                               ema=ema)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                    if step == cfg.steps:
-                        # Finish before the last report: a scheduler that stops the trial on
-                        # its final result (ASHA at max_t) would otherwise cut the export.
-                        log.flush(state.pending)
-                        state.pending = []
-                        _finalize(cfg, config, final, shape, held, log, state)
-                        finalized = True
-                ray.train.report(metrics, checkpoint=checkpoint)
-            if rank == 0:
-                log.flush(state.pending)
-                state.pending = []
+            return stopped
+        if is_report_step(cfg, step):
+            _report(w, step)
+    return None
 
-    if rank != 0 or finalized:
+
+def _step(w: Worker, batch: dict, window: Window) -> str | None:
+    """One optimization step on this rank's batch. A non-finite input batch is zeroed and its
+    update vetoed on every rank (each rank must still take part in the step's collectives).
+    Returns the non-finite policy's reason to stop, or None."""
+    t0 = time.perf_counter()
+    x = build.model_input(w.cfg, batch["x"]).to(w.device, non_blocking=True)
+    input_ok = bool(torch.isfinite(x).all())
+    if not input_ok:
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        _say(f"dsm train: rank {w.rank}: non-finite values in the input batch at step {w.state.step + 1} "
+             f"(keys {batch['key'][:3]}...)", err=True)
+    gen = torch.Generator(device=w.device).manual_seed(key_seed(w.state.step, f"train/{w.cfg.seed}/{w.rank}"))
+    res = train_step(w.net, w.opt, w.loss_fn, x, w.sampler, generator=gen, scheduler=w.sched,
+                     max_grad_norm=w.cfg.optim.max_grad_norm, ema=w.ema,
+                     all_finite=lambda ok: w.comm.all_finite(ok and input_ok), all_reduce_sum=w.comm.sum_tensor)
+    w.state.step += 1
+    stopped = w.policy.after_step(res.finite, w.state.step)
+    w.state.skipped, w.state.bad_run = w.policy.skipped, w.policy.bad_run
+    if not res.finite and w.rank == 0:
+        _say(f"dsm train: non-finite loss or gradient at step {w.state.step} on some rank; update skipped "
+             f"({w.state.bad_run} in a row, {w.state.skipped} in total)", err=True)
+        w.state.pending.append((w.state.step, {"train/nonfinite_skipped": float(w.state.skipped)}))
+    window.add(res, images=x.shape[0] * w.comm.world, busy=time.perf_counter() - t0)
+    return stopped
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last progress line (this rank's finite steps)."""
+
+    loss: float = 0.0
+    n: int = 0
+    grad: float = 0.0
+    images: int = 0  # all ranks' images
+    busy: float = 0.0  # seconds in batch fetch + step
+    steps: int = 0
+    t: list = field(default_factory=list)
+    terms: list = field(default_factory=list)
+    heat: list = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def add(self, res, images: int, busy: float) -> None:
+        if res.finite:
+            self.loss += res.loss
+            self.n += 1
+            self.grad += res.grad_norm
+            self.t.append(res.t.cpu())
+            self.terms.append(res.terms.total.cpu())
+            if res.terms.heat is not None:
+                self.heat.append(res.terms.heat.cpu())
+        self.images += images
+        self.busy += busy
+        self.steps += 1
+
+
+def _progress(w: Worker, window: Window, clock: tuple[float, int]) -> None:
+    """All ranks: the window's mean loss over ranks; rank 0: a progress line and a metric row."""
+    loss_sum, n = w.comm.sum(window.loss, float(window.n))
+    if w.rank != 0:
         return
-    if stopped:
-        log.flush(state.pending)
-        log.tags({"dsm.status": "non_finite", "dsm.stop_reason": stopped})
-        log.finish("FAILED")
-        _say(f"dsm train: {stopped}", err=True)
-        _write_status(run_dir, "non_finite", stopped)
-        return
-    _finalize(cfg, config, final, shape, held, log, state)
+    step, now = w.state.step, time.time()
+    ips = window.images / max(now - window.started, 1e-9)
+    rate = (step - clock[1]) / max(now - clock[0], 1e-9)
+    row = {"train/loss": loss_sum / max(n, 1), "train/lr": w.opt.param_groups[0]["lr"],
+           "train/grad_norm": window.grad / max(window.n, 1), "train/images_per_s": ips,
+           # batch fetch + step, rank 0: what benchmarks/ray_overhead.py compares
+           "train/step_s": window.busy / max(window.steps, 1)}
+    if window.t:
+        row.update(_band_means(torch.cat(window.t), torch.cat(window.terms), w.edges))
+    if window.heat:  # rank 0's mean of the (unbiased) squared heat residual
+        row["train/heat_residual_sq"] = float(torch.cat(window.heat).mean())
+    if n > 0:
+        w.state.pending.append((step, row))
+    _say(f"step {step}/{w.cfg.steps}  loss {row['train/loss']:.4g}  {ips:.0f} img/s  "
+         f"eta {_fmt_eta((w.cfg.steps - step) / max(rate, 1e-9))}")
+
+
+def _report(w: Worker, step: int) -> None:
+    """All ranks call ``ray.train.report`` with the same metrics keys; rank 0 first evaluates
+    and writes the checkpoint, and at the last step exports, before the report: a scheduler
+    that stops the trial on its final result (ASHA at max_t) would otherwise cut the export."""
+    import ray.train
+
+    metrics: dict = {"step": step, "skipped": w.state.skipped}
+    with tempfile.TemporaryDirectory(prefix="dsm-ckpt-") as tmp:
+        checkpoint = None
+        if w.rank == 0:
+            if w.cfg.eval.enabled and w.held is not None:
+                ev = _evaluate(w, step)
+                w.state.pending.append((step, ev))
+                metrics.update(ev)
+            save_state(tmp, model=unwrap(w.net), optimizer=w.opt, scheduler=w.sched, state=w.state,
+                       config=w.config["cfg"], batches_per_epoch=w.per_epoch, world_size=w.comm.world,
+                       sampler=w.sampler, ema=w.ema)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            if step == w.cfg.steps:
+                w.flush()
+                _finalize(w)
+        ray.train.report(metrics, checkpoint=checkpoint)
+    if w.rank == 0:
+        w.flush()
+
+
+def _evaluate(w: Worker, step: int) -> dict[str, float]:
+    """Rank 0: the held-out evaluation of the final model; the denoising figure to MLflow; the
+    best model so far kept as model-best.pt."""
+    cfg, held = w.cfg, w.held
+    res = evaluate(w.final, held[0], held[1], loss_fn=w.loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
+                   psnrs=cfg.eval.psnrs if cfg.eval.enabled else [], log_z_t=cfg.eval.log_z_t,
+                   eight_bit=w.eight_bit, batch_size=cfg.eval.batch_size,
+                   grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
+                   consistency=consistency_options(cfg.eval))
+    if res.denoised:
+        fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(w.run_dir / "figures" / f"denoised_{step:08d}.png"))
+        w.log.artifact(fig, "figures")
+    _keep_best(w, res, step)
+    return res.metrics
+
+
+def _stop(w: Worker, reason: str) -> None:
+    """Rank 0 after the non-finite policy stopped the run: close the MLflow run as FAILED and
+    tell the driver why."""
+    w.flush()
+    w.log.tags({"dsm.status": "non_finite", "dsm.stop_reason": reason})
+    w.log.finish("FAILED")
+    _say(f"dsm train: {reason}", err=True)
+    _write_status(w.run_dir, "non_finite", reason)
 
 
 BEST_FILE = "model-best.pt"
 SELECTED_BY = "eval/nll_bpd"  # model selection: the normalized held-out NLL, lower is better
 
 
-def _keep_best(cfg: TrainConfig, config: dict, model: torch.nn.Module, shape: build.DataShape, res,
-               state: TrainState, step: int) -> None:
+def _keep_best(w: Worker, res, step: int) -> None:
     """Rank 0 after an evaluation: when the held-out NLL is the lowest so far, export the model
     (normalized with the evaluation's log Z) as ``model-best.pt`` beside ``model.pt``.
 
@@ -317,15 +411,15 @@ def _keep_best(cfg: TrainConfig, config: dict, model: torch.nn.Module, shape: bu
     bits/dim at steps 500 to 2500 on patches while the loss kept falling), so the last
     model is not always the one to score.
     """
-    value = res.metrics.get(SELECTED_BY)
+    state, value = w.state, res.metrics.get(SELECTED_BY)
     if res.log_z is None or value is None or not math.isfinite(value):
         return
     if state.best_nll_bpd is not None and value >= state.best_nll_bpd:
         return
     state.best_nll_bpd, state.best_step = float(value), step
-    meta = {"run_name": config["run_name"], "step": step, "mlflow_run_id": state.mlflow_run_id,
-            "selected_by": SELECTED_BY, SELECTED_BY: float(value), **config.get("tags", {})}
-    save_bundle(Path(config["export_path"]).parent / BEST_FILE, model, cfg, shape.shape, shape.is_image,
+    meta = {"run_name": w.config["run_name"], "step": step, "mlflow_run_id": state.mlflow_run_id,
+            "selected_by": SELECTED_BY, SELECTED_BY: float(value), **w.config.get("tags", {})}
+    save_bundle(w.run_dir / BEST_FILE, w.final, w.cfg, w.shape.shape, w.shape.is_image,
                 normalization=res.log_z.as_dict(), meta=meta)
 
 
@@ -335,14 +429,14 @@ def _write_status(run_dir: Path, status: str, message: str) -> None:
     (run_dir / "status.txt").write_text(f"{status}\n{message}\n")
 
 
-def _finalize(cfg: TrainConfig, config: dict, model: torch.nn.Module, shape: build.DataShape,
-              held: tuple[torch.Tensor, list[str]] | None, log: RunLog, state: TrainState) -> None:
+def _finalize(w: Worker) -> None:
     """Rank 0 at the end: normalize an energy, export the bundle, log artifacts, close the run.
     Safe to repeat: a re-run of a finished run lands here directly and redoes only this."""
     import yaml
 
     from dsm.normalize import normalize
 
+    cfg, config, model, shape, held, log, state = w.cfg, w.config, w.final, w.shape, w.held, w.log, w.state
     export = Path(config["export_path"])
     norm = None
     if isinstance(model, Energy):

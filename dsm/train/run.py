@@ -16,11 +16,8 @@ from pathlib import Path
 
 from dsm.config import ConfigError
 from dsm.fileio import Busy, exclusive
+from dsm.step import NonFiniteTraining
 from dsm.train.config import TrainConfig
-
-
-class NonFiniteTraining(RuntimeError):
-    """The run stopped after too many non-finite steps in a row."""
 
 
 class TrainingFailed(RuntimeError):

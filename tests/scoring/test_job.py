@@ -191,6 +191,7 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
                                        "give a folder (it will hold parts/ and scores.json)")
 
 
+@pytest.mark.slow  # over a minute: kept out of the quick loop
 def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):
     model = _vector_bundle(tmp_path, width=256)
     data = tmp_path / "data.npy"

@@ -44,3 +44,15 @@ def test_ray_train_tracebacks_are_dropped_other_errors_kept():
         for lg in (log, teardown):
             lg.removeHandler(handler)
     assert seen == ["something else broke"]
+
+
+def test_every_rank_reports_at_the_same_steps_and_the_last_step_always():
+    """The report steps are a function of the config alone (so equal on every rank), and
+    include the last step even when it is not a multiple of checkpoint.every."""
+    from dsm.config import load_config
+    from dsm.train.config import TrainConfig
+    from dsm.train.loop import is_progress_step, is_report_step
+
+    cfg = load_config(TrainConfig, "configs/digits-smoke.yaml", ["steps=250", "checkpoint.every=100", "log_every=30"])
+    assert [s for s in range(1, 251) if is_report_step(cfg, s)] == [100, 200, 250]
+    assert [s for s in range(1, 251) if is_progress_step(cfg, s)][-2:] == [240, 250]

@@ -92,6 +92,7 @@ def _train_workers():
             if p.info["ppid"] == raylet and any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
+@pytest.mark.slow  # over a minute: kept out of the quick loop
 def test_killed_worker_restarts_from_checkpoint(ray_cluster, make_cfg, digits_workspace):
     # With importance sampling of t (state all-reduced across ranks and kept in the checkpoint)
     # and the heat regularizer (Hutchinson probes under DDP), so the restart covers them too.
