@@ -10,6 +10,8 @@ import argparse
 import shlex
 import sys
 
+from dsm.cliopts import add_address, add_workspace
+
 
 def _demo(args: argparse.Namespace) -> int:
     from dsm.config import load_config
@@ -24,16 +26,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dsm.train.run import main
 
-    try:
-        return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
-                    workers=args.workers, gpu=args.gpu, quiet=args.quiet)
-    except Exception as e:  # noqa: BLE001 - Ray's failure types vary; the message is what matters
-        from dsm.config import ConfigError
-
-        if isinstance(e, ConfigError):
-            raise
-        print(f"dsm train: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
+                workers=args.workers, gpu=args.gpu, quiet=args.quiet)
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -90,13 +84,9 @@ def _stop_group(proc, grace_s: float = 10.0) -> None:
 
 
 def _import_official(args: argparse.Namespace) -> int:
-    from dsm.official import OfficialCheckpointError, import_official
+    from dsm.official import import_official
 
-    try:
-        path = import_official(args.src, args.out)
-    except OfficialCheckpointError as e:
-        print(f"dsm import official: {e}", file=sys.stderr)
-        return 2
+    path = import_official(args.src, args.out)  # OfficialCheckpointError is bad input: exit 2
     print(f"imported {args.src} as the `paper` UNet; the bundle is unnormalized (log Z = 0): "
           f"run `dsm normalize {shlex.quote(str(path))} --data HELD_OUT` before scoring")
     print(path)
@@ -108,13 +98,9 @@ def _export_official(args: argparse.Namespace) -> int:
     from dsm.official import export_official
     from dsm.train.config import TrainConfig
 
-    try:
-        b = load_model(args.model)
-        cfg = TrainConfig.model_validate(b.config)
-        folder = export_official(b.model, cfg, b.shape, args.out, step=int(b.meta.get("step") or 0))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dsm export official: {e}", file=sys.stderr)
-        return 2
+    b = load_model(args.model)
+    cfg = TrainConfig.model_validate(b.config)
+    folder = export_official(b.model, cfg, b.shape, args.out, step=int(b.meta.get("step") or 0))
     print(folder)
     return 0
 
@@ -149,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. dim=16 steps=4000 form=scalar")
     demo.add_argument("--config", help="YAML file with DemoConfig fields")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    add_workspace(demo)
     demo.set_defaults(func=_demo)
 
     train = sub.add_parser("train", help="train an energy (or score) model on Ray Train, tracked in MLflow",
@@ -158,16 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "printed is the exported model's path.")
     train.add_argument("config", help="YAML training config (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 optim.lr=1e-3")
-    train.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    add_address(train)
     train.add_argument("--workers", type=int, default=None, help="training workers (scaling.workers)")
     train.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu=true)")
-    train.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    add_workspace(train)
     train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
     train.set_defaults(func=_train)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    add_workspace(ui)
     ui.set_defaults(func=_ui)
     _register_official(sub)
     from dsm.data.cli import register as _register_data
@@ -196,15 +182,21 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+# The subcommand's own action, for messages: `dsm data prepare: ...`, `dsm import official: ...`
+SUBCOMMAND_DESTS = ("data_command", "source", "target", "action")
+
+
+def command_label(args: argparse.Namespace) -> str:
+    """``data prepare``, ``import official``, ``train``: how messages name the command."""
+    sub = next((getattr(args, d) for d in SUBCOMMAND_DESTS if getattr(args, d, None)), None)
+    return f"{args.command} {sub}" if sub else args.command
+
+
 def main(argv: list[str] | None = None) -> int:
-    from dsm.config import ConfigError
+    from dsm.errors import exit_code
 
     args = parse_args(build_parser(), argv)
-    try:
-        return args.func(args)
-    except ConfigError as e:
-        print(f"dsm {args.command}: {e}", file=sys.stderr)
-        return 2
+    return exit_code(command_label(args), lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ exception: a dsm error (whose message names the file or key) or the worker's las
 
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from pathlib import Path
@@ -78,8 +79,8 @@ def short_cause(err: BaseException, limit: int = 300) -> str:
     if line:
         return line[:limit]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if inner is not err and lines:  # a worker's own exception object: say what kind it was
-        return f"{type(inner).__name__}: {lines[0]}"[:limit]
+    if lines and not type(inner).__module__.startswith("ray.") and not isinstance(inner, _bad_input_types()):
+        return f"{type(inner).__name__}: {lines[0]}"[:limit]  # an unexpected error: say what kind it was
     return lines[0][:limit] if lines else type(inner).__name__
 
 
@@ -138,4 +139,35 @@ def exit_interrupted(command: str, how_to_resume: str) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(130)
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """What a user's input can make dsm raise: dsm's own ConfigError and ShardError are
+    ValueErrors; pickle.UnpicklingError comes from the restricted unpicklers of data sets."""
+    import pickle
+
+    return ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, pickle.UnpicklingError
+
+
+def exit_code(command: str, run) -> int:
+    """The one way an exception that escapes a dsm command becomes its exit status:
+    - bad input (a config field, a file, an option): ``dsm COMMAND: message`` and 2;
+    - Ctrl-C: 130;
+    - anything else: the cause in one line, the traceback in a log file whose path is printed, 1.
+    ``run()`` returns the command's own status otherwise."""
+    import sys
+    import tempfile
+
+    try:
+        return run()
+    except _bad_input_types() as e:
+        print(f"dsm {command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ndsm {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - Ray's and MLflow's failure types vary; the cause is what matters
+        fd, log = tempfile.mkstemp(prefix=f"dsm-{command.replace(' ', '-')}-", suffix=".log")
+        os.close(fd)
+        return report_failure(command, e, Path(log))
 

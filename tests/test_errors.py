@@ -112,3 +112,37 @@ def test_bad_input_in_any_rank_stops_the_run_and_other_errors_retry():
 
     assert short_cause(ControllerError(failure)) == "/data/train-000004.tar: truncated tar (sample 17)"
 
+
+
+def test_one_way_from_an_exception_to_an_exit_status(capsys):
+    """dsm.errors.exit_code, which dsm.cli.main runs every command through (issue #18)."""
+    from pathlib import Path
+
+    from dsm.config import ConfigError
+    from dsm.errors import exit_code
+
+    def fail(e):
+        def run():
+            raise e
+        return run
+
+    assert exit_code("score", lambda: 3) == 3
+    assert exit_code("data prepare", fail(ConfigError("data.path: no such file"))) == 2
+    assert capsys.readouterr().err.strip() == "dsm data prepare: data.path: no such file"
+    assert exit_code("report", fail(FileNotFoundError("/x/scores.json"))) == 2
+    assert exit_code("tune", fail(KeyboardInterrupt())) == 130
+    capsys.readouterr()
+    assert exit_code("tune", fail(RuntimeError("the GCS went away"))) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "dsm tune: RuntimeError: the GCS went away", err
+    log = Path(err[-2].split("full traceback in ")[1])
+    assert "Traceback" in log.read_text() and "the GCS went away" in log.read_text()
+    log.unlink()
+
+
+def test_messages_name_the_subcommand():
+    from dsm.cli import build_parser, command_label, parse_args
+
+    assert command_label(parse_args(build_parser(), ["data", "verify", "d"])) == "data verify"
+    assert command_label(parse_args(build_parser(), ["import", "official", "a", "--out", "b"])) == "import official"
+    assert command_label(parse_args(build_parser(), ["train", "c.yaml"])) == "train"

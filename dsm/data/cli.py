@@ -8,34 +8,11 @@ dependencies themselves and return an exit code: 0 ok, 1 verification found prob
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-
-def _fails_cleanly(cmd: str) -> Callable:
-    """Bad input (a corrupt file, an existing output, a wrong option) -> message on stderr, exit 2."""
-
-    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        @functools.wraps(fn)
-        def run(args: argparse.Namespace) -> int:
-            import pickle
-
-            from dsm.config import ConfigError
-
-            try:
-                return fn(args)
-            except ConfigError:
-                raise  # dsm.cli.main prints it and returns 2
-            except (ValueError, FileExistsError, FileNotFoundError, pickle.UnpicklingError) as e:
-                print(f"dsm data {cmd}: {e}", file=sys.stderr)
-                return 2
-
-        return run
-
-    return wrap
+from dsm.cliopts import add_workspace
 
 
 def _csv(text: str) -> list[str]:
@@ -60,7 +37,6 @@ def _summary(manifests: dict) -> None:
         print(f"{split}: {m.num_samples} samples of {c}x{h}x{w} in {len(m.shards)} shards")
 
 
-@_fails_cleanly("prepare")
 def _prepare(args: argparse.Namespace) -> int:
     from dsm.data.sources import PrepareConfig, get_dataset, prepare
 
@@ -82,7 +58,6 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-@_fails_cleanly("convert")
 def _convert(args: argparse.Namespace) -> int:
     from dsm.data import convert
 
@@ -106,7 +81,6 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-@_fails_cleanly("verify")
 def _verify(args: argparse.Namespace) -> int:
     from dsm.data.shards import Manifest
     from dsm.data.verify import split_folders, verify
@@ -153,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     lst = dsub.add_parser("list", help="list the built-in data sets and what the workspace holds")
-    lst.add_argument("--workspace", help="workspace folder (default $DSM_WORKSPACE or ./dsm-runs)")
+    add_workspace(lst)
     lst.set_defaults(func=_list)
 
     prep = dsub.add_parser("prepare", help="write a built-in data set as shards (offline)",
@@ -161,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "WebDataset shards: OUT/<split>/manifest.json and OUT/<split>/*.tar.")
     prep.add_argument("name", help="data set name (dsm data list)")
     prep.add_argument("--out", help="output folder (default <workspace>/data/NAME)")
-    prep.add_argument("--workspace", help="workspace folder (default $DSM_WORKSPACE or ./dsm-runs)")
+    add_workspace(prep)
     prep.add_argument("--splits", type=_csv, help="comma-separated: train,test (default both)")
     prep.add_argument("--seed", type=int, help="shuffle (and patch positions) seed, default 0")
     sub_ = prep.add_mutually_exclusive_group()

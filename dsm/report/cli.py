@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from dsm.cliopts import add_workspace
+
 
 def _numeric_metrics(metrics: dict) -> dict[str, float]:
     """The report's scalar numbers as flat MLflow metric names (``report_<section>_<name>``)."""
@@ -114,19 +116,15 @@ def _report(args: argparse.Namespace) -> int:
     from dsm.report.build import build_report
     from dsm.report.scores import resolve_scores_dir
 
-    try:
-        meta, shape, t_range, model_data = _model_info(args.model, required=True)
-        opt_file = resolve_scores_dir(args.scores_dir) / "scores.json"
-        info = json.loads(opt_file.read_text()) if opt_file.is_file() else {}
-        if not args.model:  # the scored model, when its file is still there: only for MLflow nesting
-            meta, _, _, _ = _model_info(info.get("options", {}).get("model"), required=False)
-        baselines = _baseline_options(args, t_range, model_data)
-        result = build_report(args.scores_dir, args.out, top=args.top, data=args.data, shape=shape,
-                              tail=args.gumbel_tail, train_scores=args.train_scores, studies=_studies(args, t_range),
-                              baselines=baselines)
-    except (ValueError, FileNotFoundError) as e:  # json.JSONDecodeError is a ValueError
-        print(f"dsm report: {e}", file=sys.stderr)
-        return 2
+    meta, shape, t_range, model_data = _model_info(args.model, required=True)
+    opt_file = resolve_scores_dir(args.scores_dir) / "scores.json"
+    info = json.loads(opt_file.read_text()) if opt_file.is_file() else {}  # bad JSON: a ValueError, exit 2
+    if not args.model:  # the scored model, when its file is still there: only for MLflow nesting
+        meta, _, _, _ = _model_info(info.get("options", {}).get("model"), required=False)
+    baselines = _baseline_options(args, t_range, model_data)
+    result = build_report(args.scores_dir, args.out, top=args.top, data=args.data, shape=shape,
+                          tail=args.gumbel_tail, train_scores=args.train_scores, studies=_studies(args, t_range),
+                          baselines=baselines)
     folder = Path(result["folder"])
     e = result["entropy"]
     print(f"{result['n']} images, d = {result['d']}: mean log p {e['mean_logp_db_per_dim']:.3f} dB/dim, "
@@ -151,26 +149,21 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dsm.api import load
-    from dsm.fileio import load_torch_file
+    from dsm.bundle import load_model
     from dsm.report import figures
     from dsm.sample import sample
 
-    try:
-        if min(args.n, args.steps, args.batch_size) < 1:
-            raise ValueError("--n, --steps and --batch-size must be >= 1, "
-                             f"got {args.n}, {args.steps}, {args.batch_size}")
-        if not 0 <= args.eta <= 1:
-            raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
-        device = "cuda" if args.gpu else "cpu"
-        model = load(args.model, device)
-        noise = load_torch_file(args.model, "dsm model")["config"]["noise"]
-        t_max = args.t_max if args.t_max is not None else float(noise["t_max"])
-        t_min = args.t_min if args.t_min is not None else float(noise["t_min"])
-        if not 0 < t_min < t_max:
-            raise ValueError(f"need 0 < --t-min < --t-max, got {t_min:g} and {t_max:g}")
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dsm sample: {e}", file=sys.stderr)
-        return 2
+    if min(args.n, args.steps, args.batch_size) < 1:
+        raise ValueError(f"--n, --steps and --batch-size must be >= 1, got {args.n}, {args.steps}, {args.batch_size}")
+    if not 0 <= args.eta <= 1:
+        raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
+    device = "cuda" if args.gpu else "cpu"
+    model = load(args.model, device)
+    t_range = load_model(args.model).t_range
+    t_min = args.t_min if args.t_min is not None else t_range[0]
+    t_max = args.t_max if args.t_max is not None else t_range[1]
+    if not 0 < t_min < t_max:
+        raise ValueError(f"need 0 < --t-min < --t-max, got {t_min:g} and {t_max:g}")
     mean = args.mean if args.mean is not None else (0.5 if model.eight_bit else 0.0)
     out = Path(args.out or Path(args.model).resolve().parent / "samples" /
                f"seed{args.seed}-n{args.n}-steps{args.steps}-eta{args.eta:g}").expanduser().resolve()
@@ -235,7 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--top", type=int, default=8, help="images in the most/least probable grids (default 8)")
     rep.add_argument("--gumbel-tail", choices=("right", "left"), default="right",
                      help="Gumbel orientation (default right: the paper's right-skewed log p)")
-    rep.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    add_workspace(rep)
     rep.set_defaults(func=_report)
 
     smp = sub.add_parser("sample", help="draw samples from an energy model by reverse diffusion",

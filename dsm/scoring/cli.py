@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dsm.cliopts import add_address, add_workspace
+
 
 def _tracking(command: str, workspace: str | None, model_meta: dict, run_name: str, params: dict, metrics: dict,
               artifacts: list[Path]) -> str | None:
@@ -35,11 +37,7 @@ def _tracking(command: str, workspace: str | None, model_meta: dict, run_name: s
 def _normalize(args: argparse.Namespace) -> int:
     from dsm.scoring.normalization import normalize_model
 
-    try:
-        rec = normalize_model(args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"dsm normalize: {e}", file=sys.stderr)
-        return 2
+    rec = normalize_model(args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size)
     ag = rec["agreement"]
     print(f"log Z = {rec['value']:.4f} +- {rec['stderr']:.4f} nats at t = {rec['t']:g} ({rec['n']} examples, "
           f"{rec['method']} estimator)")
@@ -123,7 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     norm.add_argument("--samples", type=int, default=2000, help="held-out examples used (default 2000)")
     norm.add_argument("--t", type=float, default=None, help="noise variance (default: the model's t_max)")
     norm.add_argument("--batch-size", type=int, default=256)
-    norm.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    add_workspace(norm)
     norm.set_defaults(func=_normalize)
 
     sc = sub.add_parser("score", help="score a whole dataset with Ray Data: log p, NLL, d_eff -> parquet",
@@ -148,6 +146,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "run after the job; 0 skips them (default 256; docs/scoring.md)")
     sc.add_argument("--actors", type=int, default=2, help="scoring actors (default 2)")
     sc.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    sc.add_argument("--address", default=None, help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
-    sc.add_argument("--workspace", default=None, help="workspace folder (default ./dsm-runs)")
+    add_address(sc)
+    add_workspace(sc)
     sc.set_defaults(func=_score)

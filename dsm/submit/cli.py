@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from dsm.cliopts import add_address, add_workspace
+
 
 def _err(cmd: str, msg: str) -> int:
     print(f"dsm {cmd}: {msg}", file=sys.stderr)
@@ -149,9 +151,8 @@ def register(sub: argparse._SubParsersAction, parse_dsm_command) -> None:
                     "The submission id is derived from the command, its files and the workspace, so "
                     "re-submitting the same command attaches to it while it runs, and re-submits it (as "
                     "<id>-r1, -r2, ...; training resumes from its checkpoints) after it failed or was stopped.")
-    s.add_argument("--address", default=None, help=addr_help)
-    s.add_argument("--workspace", default=None,
-                   help="the job's workspace (a local cluster: default ./dsm-runs here; a remote one: an absolute "
+    add_address(s, addr_help)
+    add_workspace(s, help="the job's workspace (a local cluster: default ./dsm-runs here; a remote one: an absolute "
                         "path on its shared storage, default the cluster's $DSM_WORKSPACE)")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="print the submission id and return")
@@ -175,5 +176,5 @@ def register(sub: argparse._SubParsersAction, parse_dsm_command) -> None:
             p.add_argument("id", help="submission id (dsm-... or raysubmit_...)")
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="stream until the job ends")
-        p.add_argument("--address", default=None, help=addr_help)
+        add_address(p, addr_help)
         p.set_defaults(func=_jobs)
