@@ -12,8 +12,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from dsm.config import ConfigError, StrictModel
-from dsm.energy import EnergyForm, EnergyModel, ScoreModel
-from dsm.nets.mlp import MLP, TimeScalar
+from dsm.energy import EnergyForm, EnergyModel, Scaling, ScoreModel
+from dsm.nets.mlp import ACTIVATIONS, MLP, TimeScalar
 from dsm.nets.unet import UNet, unet_config
 
 # Std of [0, 1] pixels, roughly: the data scale of the ``variance`` scaling for images.
@@ -75,23 +75,26 @@ def unet_score_model(channels: int, image_size: int, preset: str = "small", *, s
                       sigma_data=_image_sigma(scaling), t_floor=cfg.t_min)
 
 
-class UNetOptions(StrictModel):
-    """Overrides of the UNet preset's fields (see dsm.nets.unet.UNetConfig); None keeps the preset."""
+def _unet_options() -> type[StrictModel]:
+    """``model.unet``: each field of dsm.nets.unet.UNetConfig that a config may override, with
+    its type and range from there, optional (None keeps the preset's value). The image shape
+    comes from the data and the t range from ``noise``, so those are left out."""
+    import dataclasses
+    import typing
 
-    base_width: int | None = Field(None, ge=1)
-    scales: int | None = Field(None, ge=0)
-    convs_per_block: int | None = Field(None, ge=2)
-    kernel_size: int | None = Field(None, ge=1)
-    activation: Literal["gelu", "relu", "silu"] | None = None
-    embedding: Literal["log", "linear", "official"] | None = None
-    n_freq: int | None = Field(None, ge=1)
-    emb_dim: int | None = Field(None, ge=1)
-    group_size: int | None = Field(None, ge=1)
-    eps: float | None = Field(None, gt=0)
-    norm_eps: Literal["relative", "official"] | None = Field(
-        None, description="normalization epsilon: relative sqrt(m/(var+eps m)) (dsm) or official sqrt(m/(var+eps)+eps)")
-    time_mlp: Literal["gelu", "official"] | None = Field(
-        None, description="time MLP: Linear-GELU-Linear (dsm) or Linear-SiLU-Linear-SiLU (official)")
+    from pydantic import create_model
+
+    from dsm.nets.unet import UNetConfig
+
+    hints = typing.get_type_hints(UNetConfig, include_extras=True)
+    fixed = {"channels", "image_size", "t_min", "t_max"}
+    fields = {f.name: (hints[f.name] | None, None) for f in dataclasses.fields(UNetConfig) if f.name not in fixed}
+    return create_model("UNetOptions", __base__=StrictModel, __module__=__name__,
+                        __doc__="Overrides of the UNet preset's fields (dsm.nets.unet.UNetConfig); None keeps the "
+                                "preset.", **fields)
+
+
+UNetOptions = _unet_options()
 
 
 class MLPOptions(StrictModel):
@@ -99,7 +102,7 @@ class MLPOptions(StrictModel):
 
     width: int = Field(256, ge=1)
     depth: int = Field(3, ge=1)
-    activation: Literal["gelu", "relu", "silu"] = "silu"
+    activation: Literal[tuple(ACTIVATIONS)] = "silu"
     homogeneous: bool = False
     embedding: Literal["log", "linear"] = "log"
     sigma_data: float | None = Field(1.0, gt=0, description="data scale of the MLP's input scaling")
@@ -110,8 +113,8 @@ class ModelConfig(StrictModel):
 
     kind: Literal["energy", "score"] = "energy"
     arch: Literal["unet", "mlp"] = "unet"
-    form: Literal["inner", "inner+c", "scalar"] = "inner"
-    scaling: Literal["none", "variance", "inverse_t"] = "none"
+    form: EnergyForm = "inner"
+    scaling: Scaling = "none"
     preset: Literal["paper", "paper-dsm", "small", "tiny"] = Field(
         "small", description="UNet preset: paper (the paper's exact network), paper-dsm (the same size with "
                              "dsm's normalization, time MLP and embedding), small, tiny (docs/unet.md)")

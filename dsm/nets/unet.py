@@ -32,13 +32,15 @@ the normalization epsilon); with GELU only approximately.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from dsm.nets.conv import Conv2d, ConvTranspose2d
-from dsm.nets.embedding import make_time_embedding
-from dsm.nets.mlp import make_activation
+from dsm.nets.embedding import TIME_EMBEDDINGS, make_time_embedding
+from dsm.nets.mlp import ACTIVATIONS, make_activation
 
 # How the normalization keeps its division finite (HomogeneousNorm), and the time MLP's shape.
 NORM_EPS_FORMS = ("relative", "official")
@@ -47,22 +49,28 @@ TIME_MLPS = ("gelu", "official")
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Shape of the UNet. ``channels``: 1 (gray) or 3 (colour); ``image_size``: H = W."""
+    """Shape of the UNet. ``channels``: 1 (gray) or 3 (colour); ``image_size``: H = W.
+
+    The annotations are the one declaration of each field's type and range: the training
+    config's ``model.unet`` options (dsm.models.UNetOptions) are derived from them."""
 
     channels: int = 3
     image_size: int = 64
-    base_width: int = 64
-    scales: int = 3
-    convs_per_block: int = 3
-    kernel_size: int = 3
-    activation: str = "gelu"
-    embedding: str = "linear"
-    n_freq: int = 32
-    emb_dim: int = 256
-    group_size: int = 1
-    eps: float = 1e-5
-    norm_eps: str = "relative"
-    time_mlp: str = "gelu"
+    base_width: Annotated[int, Field(ge=1)] = 64
+    scales: Annotated[int, Field(ge=0)] = 3
+    convs_per_block: Annotated[int, Field(ge=2)] = 3
+    kernel_size: Annotated[int, Field(ge=1)] = 3
+    activation: Literal[tuple(ACTIVATIONS)] = "gelu"
+    embedding: Literal[tuple(TIME_EMBEDDINGS)] = "linear"
+    n_freq: Annotated[int, Field(ge=1)] = 32
+    emb_dim: Annotated[int, Field(ge=1)] = 256
+    group_size: Annotated[int, Field(ge=1)] = 1
+    eps: Annotated[float, Field(gt=0)] = 1e-5
+    norm_eps: Annotated[Literal[NORM_EPS_FORMS], Field(
+        description="normalization epsilon: relative sqrt(m/(var+eps m)) (dsm) or official sqrt(m/(var+eps)+eps)")
+    ] = "relative"
+    time_mlp: Annotated[Literal[TIME_MLPS], Field(
+        description="time MLP: Linear-GELU-Linear (dsm) or Linear-SiLU-Linear-SiLU (official)")] = "gelu"
     t_min: float = 1e-9
     t_max: float = 1e3
 
