@@ -16,3 +16,37 @@ def add_workspace(parser: argparse.ArgumentParser, help: str = WORKSPACE_HELP) -
 def add_address(parser: argparse.ArgumentParser, help: str = ADDRESS_HELP) -> None:
     """``--address``: the Ray cluster to join or submit to."""
     parser.add_argument("--address", default=None, help=help)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_fields(parser: argparse.ArgumentParser, model, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of the pydantic ``model``, with its description and
+    default as help: booleans as switches, lists comma-separated. Flags default to None, so
+    that :func:`fields_from` passes only what was given and the model keeps its own defaults
+    and validation."""
+    import typing
+
+    for name, field in model.model_fields.items():
+        if name in exclude:
+            continue
+        flag = "--" + name.replace("_", "-")
+        shown = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
+        default = "" if field.default is None or field.default is False else f" (default {shown})"
+        help_ = f"{field.description or name.replace('_', ' ')}{default}"
+        kinds = {typing.get_origin(a) or a for a in typing.get_args(field.annotation)} or {field.annotation}
+        if bool in kinds:
+            parser.add_argument(flag, action="store_true", default=None, help=help_)
+        elif list in kinds:
+            parser.add_argument(flag, type=_csv, help=help_)
+        elif int in kinds:
+            parser.add_argument(flag, type=int, metavar="N", help=help_)
+        else:
+            parser.add_argument(flag, help=help_)
+
+
+def fields_from(args: argparse.Namespace, model) -> dict:
+    """The fields of ``model`` that were given on the command line (by :func:`add_fields`)."""
+    return {k: v for k in model.model_fields if (v := getattr(args, k, None)) is not None}

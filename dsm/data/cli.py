@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from dsm.cliopts import add_workspace
+from dsm.cliopts import add_fields, add_workspace, fields_from
 
 
 def _csv(text: str) -> list[str]:
@@ -41,11 +41,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from dsm.data.sources import PrepareConfig, get_dataset, prepare
 
     get_dataset(args.name)  # unknown names fail before anything else
-    data = {k: v for k, v in dict(splits=args.splits, size=args.size, gray=args.gray, seed=args.seed,
-                                   first=args.first, last=args.last, shard_size=args.shard_size, src=args.src,
-                                   patch=args.patch, count=args.count, test_count=args.test_count,
-                                   test_photos=args.test_photos).items() if v is not None}
-    cfg = _validate(PrepareConfig, data)
+    cfg = _validate(PrepareConfig, fields_from(args, PrepareConfig))
     if args.out:
         out = Path(args.out)
     else:
@@ -114,6 +110,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``dsm data ...`` to the top-level subcommands."""
+    from dsm.data.sources import PrepareConfig
+
     data = sub.add_parser("data", help="prepare, convert and verify WebDataset shards",
                           description="Prepare the built-in data sets, convert ImageNet64 or an image folder "
                                       "to WebDataset shards with a manifest, and verify shards. See docs/data.md.")
@@ -136,19 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("name", help="data set name (dsm data list)")
     prep.add_argument("--out", help="output folder (default <workspace>/data/NAME)")
     add_workspace(prep)
-    prep.add_argument("--splits", type=_csv, help="comma-separated: train,test (default both)")
-    prep.add_argument("--seed", type=int, help="shuffle (and patch positions) seed, default 0")
-    sub_ = prep.add_mutually_exclusive_group()
-    sub_.add_argument("--first", type=int, metavar="N", help="keep the first N training samples (after the shuffle)")
-    sub_.add_argument("--last", type=int, metavar="N", help="keep the last N training samples (disjoint from "
-                                                            "--first N when 2N <= the training set size)")
-    prep.add_argument("--src", help="source file/folder when not installed where expected "
-                                    "(fashion-mnist: IDX folder; mnist: mnist.pkl.gz)")
-    prep.add_argument("--patch", type=int, help="patches: crop side in photo pixels (default 32)")
-    prep.add_argument("--count", type=int, help="patches: number of training patches (default 10000)")
-    prep.add_argument("--test-count", type=int, help="patches: number of test patches (default count/5)")
-    prep.add_argument("--test-photos", type=_csv, help="patches: comma-separated photos held out for test")
-    common(prep)
+    add_fields(prep, PrepareConfig)
+    prep.add_argument("--force", action="store_true", help="replace existing shards of the same split")
+    prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=_prepare)
 
     conv = dsub.add_parser("convert", help="convert ImageNet64 batches or an image folder to shards")
