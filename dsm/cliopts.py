@@ -27,6 +27,7 @@ def add_fields(parser: argparse.ArgumentParser, model, exclude: tuple[str, ...] 
     default as help: booleans as switches, lists comma-separated. Flags default to None, so
     that :func:`fields_from` passes only what was given and the model keeps its own defaults
     and validation."""
+    import types
     import typing
 
     for name, field in model.model_fields.items():
@@ -36,7 +37,9 @@ def add_fields(parser: argparse.ArgumentParser, model, exclude: tuple[str, ...] 
         shown = ",".join(map(str, field.default)) if isinstance(field.default, list) else field.default
         default = "" if field.default is None or field.default is False else f" (default {shown})"
         help_ = f"{field.description or name.replace('_', ' ')}{default}"
-        kinds = {typing.get_origin(a) or a for a in typing.get_args(field.annotation)} or {field.annotation}
+        ann = field.annotation
+        options = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+        kinds = {typing.get_origin(a) or a for a in options}  # X | None -> {X, NoneType}; list[T] -> {list}
         if bool in kinds:
             parser.add_argument(flag, action="store_true", default=None, help=help_)
         elif list in kinds:
