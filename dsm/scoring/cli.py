@@ -69,10 +69,6 @@ def _score(args: argparse.Namespace) -> int:
     from dsm.scoring.job import OPTIONS_FILE, read_scores, score
     from dsm.scoring.summary import figures, format_summary
 
-    if args.address:
-        import os
-
-        os.environ["RAY_ADDRESS"] = args.address
     try:
         spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
                          batch_size=args.batch_size)
@@ -83,7 +79,7 @@ def _score(args: argparse.Namespace) -> int:
         consistency = ConsistencyOptions() if args.consistency_samples else None
         summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
                         consistency=consistency, consistency_samples=args.consistency_samples,
-                        restart=args.restart)
+                        restart=args.restart, address=args.address)
     except Exception as e:  # noqa: BLE001 - here or in an actor: the cause in one line, not pages of traceback
         from dsm.errors import is_bad_input, report_failure, short_cause
 

@@ -179,7 +179,8 @@ def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Op
 
 def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpec | None = None, *,
           actors: int = 2, gpu: bool = False, model_label: str | None = None,
-          consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False) -> dict:
+          consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False,
+          address: str | None = None) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
 
     Checks everything it can before Ray starts: the model loads and is normalized, the data is
@@ -187,7 +188,9 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     consistency: the self-consistency checks (:mod:`dsm.consistency`) run after the job on the
     first ``consistency_samples`` examples (at least 2); None (the default here; ``dsm score``
     runs them unless ``--consistency-samples 0``) skips them. restart: discard the scores ``out``
-    holds, even of another job, and start afresh.
+    holds, even of another job, and start afresh. address: the Ray cluster to join (default
+    $RAY_ADDRESS, else a local Ray); on more than one node ``out`` must be shared storage
+    (dsm.storage), or the parts would be scattered over the nodes' disks.
     """
     import torch
 
@@ -206,8 +209,10 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     pending = prepare_out(out, options, restart)
     if pending:
         from dsm.ray_setup import connect
+        from dsm.storage import check_cluster_storage
 
-        connect(log_to_driver=False)  # joins $RAY_ADDRESS (dsm score --address sets it) or starts a local Ray
+        connect(address, log_to_driver=False)
+        check_cluster_storage(out)
         run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu)
     table = read_scores(out)
     keys = table.column("key").to_pylist()

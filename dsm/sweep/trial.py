@@ -65,10 +65,10 @@ def run_trial(config: dict, info: dict) -> None:
     trainer = make_trainer(p, uri, run_id, run_tags, callbacks=[TuneReportCallback()])
     slots.wait_for_slot(info["sweep"], name)  # its turn to train (see dsm.sweep.slots)
     try:
-        trainer.fit()
+        result = trainer.fit()
     finally:
         slots.release(info["sweep"], name)
     try:
-        outcome(p)
+        outcome(p, result)
     except NonFiniteTraining as e:
         raise RuntimeError(f"trial {name}: {e}") from None

@@ -164,20 +164,23 @@ class Worker:
         self.state.pending = []
 
 
-def train_loop(config: dict) -> None:
+def train_loop(config: dict) -> dict | None:
     """Ray Train's ``train_loop_per_worker``. ``config``: ``cfg`` (TrainConfig as JSON),
     ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``export_path``, ``tags``.
 
     Every rank runs the same steps and reports at the same steps (docs/design.md section 7);
-    rank 0 alone evaluates, checkpoints, exports and logs."""
+    rank 0 alone evaluates, checkpoints, exports and logs, and returns how the run ended
+    (Ray Train hands rank 0's return value to the driver as ``Result.return_value``):
+    ``{"status": "finished", "export": path}`` or ``{"status": "non_finite", "message": why}``."""
     w = _start(config)
     if w.state.step >= w.cfg.steps:  # a finished run, run again: redo only the export
         if w.rank == 0:
             _finalize(w)
-        return
-    stopped = _train(w)
-    if stopped and w.rank == 0:
-        _stop(w, stopped)
+    elif stopped := _train(w):
+        if w.rank == 0:
+            _stop(w, stopped)
+            return {"status": "non_finite", "message": stopped}
+    return {"status": "finished", "export": config["export_path"]} if w.rank == 0 else None
 
 
 def _start(config: dict) -> Worker:
@@ -396,7 +399,6 @@ def _stop(w: Worker, reason: str) -> None:
     w.log.tags({"dsm.status": "non_finite", "dsm.stop_reason": reason})
     w.log.finish("FAILED")
     _say(f"dsm train: {reason}", err=True)
-    _write_status(w.run_dir, "non_finite", reason)
 
 
 BEST_FILE = "model-best.pt"
@@ -421,12 +423,6 @@ def _keep_best(w: Worker, res, step: int) -> None:
             "selected_by": SELECTED_BY, SELECTED_BY: float(value), **w.config.get("tags", {})}
     save_bundle(w.run_dir / BEST_FILE, w.final, w.cfg, w.shape.shape, w.shape.is_image,
                 normalization=res.log_z.as_dict(), meta=meta)
-
-
-def _write_status(run_dir: Path, status: str, message: str) -> None:
-    """A small file the driver reads: how the last attempt ended (Ray's result carries no text)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "status.txt").write_text(f"{status}\n{message}\n")
 
 
 def _finalize(w: Worker) -> None:
@@ -456,4 +452,3 @@ def _finalize(w: Worker) -> None:
             log.tags({"dsm.best_step": str(state.best_step), "dsm.best_nll_bpd": f"{state.best_nll_bpd:.6g}"})
         log.tags({"dsm.status": "finished", "dsm.export": str(export)})
         log.finish()
-    _write_status(export.parent, "finished", str(export))

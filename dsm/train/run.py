@@ -168,7 +168,6 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
 
     cfg = p.cfg
     p.run_dir.mkdir(parents=True, exist_ok=True)
-    (p.run_dir / "status.txt").unlink(missing_ok=True)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.gpu:
         resources["GPU"] = 1
@@ -232,14 +231,15 @@ def _checkpoint_config(cfg: TrainConfig):
     return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep)
 
 
-def outcome(p: Plan) -> Path:
-    """The exported model after ``fit()``; raises NonFiniteTraining or RuntimeError otherwise."""
-    status_file = p.run_dir / "status.txt"
-    status, _, message = (status_file.read_text().partition("\n") if status_file.is_file() else ("", "", ""))
-    if status == "non_finite":
-        raise NonFiniteTraining(message.strip())
-    if status != "finished" or not p.export_path.is_file():
-        raise RuntimeError(f"training ended without an exported model at {p.export_path} (status {status or 'none'})")
+def outcome(p: Plan, result) -> Path:
+    """The exported model after ``fit()``, from its Result (rank 0's return value, see
+    dsm.train.loop.train_loop); raises NonFiniteTraining or RuntimeError otherwise."""
+    ended = getattr(result, "return_value", None) or {}
+    if ended.get("status") == "non_finite":
+        raise NonFiniteTraining(ended.get("message", "non-finite steps"))
+    if ended.get("status") != "finished" or not p.export_path.is_file():
+        raise RuntimeError(f"training ended without an exported model at {p.export_path} "
+                           f"(status {ended.get('status') or 'none'})")
     return p.export_path
 
 
@@ -251,8 +251,7 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
     check_cluster_storage(p.run_dir.parent)  # node-local checkpoints on a multi-node cluster: ConfigError
     uri, tags, run_id = open_tracking(p)  # after the checks, so a refused run leaves no MLflow run behind
     try:
-        _fit_interruptibly(make_trainer(p, uri, run_id, tags))
-        return outcome(p)
+        return outcome(p, _fit_interruptibly(make_trainer(p, uri, run_id, tags)))
     except NonFiniteTraining:
         raise  # rank 0 has closed the run (FAILED, dsm.stop_reason)
     except KeyboardInterrupt:
@@ -267,7 +266,7 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
                              bad_input=isinstance(innermost(e), BadInputFailure)) from e
 
 
-def _fit_interruptibly(trainer) -> None:
+def _fit_interruptibly(trainer):
     """``trainer.fit()`` in a helper thread, so that Ctrl-C reaches us as KeyboardInterrupt.
 
     In the main thread Ray Train installs its own SIGINT handler, which exits the process with
@@ -290,6 +289,7 @@ def _fit_interruptibly(trainer) -> None:
         th.join(0.25)
     if "error" in box:
         raise box["error"]
+    return box["result"]
 
 
 def print_summary(p: Plan, export: Path) -> None:
