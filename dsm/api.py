@@ -106,7 +106,11 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """An exported model (``dsm train``'s ``model.pt``). Errors name the file."""
     from dsm.bundle import load_model
 
-    b = load_model(path, map_location=device)
+    return from_bundle(load_model(path, map_location=device), path)
+
+
+def from_bundle(b, path: str | Path) -> Model:
+    """The :class:`Model` of a model file already read (``dsm.bundle.load_model(path)``)."""
     if not isinstance(b.model, Energy):
         raise ValueError(f"{path}: a score-network baseline has no energy, so no log p; score an energy model")
     # Image models are trained on 8-bit data (PNG shards); for float images pass convention="plain".

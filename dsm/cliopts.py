@@ -18,7 +18,8 @@ def add_address(parser: argparse.ArgumentParser, help: str = ADDRESS_HELP) -> No
     parser.add_argument("--address", default=None, help=help)
 
 
-def _csv(text: str) -> list[str]:
+def csv_list(text: str) -> list[str]:
+    """An argparse ``type``: ``"a, b,"`` -> ``["a", "b"]``."""
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
@@ -43,7 +44,7 @@ def add_fields(parser: argparse.ArgumentParser, model, exclude: tuple[str, ...] 
         if bool in kinds:
             parser.add_argument(flag, action="store_true", default=None, help=help_)
         elif list in kinds:
-            parser.add_argument(flag, type=_csv, help=help_)
+            parser.add_argument(flag, type=csv_list, help=help_)
         elif int in kinds:
             parser.add_argument(flag, type=int, metavar="N", help=help_)
         else:

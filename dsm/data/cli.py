@@ -12,11 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from dsm.cliopts import add_fields, add_workspace, fields_from
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from dsm.cliopts import add_fields, add_workspace, csv_list, fields_from
 
 
 def _validate(cls, data: dict):
@@ -147,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "OUT/train and OUT/val. Labels are stored 0-based.")
     inet.add_argument("src", help="folder holding the batch files")
     inet.add_argument("out", help="output folder")
-    inet.add_argument("--splits", type=_csv, help="comma-separated: train,val (default both)")
+    inet.add_argument("--splits", type=csv_list, help="comma-separated: train,val (default both)")
     common(inet)
     inet.set_defaults(func=_convert)
     fold = csub.add_parser("folder", help="an ImageNet-style folder of JPEG/PNG images, class = sub-folder",

@@ -148,7 +148,7 @@ def _report(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from dsm.api import load
+    from dsm.api import from_bundle
     from dsm.bundle import load_model
     from dsm.report import figures
     from dsm.sample import sample
@@ -158,10 +158,10 @@ def _sample(args: argparse.Namespace) -> int:
     if not 0 <= args.eta <= 1:
         raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
     device = "cuda" if args.gpu else "cpu"
-    model = load(args.model, device)
-    t_range = load_model(args.model).t_range
-    t_min = args.t_min if args.t_min is not None else t_range[0]
-    t_max = args.t_max if args.t_max is not None else t_range[1]
+    bundle = load_model(args.model, map_location=device)
+    model = from_bundle(bundle, args.model)
+    t_min = args.t_min if args.t_min is not None else bundle.t_range[0]
+    t_max = args.t_max if args.t_max is not None else bundle.t_range[1]
     if not 0 < t_min < t_max:
         raise ValueError(f"need 0 < --t-min < --t-max, got {t_min:g} and {t_max:g}")
     mean = args.mean if args.mean is not None else (0.5 if model.eight_bit else 0.0)
