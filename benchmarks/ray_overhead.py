@@ -79,7 +79,7 @@ def ray_run(cfg, ws: Path) -> tuple[float, list[float]]:
     """(wall seconds of the fit, seconds per step in each log window, as rank 0 measured them)."""
     from mlflow.tracking import MlflowClient
 
-    from dsm.tracking import tracking_uri
+    from dsm.runtime.tracking import tracking_uri
     from dsm.train.run import plan, train
 
     p = plan(cfg, ws, progress=False)
@@ -105,7 +105,7 @@ def main() -> None:
         os.environ.setdefault(k, v)
     import ray
 
-    from dsm.ray_setup import LOCAL_RAY_ENV, OBJECT_STORE_BYTES
+    from dsm.runtime.cluster import LOCAL_RAY_ENV, OBJECT_STORE_BYTES
 
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)

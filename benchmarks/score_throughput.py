@@ -57,7 +57,7 @@ def main() -> None:
     import ray
 
     import dsm.api
-    from dsm.ray_setup import OBJECT_STORE_BYTES
+    from dsm.runtime.cluster import OBJECT_STORE_BYTES
     from dsm.scoring.columns import ScoreSpec, parse_t_grid, score_batch
     from dsm.scoring.job import score
 

@@ -15,7 +15,7 @@ import math
 
 from mlflow.tracking import MlflowClient
 
-from dsm.tracking import tracking_uri, workspace_dir
+from dsm.runtime.tracking import tracking_uri, workspace_dir
 
 COLUMNS = {"eval/nll_bpd": "NLL (bits/dim)", "consistency/log_z_spread_nats": "log Z spread (nats)",
            "consistency/ode_gap_nats_per_dim": "energy - ODE (nats/dim)",

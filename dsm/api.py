@@ -32,6 +32,10 @@ def _per_example(t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
     return t.expand(y.shape[0]) if t.ndim == 0 else t.to(y)
 
 
+# [t_min, t_max] assumed for an energy that comes without a training config (dsm.toy's exact ones)
+DEFAULT_T_RANGE = (1e-4, 1e3)
+
+
 class NotNormalized(ValueError):
     """The model has no log Z yet."""
 
@@ -40,13 +44,14 @@ class Model:
     """An energy with its data shape. ``shape``: the data's event shape (the model may see it flattened)."""
 
     def __init__(self, energy: Energy, shape: tuple[int, ...], *, eight_bit: bool, normalized: bool,
-                 source: str = "", meta: dict | None = None):
+                 source: str = "", meta: dict | None = None, t_range: tuple[float, float] = DEFAULT_T_RANGE):
         self.energy_model = energy.eval()
         self.shape = tuple(shape)
         self.eight_bit = eight_bit
         self.normalized = normalized
         self.source = source
         self.meta = dict(meta or {})
+        self.t_range = (float(t_range[0]), float(t_range[1]))  # noise variances it was trained on
 
     @property
     def dim(self) -> int:
@@ -115,7 +120,7 @@ def from_bundle(b, path: str | Path) -> Model:
         raise ValueError(f"{path}: a score-network baseline has no energy, so no log p; score an energy model")
     # Image models are trained on 8-bit data (PNG shards); for float images pass convention="plain".
     return Model(b.model, b.shape, eight_bit=bool(b.is_image), normalized=b.normalization is not None,
-                 source=str(path), meta={**b.meta, "normalization": b.normalization})
+                 source=str(path), meta={**b.meta, "normalization": b.normalization}, t_range=b.t_range)
 
 
 def from_energy(energy: Energy, *, eight_bit: bool = False, normalized: bool = True) -> Model:

@@ -17,6 +17,7 @@ Writes are atomic (a temporary file renamed into place), so a crash never leaves
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class Bundle:
     normalization: dict | None = None
     meta: dict = field(default_factory=dict)
 
-    @property
+    @cached_property  # validated once: callers ask for it per use
     def model_config(self) -> ModelConfig:
         return ModelConfig.model_validate(self.config.get("model", {}))
 

@@ -1,7 +1,21 @@
-"""The ``dsm`` command line: one entry point, one subcommand per verb.
+"""The ``dsm`` command line: one entry point, one subcommand per verb, each declared in the
+package of its stage (shards -> train -> checkpoint -> normalize -> score -> report):
+
+=====================  =================================================
+``dsm data ...``       ``dsm/data/cli.py``
+``dsm train``          ``dsm/train/cli.py``
+``dsm tune``           ``dsm/tune/cli.py``
+``dsm normalize``      ``dsm/scoring/cli.py`` (log Z of a trained model, on held-out data)
+``dsm score``          ``dsm/scoring/cli.py``
+``dsm report``         ``dsm/report/cli.py``
+``dsm sample``         ``dsm/report/cli.py`` (samples to look at, beside the report)
+``dsm submit``/``jobs``  ``dsm/submit/cli.py``
+``dsm demo``, ``ui``, ``import``/``export official``: here
+=====================  =================================================
 
 Subcommands import their heavy dependencies (torch, MLflow, Ray) lazily so that
-``dsm --help`` and config errors are instant.
+``dsm --help`` and config errors are instant. Every command's exceptions become its exit
+status in one place, :func:`dsm.errors.exit_code`.
 """
 
 from __future__ import annotations
@@ -10,7 +24,7 @@ import argparse
 import shlex
 import sys
 
-from dsm.cliopts import add_address, add_workspace
+from dsm.cliopts import add_workspace
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,13 +37,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from dsm.train.run import main
-
-    return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
-                workers=args.workers, gpu=args.gpu, quiet=args.quiet)
-
-
 def _ui(args: argparse.Namespace) -> int:
     """MLflow's server on the workspace's store, in its own process group, stopped as a whole
     however ``dsm ui`` ends (Ctrl-C, SIGTERM, an error)."""
@@ -37,7 +44,7 @@ def _ui(args: argparse.Namespace) -> int:
     import signal
     import subprocess
 
-    from dsm.tracking import tracking_uri, workspace_dir
+    from dsm.runtime.tracking import tracking_uri, workspace_dir
 
     ws = workspace_dir(args.workspace)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(ws),
@@ -129,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsm", description="Normalized image densities by dual score matching.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from dsm.data import cli as data_cli
+    from dsm.report import cli as report_cli
+    from dsm.scoring import cli as scoring_cli
+    from dsm.submit import cli as submit_cli
+    from dsm.train import cli as train_cli
+    from dsm.tune import cli as tune_cli
+
+    data_cli.register(sub)
+    train_cli.register(sub)
+    tune_cli.register(sub)
+    scoring_cli.register(sub)  # normalize, score
+    report_cli.register(sub)  # report, sample
+    submit_cli.register(sub, lambda argv: parse_args(build_parser(), argv))  # submit, jobs
     demo = sub.add_parser("demo", help="fit an energy to an exact Gaussian mixture; compare normalized log p",
                           description="Fit an energy to an exact Gaussian mixture and compare normalized log p "
                                       "with the exact one. Settings: dsm.demo.DemoConfig, as key=value.")
@@ -138,34 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace(demo)
     demo.set_defaults(func=_demo)
 
-    train = sub.add_parser("train", help="train an energy (or score) model on Ray Train, tracked in MLflow",
-                           description="Train on Ray Train (DDP across workers), tracked in MLflow. Re-running "
-                                       "the same command resumes the run from its last checkpoint. The last line "
-                                       "printed is the exported model's path.")
-    train.add_argument("config", help="YAML training config (see configs/)")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 optim.lr=1e-3")
-    add_address(train)
-    train.add_argument("--workers", type=int, default=None, help="training workers (scaling.workers)")
-    train.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu=true)")
-    add_workspace(train)
-    train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
-    train.set_defaults(func=_train)
-
     ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     add_workspace(ui)
     ui.set_defaults(func=_ui)
     _register_official(sub)
-    from dsm.data.cli import register as _register_data
-    _register_data(sub)  # `dsm data ...`
-    from dsm.scoring.cli import register as _register_scoring
-    _register_scoring(sub)
-    from dsm.sweep.cli import register as _register_sweep
-    _register_sweep(sub)
-    from dsm.report.cli import register as _register_report
-    _register_report(sub)  # report, sample
-    from dsm.submit.cli import register as _register_submit
-    _register_submit(sub, lambda argv: parse_args(build_parser(), argv))  # submit, jobs
     return p
 
 

@@ -9,7 +9,7 @@ ADDRESS_HELP = "Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)"
 
 
 def add_workspace(parser: argparse.ArgumentParser, help: str = WORKSPACE_HELP) -> None:
-    """``--workspace``: where runs, data, scores and the MLflow store go (dsm.tracking.workspace_dir)."""
+    """``--workspace``: where runs, data, scores and the MLflow store go (dsm.runtime.tracking.workspace_dir)."""
     parser.add_argument("--workspace", default=None, help=help)
 
 

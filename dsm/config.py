@@ -27,31 +27,33 @@ class ConfigError(ValueError):
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML)."""
-    out: dict[str, Any] = {}
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}``: values parsed as YAML, keys nested
+    by :func:`nest`. (OmegaConf's ``from_dotlist`` was tried instead: it drops ``a=1`` silently when
+    ``a.b=2`` follows, reads ``key=`` as null, and its ``${...}`` interpolation would change
+    what a path may contain. PyYAML is what the config files are read with.)"""
+    dotted: dict[str, Any] = {}
     for item in items:
-        if "=" not in item:
+        key, sep, raw = item.partition("=")
+        if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
-        if isinstance(value, str):
-            try:  # PyYAML (YAML 1.1) reads 1e-4 as a string; people mean a number
-                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-            except ValueError:
-                pass
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = value
-    return out
+        dotted.pop(key, None)  # a later override of the same key wins, and comes last
+        dotted[key] = _yaml_value(item, raw)
+    return nest(dotted)
+
+
+def _yaml_value(item: str, raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+    if isinstance(value, str) and value.strip().lower() not in ("nan", "inf", "-inf", "infinity"):
+        try:  # PyYAML (YAML 1.1) reads 1e-4 as a string; people mean a number
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -71,6 +73,8 @@ def nest(dotted: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key!r} conflicts with another key setting {p!r}")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"{key!r} conflicts with another key setting {key}.*")
         node[parts[-1]] = value
     return out
 

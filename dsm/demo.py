@@ -56,7 +56,7 @@ class DemoConfig(StrictModel):
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Run the demo; returns the summary metrics (also printed and logged)."""
-    from dsm.tracking import use_experiment, workspace_dir
+    from dsm.runtime.tracking import workspace_dir
 
     torch.manual_seed(cfg.seed)
     out_dir = workspace_dir(cfg.workspace) / "demo"
@@ -82,7 +82,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     x = mix.sample(cfg.n_test, torch.Generator().manual_seed(cfg.seed + 2))
     lp_model, lp_exact = m.log_prob(x), mix.log_prob(x).double()
     err = (lp_model - lp_exact) / d
-    metrics = {
+    metrics = {  # nats unless named otherwise
         "train_seconds": train_s,
         "skipped_steps": res.skipped,
         "log_z": log_z.value,
@@ -94,33 +94,10 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         "entropy_exact_nats_per_dim": float(-lp_exact.mean() / d),
         "nll_bits_per_dim_plain": float(units.bits_per_dim(lp_model, d).mean()),
     }
-    print(f"  trained in {train_s:.0f} s ({res.skipped} non-finite steps skipped)")
-    print(f"  log Z at t={cfg.t_max:g}: {log_z.value:.4f} +- {log_z.stderr:.4f} nats (paired estimator)")
-    print("  log Z at " + ", ".join(f"t={e.t:g}: {e.value:.4f}+-{e.stderr:.4f}" for e in agree.estimates)
-          + f"  -> spread {agree.max_abs_diff:.4f} nats ({'consistent' if agree.consistent else 'beyond the errors'})")
-    print(f"  held-out log p, model vs exact: mean |error| {metrics['logp_abs_err_nats_per_dim']:.4f} nats/dim, "
-          f"bias {metrics['logp_bias_nats_per_dim']:+.4f} nats/dim")
-    print(f"  cross-entropy {metrics['cross_entropy_nats_per_dim']:.4f} vs exact entropy "
-          f"{metrics['entropy_exact_nats_per_dim']:.4f} nats/dim "
-          f"({metrics['nll_bits_per_dim_plain']:.4f} bits/dim, plain convention)")
-    print("      log p model   log p exact   (nats, first test points)")
-    for a, b in zip(lp_model[:5].tolist(), lp_exact[:5].tolist()):
-        print(f"     {a:12.4f}  {b:12.4f}")
+    _print_fit(cfg, metrics, log_z, agree, lp_model, lp_exact)
 
     if cfg.ode_points:
-        xo = x[: cfg.ode_points]
-        t1 = time.time()
-        r = ode.ode_log_prob(m, xo, prior=normalize.DataMoments.of(heldout), t_start=cfg.t_min / 10,
-                             t_end=cfg.t_max, steps=cfg.ode_steps,
-                             trace="exact" if d <= 16 else "hutchinson")
-        gap = (r.log_prob - lp_model[: cfg.ode_points]) / d
-        metrics.update(ode_vs_energy_nats_per_dim=float(gap.abs().mean()), ode_nfe=r.nfe,
-                       ode_seconds=time.time() - t1,
-                       ode_abs_err_nats_per_dim=float(((r.log_prob - lp_exact[: cfg.ode_points]) / d).abs().mean()))
-        print(f"  PF-ODE check on {cfg.ode_points} points ({r.nfe} drift evaluations each): "
-              f"|ODE - energy| {metrics['ode_vs_energy_nats_per_dim']:.4f} nats/dim, "
-              f"|ODE - exact| {metrics['ode_abs_err_nats_per_dim']:.4f} nats/dim")
-
+        metrics.update(_ode_check(cfg, m, x, heldout, lp_model, lp_exact))
     ts = [10.0**k for k in range(-3, 3)]
     de = [deff.d_eff(m, x[:500], t, n_noise=8) for t in ts]
     print("  d_eff (mean over 500 points):   t     denoising   time-score")
@@ -133,15 +110,60 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"  figure: {fig_path}")
     if cfg.mlflow:
-        import mlflow
-
-        use_experiment("demo", cfg.workspace)
-        with mlflow.start_run(run_name=f"demo-d{d}-{cfg.form}-lambda{cfg.tsm_weight:g}") as run:
-            mlflow.log_params(cfg.model_dump())
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            mlflow.log_artifact(str(fig_path))
-            print(f"  MLflow run {run.info.run_id} (dsm ui to browse)")
+        _log_run(cfg, metrics, fig_path)
     return metrics
+
+
+def _print_fit(cfg: DemoConfig, metrics: dict, log_z, agree, lp_model, lp_exact) -> None:
+    print(f"  trained in {metrics['train_seconds']:.0f} s ({metrics['skipped_steps']} non-finite steps skipped)")
+    print(f"  log Z at t={cfg.t_max:g}: {log_z.value:.4f} +- {log_z.stderr:.4f} nats (paired estimator)")
+    print("  log Z at " + ", ".join(f"t={e.t:g}: {e.value:.4f}+-{e.stderr:.4f}" for e in agree.estimates)
+          + f"  -> spread {agree.max_abs_diff:.4f} nats ({'consistent' if agree.consistent else 'beyond the errors'})")
+    print(f"  held-out log p, model vs exact: mean |error| {metrics['logp_abs_err_nats_per_dim']:.4f} nats/dim, "
+          f"bias {metrics['logp_bias_nats_per_dim']:+.4f} nats/dim")
+    print(f"  cross-entropy {metrics['cross_entropy_nats_per_dim']:.4f} vs exact entropy "
+          f"{metrics['entropy_exact_nats_per_dim']:.4f} nats/dim "
+          f"({metrics['nll_bits_per_dim_plain']:.4f} bits/dim, plain convention)")
+    print("      log p model   log p exact   (nats, first test points)")
+    for a, b in zip(lp_model[:5].tolist(), lp_exact[:5].tolist()):
+        print(f"     {a:12.4f}  {b:12.4f}")
+
+
+def _ode_check(cfg: DemoConfig, m, x, heldout, lp_model, lp_exact) -> dict:
+    """log p by the probability-flow ODE on the first ``cfg.ode_points`` test points, against the
+    energy's and the exact one (nats/dim)."""
+    d = cfg.dim
+    xo = x[: cfg.ode_points]
+    t1 = time.time()
+    r = ode.ode_log_prob(m, xo, prior=normalize.DataMoments.of(heldout), t_start=cfg.t_min / 10,
+                         t_end=cfg.t_max, steps=cfg.ode_steps,
+                         trace="exact" if d <= 16 else "hutchinson")
+    gap = (r.log_prob - lp_model[: cfg.ode_points]) / d
+    metrics = dict(ode_vs_energy_nats_per_dim=float(gap.abs().mean()), ode_nfe=r.nfe,
+                   ode_seconds=time.time() - t1,
+                   ode_abs_err_nats_per_dim=float(((r.log_prob - lp_exact[: cfg.ode_points]) / d).abs().mean()))
+    print(f"  PF-ODE check on {cfg.ode_points} points ({r.nfe} drift evaluations each): "
+          f"|ODE - energy| {metrics['ode_vs_energy_nats_per_dim']:.4f} nats/dim, "
+          f"|ODE - exact| {metrics['ode_abs_err_nats_per_dim']:.4f} nats/dim")
+    return metrics
+
+
+def _log_run(cfg: DemoConfig, metrics: dict, fig_path: Path) -> None:
+    """The demo as one MLflow run in the workspace's ``demo`` experiment."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from dsm.runtime.tracking import tracking_uri, use_experiment
+
+    client = MlflowClient(tracking_uri(cfg.workspace))
+    run_id = client.create_run(use_experiment("demo", cfg.workspace, client),
+                               run_name=f"demo-d{cfg.dim}-{cfg.form}-lambda{cfg.tsm_weight:g}").info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, str(v)) for k, v in cfg.model_dump().items()])
+    client.log_artifact(run_id, str(fig_path))
+    client.set_terminated(run_id)
+    print(f"  MLflow run {run_id} (dsm ui to browse)")
 
 
 def _plot(path: Path, mix, model, lp_model, lp_exact, ts, de, cfg: DemoConfig) -> None:

@@ -33,6 +33,27 @@ class BadInputFailure(RuntimeError):
         return type(self), (self.cause, self.detail)
 
 
+class JobFailed(RuntimeError):
+    """A Ray job (training, a sweep, scoring) failed: ``cause`` is one line (the worker's own
+    error), ``log`` the file with the full traceback, ``bad_input`` whether the input was at fault
+    (exit status 2 rather than 1). Raised by dsm.runtime.driver.drive."""
+
+    def __init__(self, cause: str, log: Path, bad_input: bool = False):
+        super().__init__(cause)
+        self.cause, self.log, self.bad_input = cause, Path(log), bad_input
+
+    def __reduce__(self):
+        return type(self), (self.cause, self.log, self.bad_input)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C of a Ray job; ``hint`` says how to resume it."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
 def bad_input_among(errors: dict[int, BaseException]) -> BadInputFailure | None:
     """The first rank's bad-input error among per-rank worker errors, as a BadInputFailure; None
     when none is (a lost node, a collective torn down by another rank's death: those retry)."""
@@ -131,7 +152,7 @@ def exit_interrupted(command: str, how_to_resume: str) -> None:
     """Ctrl-C of a long command: say how to resume, then exit 130 at once. Not through the
     interpreter's shutdown: a thread still blocked in Ray's client made it crash with SIGSEGV
     (seen in CI). The work done is on disk; a local Ray's own processes go with this one (and
-    dsm's watchdog stops the agents that would not: dsm.ray_setup)."""
+    dsm's watchdog stops the agents that would not: dsm.runtime.cluster)."""
     import os
     import sys
 
@@ -152,7 +173,11 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
 def exit_code(command: str, run) -> int:
     """The one way an exception that escapes a dsm command becomes its exit status:
     - bad input (a config field, a file, an option): ``dsm COMMAND: message`` and 2;
-    - Ctrl-C: 130;
+    - a failed Ray job (:class:`JobFailed`): where its traceback is, then its cause; 2 when the
+      input was at fault, else 1;
+    - an exception with an ``exit_status`` attribute (a busy run folder, non-finite training):
+      its message and that status;
+    - Ctrl-C: 130, with how to resume a Ray job (:class:`Interrupted`);
     - anything else: the cause in one line, the traceback in a log file whose path is printed, 1.
     ``run()`` returns the command's own status otherwise."""
     import sys
@@ -163,11 +188,18 @@ def exit_code(command: str, run) -> int:
     except _bad_input_types() as e:
         print(f"dsm {command}: {e}", file=sys.stderr)
         return 2
+    except JobFailed as e:
+        status = print_failure(command, e.cause, e.log)  # the cause last; the traceback in a file
+        return 2 if e.bad_input else status
+    except Interrupted as e:
+        exit_interrupted(command, e.hint)
     except KeyboardInterrupt:
         print(f"\ndsm {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - Ray's and MLflow's failure types vary; the cause is what matters
+        if isinstance(getattr(e, "exit_status", None), int):
+            print(f"dsm {command}: {e}", file=sys.stderr)
+            return e.exit_status
         fd, log = tempfile.mkstemp(prefix=f"dsm-{command.replace(' ', '-')}-", suffix=".log")
         os.close(fd)
         return report_failure(command, e, Path(log))
-

@@ -76,6 +76,8 @@ def _code_named_in(path: Path) -> list[str]:
 class Busy(RuntimeError):
     """Another process holds the lock; the message names it (pid, host, since when)."""
 
+    exit_status = 2  # dsm.errors.exit_code: the user asked for something in use
+
 
 @contextmanager
 def exclusive(folder: str | Path, what: str, *, wait: bool = False, name: str = ".dsm.lock") -> Iterator[None]:

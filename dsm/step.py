@@ -48,6 +48,8 @@ def weight_ema(model: nn.Module, decay: float | None,
 class NonFiniteTraining(RuntimeError):
     """Training produced non-finite losses or gradients too many steps in a row."""
 
+    exit_status = 3  # dsm.errors.exit_code: distinct from bad input (2) and a crash (1)
+
 
 @dataclass
 class NonFinitePolicy:

@@ -22,7 +22,7 @@ def ray_cluster():
     """One real local Ray for the whole session (each start costs 8-10 s); yields its GCS address."""
     import ray
 
-    from dsm.ray_setup import pinned_dashboard
+    from dsm.runtime.cluster import pinned_dashboard
 
     ray.init(num_cpus=2, object_store_memory=256 * 1024**2, log_to_driver=False, **pinned_dashboard())
     try:

@@ -9,7 +9,7 @@ import urllib.request
 import psutil
 import pytest
 
-from dsm.ray_setup import free_port
+from dsm.runtime.cluster import free_port
 
 
 @pytest.mark.slow

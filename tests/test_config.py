@@ -20,6 +20,17 @@ def test_overrides_are_yaml_typed_and_dotted():
         "lr": 1e-4, "flips": True, "model": {"width": 8}, "name": "abc"}
 
 
+def test_overrides_later_wins_and_conflicts_name_the_keys():
+    assert parse_overrides(["lr=1", "name=a=b", "lr=2", "name="]) == {"lr": 2.0, "name": ""}
+    assert parse_overrides(["psnrs=[10, 20]", "t=inf"]) == {"psnrs": [10, 20], "t": "inf"}
+    for items, says in ((["model=1", "model.width=8"], "'model.width' conflicts"),
+                        (["model.width=8", "model=1"], "'model' conflicts"),
+                        (["lr"], "not of the form key=value"), (["=3"], "empty key"),
+                        (["lr=[1"], "not valid YAML")):
+        with pytest.raises(ConfigError, match=says):
+            parse_overrides(items)
+
+
 def test_load_merges_file_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("lr: 0.01\nmodel:\n  width: 32\n")

@@ -25,11 +25,10 @@ def _dsm_exceptions():
 def test_every_dsm_exception_round_trips_through_pickle():
     found = _dsm_exceptions()
     assert "dsm.data.shards.ShardError" in found and len(found) >= 6
-    from dsm.errors import BadInputFailure
-    from dsm.train.run import TrainingFailed
+    from dsm.errors import BadInputFailure, JobFailed
 
     samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch"),
-               TrainingFailed: TrainingFailed("ValueError: bad", "/runs/x/error.log", bad_input=True),
+               JobFailed: JobFailed("ValueError: bad", "/runs/x/error.log", bad_input=True),
                BadInputFailure: BadInputFailure("/data/train-000001.tar: truncated", "Traceback ...")}
     for qualname, cls in found.items():
         err = samples.get(cls) or cls("one line naming the file")
@@ -138,6 +137,26 @@ def test_one_way_from_an_exception_to_an_exit_status(capsys):
     log = Path(err[-2].split("full traceback in ")[1])
     assert "Traceback" in log.read_text() and "the GCS went away" in log.read_text()
     log.unlink()
+
+
+def test_a_failed_job_and_a_refusal_keep_their_own_status(capsys, tmp_path):
+    from dsm.errors import JobFailed, exit_code
+    from dsm.fileio import Busy
+    from dsm.step import NonFiniteTraining
+
+    def fail(e):
+        def run():
+            raise e
+        return run
+
+    log = tmp_path / "run dir" / "error.log"
+    assert exit_code("train", fail(JobFailed("/d/train-000001.tar: truncated tar", log, bad_input=True))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dsm train: failed; full traceback in '{log}'", "dsm train: /d/train-000001.tar: truncated tar"]
+    assert exit_code("score", fail(JobFailed("RuntimeError: actor died", log))) == 1
+    assert exit_code("train", fail(NonFiniteTraining("3 non-finite steps in a row"))) == 3
+    assert exit_code("train", fail(Busy("run 'x' is in use by pid 12"))) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "dsm train: run 'x' is in use by pid 12"
 
 
 def test_messages_name_the_subcommand():

@@ -182,7 +182,7 @@ def test_collectives_agree_across_two_ranks(oks):
     a vetoed update is skipped on all ranks), and one process gets its own values back."""
     import torch.multiprocessing as mp
 
-    from dsm.ray_setup import free_port
+    from dsm.runtime.cluster import free_port
     from dsm.step import Collectives
 
     ctx = mp.get_context("spawn")

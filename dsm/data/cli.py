@@ -41,7 +41,7 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        from dsm.tracking import workspace_dir
+        from dsm.runtime.tracking import workspace_dir
 
         out = workspace_dir(args.workspace) / "data" / args.name
     manifests = prepare(args.name, out, cfg, overwrite=args.force, progress=not args.quiet)

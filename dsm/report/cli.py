@@ -29,8 +29,8 @@ def _numeric_metrics(metrics: dict) -> dict[str, float]:
 def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dict, metrics: dict) -> str | None:
     """Log the report folder as artifacts (under ``report/``) and its numbers as metrics: on the
     scoring run when scores.json records one that this store knows, else on a new run about the
-    model (dsm.tracking.child_run). Never fails the command."""
-    from dsm.tracking import best_effort, child_run, tracking_uri
+    model (dsm.runtime.tracking.child_run). Never fails the command."""
+    from dsm.runtime.tracking import best_effort, child_run, tracking_uri
 
     uri = tracking_uri(workspace)
 

@@ -8,20 +8,19 @@ the parquet folder's path as its last line.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from dsm.cliopts import add_address, add_workspace
 
 
-def _tracking(command: str, workspace: str | None, model_meta: dict, run_name: str, params: dict, metrics: dict,
-              artifacts: list[Path]) -> str | None:
-    """Log a finished run about the model (dsm.tracking.child_run); never fails the command.
+def _tracking(command: str, workspace: str | None, model_run_id: str | None, run_name: str, params: dict,
+              metrics: dict, artifacts: list[Path]) -> str | None:
+    """Log a finished run about the model (dsm.runtime.tracking.child_run); never fails the command.
     Returns the run id or None."""
-    from dsm.tracking import best_effort, child_run, tracking_uri
+    from dsm.runtime.tracking import best_effort, child_run, tracking_uri
 
     def log(client) -> str:
-        rid = child_run(client, model_meta.get("mlflow_run_id"), "dsm-score", workspace, run_name)
+        rid = child_run(client, model_run_id, "dsm-score", workspace, run_name)
         for k, v in params.items():
             client.log_param(rid, k, str(v)[:6000])
         for k, v in metrics.items():
@@ -52,7 +51,7 @@ def _normalize(args: argparse.Namespace) -> int:
     from dsm.bundle import load_model
 
     meta = load_model(args.model).meta
-    _tracking("normalize", args.workspace, meta, f"normalize-{Path(args.model).parent.name}",
+    _tracking("normalize", args.workspace, meta.get("mlflow_run_id"), f"normalize-{Path(args.model).parent.name}",
               {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"]},
               {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"],
                "log_z_spread_nats": ag["max_abs_diff"]},
@@ -66,44 +65,35 @@ def _score(args: argparse.Namespace) -> int:
 
     from dsm.consistency import Options as ConsistencyOptions
     from dsm.scoring.columns import ScoreSpec, parse_t_grid
-    from dsm.scoring.job import OPTIONS_FILE, read_scores, score
+    from dsm.scoring.job import OPTIONS_FILE, read_scores, score, write_json
     from dsm.scoring.summary import figures, format_summary
 
-    try:
-        spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
-                         batch_size=args.batch_size)
-        if args.actors < 1:
-            raise ValueError(f"--actors must be >= 1, got {args.actors}")
-        if args.consistency_samples == 1 or args.consistency_samples < 0:
-            raise ValueError(f"--consistency-samples must be 0 (skip) or >= 2, got {args.consistency_samples}")
-        consistency = ConsistencyOptions() if args.consistency_samples else None
-        summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
-                        consistency=consistency, consistency_samples=args.consistency_samples,
-                        restart=args.restart, address=args.address)
-    except Exception as e:  # noqa: BLE001 - here or in an actor: the cause in one line, not pages of traceback
-        from dsm.errors import is_bad_input, report_failure, short_cause
-
-        if is_bad_input(e):  # a file, a key or an option
-            print(f"dsm score: {short_cause(e)}", file=sys.stderr)
-            return 2
-        return report_failure("score", e, Path(args.out).expanduser().resolve() / "error.log")
+    spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
+                     batch_size=args.batch_size)
+    if args.actors < 1:
+        raise ValueError(f"--actors must be >= 1, got {args.actors}")
+    if args.consistency_samples == 1 or args.consistency_samples < 0:
+        raise ValueError(f"--consistency-samples must be 0 (skip) or >= 2, got {args.consistency_samples}")
+    consistency = ConsistencyOptions() if args.consistency_samples else None
+    # failures (bad input, a failed job, Ctrl-C) become exit codes in dsm.errors.exit_code
+    summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
+                    consistency=consistency, consistency_samples=args.consistency_samples,
+                    restart=args.restart, address=args.address)
     out = Path(args.out).expanduser().resolve()
     print(format_summary(summary))
     figs = figures(read_scores(out), spec.t_grid, out / "figures")
-    from dsm.bundle import load_model
-
-    meta = load_model(args.model).meta
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
     flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
-    rid = _tracking("score", args.workspace, meta, f"score-{Path(args.model).parent.name}-{Path(args.data).name}",
+    name = f"score-{Path(args.model).parent.name}-{Path(args.data).name}"
+    rid = _tracking("score", args.workspace, summary.get("model_mlflow_run_id"), name,
                     {"model": args.model, "data": args.data, "t_grid": list(spec.t_grid),
                      "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
                     flat, [out / OPTIONS_FILE, *figs])
     if rid:
         info = json.loads((out / OPTIONS_FILE).read_text())
         info["mlflow_run_id"] = rid
-        (out / OPTIONS_FILE).write_text(json.dumps(info, indent=1))
+        write_json(out / OPTIONS_FILE, info)
     print(out / "parts")
     return 0
 

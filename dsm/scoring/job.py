@@ -27,7 +27,6 @@ from dsm.scoring.inputs import Input, iter_examples, open_input
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
 # The noise range of a model given as a callable (an exact toy density): the shipped configs'.
-DEFAULT_T_RANGE = (1e-4, 1e3)
 
 
 def part_path(out: Path, index: int) -> Path:
@@ -110,13 +109,14 @@ def prepare_out(out: Path, options: dict, restart: bool = False) -> list[int]:
             raise ValueError(f"{out} holds scores of another job (differs in {', '.join(diff)}); "
                              "pass --restart to discard them and score afresh, or use another --out")
     else:
-        _write_json(opt_file, {"options": options, "status": "running"})
+        write_json(opt_file, {"options": options, "status": "running"})
     for tmp in (out / PARTS).glob(".part-*.tmp"):
         tmp.unlink()
     return [i for i in range(options["pieces"]) if not part_path(out, i).is_file()]
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
+    """``obj`` as JSON at ``path``, atomically (a reader never sees half a file)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1))
 
@@ -152,16 +152,7 @@ def read_scores(out: Path):
     return table.sort_by("key")
 
 
-def _training_t_range(model_ref: ModelRef) -> tuple[float, float]:
-    """[t_min, t_max] of the model's training (its bundle's config), or DEFAULT_T_RANGE."""
-    if callable(model_ref):
-        return DEFAULT_T_RANGE
-    from dsm.bundle import load_model
-
-    return load_model(model_ref).t_range
-
-
-def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Options) -> dict:
+def _consistency(model, inp, samples: int, options: cons.Options) -> dict:
     """The consistency summary on the first ``samples`` examples of the input (on this process's CPU)."""
     import torch
 
@@ -173,7 +164,7 @@ def _consistency(model, model_ref: ModelRef, inp, samples: int, options: cons.Op
         keys += k
         xs.append(torch.from_numpy(x))
     x = model.to_model(torch.cat(xs))
-    return consistency_summary(model.energy_model, x, keys, band_edges=band_edges(*_training_t_range(model_ref)),
+    return consistency_summary(model.energy_model, x, keys, band_edges=band_edges(*model.t_range),
                                options=options)
 
 
@@ -190,7 +181,8 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     runs them unless ``--consistency-samples 0``) skips them. restart: discard the scores ``out``
     holds, even of another job, and start afresh. address: the Ray cluster to join (default
     $RAY_ADDRESS, else a local Ray); on more than one node ``out`` must be shared storage
-    (dsm.storage), or the parts would be scattered over the nodes' disks.
+    (dsm.runtime.storage), or the parts would be scattered over the nodes' disks. A failure of
+    the Ray job raises dsm.errors.JobFailed (its traceback in ``out/error.log``).
     """
     import torch
 
@@ -207,21 +199,22 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
         raise ValueError(f"--dequantize needs 8-bit images; {inp.path} is not 8-bit")
     options = job_options(model_ref, model, inp, spec, model_label)
     pending = prepare_out(out, options, restart)
-    if pending:
-        from dsm.ray_setup import connect
-        from dsm.storage import check_cluster_storage
+    if pending:  # the parts are written where every node sees them (dsm.runtime.driver)
+        from dsm.runtime.driver import Job, drive
 
-        connect(address, log_to_driver=False)
-        check_cluster_storage(out)
-        run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu)
+        job = Job("score", address, storage=out, error_log=out / "error.log",
+                  resume_hint="re-run the same command to score the rest; finished parts are kept",
+                  log_to_driver=False)
+        drive(job, lambda _: run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu))
     table = read_scores(out)
     keys = table.column("key").to_pylist()
     if len(keys) != inp.num_samples or len(set(keys)) != len(keys):
         raise RuntimeError(f"{out}: {len(keys)} rows ({len(set(keys))} distinct keys) for {inp.num_samples} inputs")
     summary = summarize(table, spec.t_grid, model.dim)
+    summary["model_mlflow_run_id"] = model.meta.get("mlflow_run_id")  # the training run, for lineage
     if consistency is not None and inp.num_samples >= 2:
-        summary["consistency"] = _consistency(model, model_ref, inp, max(2, consistency_samples), consistency)
-    _write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
+        summary["consistency"] = _consistency(model, inp, max(2, consistency_samples), consistency)
+    write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
                                      "columns": table.column_names})
     return summary
 

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsm.storage import SHARED_ENV
+from dsm.runtime.storage import SHARED_ENV
 
 # gitignore-style patterns, relative to the working_dir (Ray also honours .gitignore): code and
 # configs go up; environments, caches, run outputs, weights and data stay here (a job reads its
@@ -129,7 +129,7 @@ def build_runtime_env(root: Path, *, local: bool, workspace: str | None = None, 
     must be absolute (a path on the cluster's shared storage), or be left to the cluster's
     own ``$DSM_WORKSPACE``.
     """
-    from dsm.tracking import workspace_dir
+    from dsm.runtime.tracking import workspace_dir
 
     environ = dict(os.environ if environ is None else environ)
     env: dict[str, str] = {}
@@ -155,7 +155,7 @@ def build_runtime_env(root: Path, *, local: bool, workspace: str | None = None, 
                             "writes to a file on the cluster, not the store `dsm ui` reads here; run an MLflow "
                             "server (cluster/mlflow/) and set MLFLOW_TRACKING_URI=http://...")
     elif local:
-        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws / 'mlflow.db'}"  # dsm.tracking's embedded default
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws / 'mlflow.db'}"  # dsm.runtime.tracking's embedded default
     if environ.get(SHARED_ENV):
         env[SHARED_ENV] = environ[SHARED_ENV]
 

@@ -143,7 +143,6 @@ class Worker:
     sampler: object
     stream: TrainStream
     state: TrainState
-    policy: NonFinitePolicy
     log: RunLog
     held: tuple[torch.Tensor, list[str]] | None = None  # rank 0: held-out examples and keys
     edges: list[float] = field(default_factory=list)  # noise bands of the per-band losses
@@ -205,8 +204,9 @@ def _start(config: dict) -> Worker:
     w = Worker(cfg, config, rank, Collectives(world, device), device, shape, model, model, opt, sched,
                ema=build.build_ema(cfg, model) if rank == 0 else None,  # only rank 0 evaluates and exports
                loss_fn=build.build_loss(cfg), sampler=build.build_sampler(cfg), stream=stream,
-               state=TrainState(mlflow_run_id=config.get("mlflow_run_id")),
-               policy=NonFinitePolicy(cfg.optim.max_bad_steps), log=RunLog(None, ""))
+               state=TrainState(nonfinite=NonFinitePolicy(cfg.optim.max_bad_steps),
+                                mlflow_run_id=config.get("mlflow_run_id")),
+               log=RunLog(None, ""))
     _resume(w, ray.train.get_checkpoint())
     if world > 1:
         w.net = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -226,8 +226,7 @@ def _resume(w: Worker, ckpt) -> None:
         return
     with ckpt.as_directory() as folder:
         w.state, _ = load_state(folder, model=w.model, optimizer=w.opt, scheduler=w.sched, map_location=w.device,
-                                sampler=w.sampler, ema=w.ema)
-    w.policy.skipped, w.policy.bad_run = w.state.skipped, w.state.bad_run
+                                sampler=w.sampler, ema=w.ema, nonfinite=w.state.nonfinite)
     if w.rank == 0:
         _say(f"dsm train: resumed {w.config['run_name']} at step {w.state.step}/{w.cfg.steps}")
 
@@ -289,12 +288,12 @@ def _step(w: Worker, batch: dict, window: Window) -> str | None:
                      max_grad_norm=w.cfg.optim.max_grad_norm, ema=w.ema,
                      all_finite=lambda ok: w.comm.all_finite(ok and input_ok), all_reduce_sum=w.comm.sum_tensor)
     w.state.step += 1
-    stopped = w.policy.after_step(res.finite, w.state.step)
-    w.state.skipped, w.state.bad_run = w.policy.skipped, w.policy.bad_run
+    count = w.state.nonfinite
+    stopped = count.after_step(res.finite, w.state.step)
     if not res.finite and w.rank == 0:
         _say(f"dsm train: non-finite loss or gradient at step {w.state.step} on some rank; update skipped "
-             f"({w.state.bad_run} in a row, {w.state.skipped} in total)", err=True)
-        w.state.pending.append((w.state.step, {"train/nonfinite_skipped": float(w.state.skipped)}))
+             f"({count.bad_run} in a row, {count.skipped} in total)", err=True)
+        w.state.pending.append((w.state.step, {"train/nonfinite_skipped": float(count.skipped)}))
     window.add(res, images=x.shape[0] * w.comm.world, busy=time.perf_counter() - t0)
     return stopped
 
@@ -356,7 +355,7 @@ def _report(w: Worker, step: int) -> None:
     that stops the trial on its final result (ASHA at max_t) would otherwise cut the export."""
     import ray.train
 
-    metrics: dict = {"step": step, "skipped": w.state.skipped}
+    metrics: dict = {"step": step, "skipped": w.state.nonfinite.skipped}
     with tempfile.TemporaryDirectory(prefix="dsm-ckpt-") as tmp:
         checkpoint = None
         if w.rank == 0:

@@ -15,34 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsm.config import ConfigError
-from dsm.fileio import Busy, exclusive
+from dsm.fileio import exclusive
 from dsm.step import NonFiniteTraining
 from dsm.train.config import TrainConfig
 
-
-class TrainingFailed(RuntimeError):
-    """Training failed in a worker or in Ray: ``cause`` is one line (the worker's own error),
-    ``log`` the file with the full traceback, ``bad_input`` whether the data was at fault."""
-
-    def __init__(self, cause: str, log: Path, bad_input: bool = False):
-        super().__init__(cause)
-        self.cause, self.log, self.bad_input = cause, Path(log), bad_input
-
-    def __reduce__(self):
-        return type(self), (self.cause, self.log, self.bad_input)
-
-
 ERROR_LOG = "error.log"  # in the run folder: the last failure's full traceback
-
-
-def close_run(uri: str, run_id: str | None, status: str, cause: str) -> None:
-    """End the MLflow run as ``status`` (FAILED or KILLED) with ``cause`` as the dsm.failure tag;
-    an MLflow failure here is reported, never raised."""
-    from dsm.train.runlog import RunLog
-
-    log = RunLog(run_id, uri)
-    log.tags({"dsm.status": status.lower(), "dsm.failure": cause})
-    log.finish(status)
 
 
 @dataclass(frozen=True)
@@ -61,7 +38,7 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
          progress: bool = True) -> Plan:
     """Resolve the data (preparing a built-in data set once) and check that the model builds.
     Raises ConfigError; starts nothing."""
-    from dsm.tracking import workspace_dir
+    from dsm.runtime.tracking import workspace_dir
     from dsm.train.build import check_buildable, resolve_data
 
     ws = workspace_dir(workspace)
@@ -90,7 +67,7 @@ def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
     starts: a fixed ``name=`` reused for another architecture would else fail in every worker
     with pages of size mismatches."""
     from dsm.fileio import load_torch_file
-    from dsm.tracking import flatten
+    from dsm.runtime.tracking import flatten
 
     states = sorted(run_dir.glob("checkpoint_*/state.pt"), key=lambda f: f.stat().st_mtime)
     if not states:
@@ -121,14 +98,6 @@ def check_local_resources(cfg: TrainConfig) -> None:
                           "scaling.cpus_per_worker, or give --address of a cluster")
 
 
-def init_ray(address: str | None, cfg: TrainConfig, log_to_driver: bool = True) -> None:
-    """Join ``address`` (or $RAY_ADDRESS), reuse an initialised Ray, or start a local one that
-    must hold the configured workers."""
-    from dsm.ray_setup import connect
-
-    connect(address, log_to_driver=log_to_driver, check_local=lambda: check_local_resources(cfg))
-
-
 def _manifest_hash(cfg: TrainConfig) -> str:
     from dsm.data.shards import sha256_file
 
@@ -144,8 +113,7 @@ def open_tracking(p: Plan, extra_tags: dict[str, str] | None = None) -> tuple[st
     trial's parent link, for one)."""
     import ray
 
-    from dsm.tracking import flatten, git_commit, tracking_uri
-    from dsm.train.runlog import open_run
+    from dsm.runtime.tracking import flatten, git_commit, open_run, tracking_uri
 
     cfg = p.cfg
     uri = tracking_uri(p.workspace)
@@ -244,26 +212,25 @@ def outcome(p: Plan, result) -> Path:
 
 
 def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Path:
-    """Run (or resume) the planned training on Ray Train; returns the exported model's path."""
-    from dsm.storage import check_cluster_storage
+    """Run (or resume) the planned training on Ray Train (dsm.runtime.driver's sequence); returns
+    the exported model's path. Raises dsm.errors.JobFailed, Interrupted or NonFiniteTraining."""
+    from dsm.runtime.driver import Job, Tracking, drive
+    from dsm.runtime.tracking import tracking_uri
 
-    init_ray(address, p.cfg, log_to_driver)
-    check_cluster_storage(p.run_dir.parent)  # node-local checkpoints on a multi-node cluster: ConfigError
-    uri, tags, run_id = open_tracking(p)  # after the checks, so a refused run leaves no MLflow run behind
-    try:
-        return outcome(p, _fit_interruptibly(make_trainer(p, uri, run_id, tags)))
-    except NonFiniteTraining:
-        raise  # rank 0 has closed the run (FAILED, dsm.stop_reason)
-    except KeyboardInterrupt:
-        close_run(uri, run_id, "KILLED", "interrupted; re-run the same command to resume")
-        raise
-    except Exception as e:  # noqa: BLE001 - every other way out closes the run and keeps the traceback
-        from dsm.errors import BadInputFailure, innermost, short_cause, write_traceback
+    job = Job("train", address, storage=p.run_dir.parent, error_log=p.run_dir / ERROR_LOG,
+              resume_hint=f"re-run the same command to resume {p.name!r} from its last checkpoint",
+              check_local=lambda: check_local_resources(p.cfg), log_to_driver=log_to_driver)
+    opened: dict = {}
 
-        cause = short_cause(e)
-        close_run(uri, run_id, "FAILED", cause)
-        raise TrainingFailed(cause, write_traceback(e, p.run_dir / ERROR_LOG),
-                             bad_input=isinstance(innermost(e), BadInputFailure)) from e
+    def open_run() -> str | None:
+        opened["uri"], opened["tags"], run_id = open_tracking(p)
+        return run_id
+
+    def fit(run_id: str | None) -> Path:
+        return outcome(p, _fit_interruptibly(make_trainer(p, opened["uri"], run_id, opened["tags"])))
+
+    # NonFiniteTraining: rank 0 has closed the run (FAILED, with dsm.stop_reason)
+    return drive(job, fit, Tracking(tracking_uri(p.workspace), open_run, closes_itself=(NonFiniteTraining,)))
 
 
 def _fit_interruptibly(trainer):
@@ -295,7 +262,7 @@ def _fit_interruptibly(trainer):
 def print_summary(p: Plan, export: Path) -> None:
     """Where things are; the export path comes last (scripts read the last line)."""
     from dsm.bundle import load_model
-    from dsm.tracking import tracking_uri
+    from dsm.runtime.tracking import tracking_uri
     from dsm.train.loop import BEST_FILE, SELECTED_BY
 
     b = load_model(export)
@@ -314,7 +281,7 @@ def print_summary(p: Plan, export: Path) -> None:
 
 def main(config: str | None, overrides: list[str], *, workspace: str | None, address: str | None,
          workers: int | None, gpu: bool, quiet: bool = False) -> int:
-    """``dsm train``: returns the exit code."""
+    """``dsm train``: returns the exit code (failures become exit codes in dsm.errors.exit_code)."""
     from dsm.config import load_config
 
     extra = list(overrides)
@@ -327,23 +294,7 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     p = plan(cfg, workspace, stem, progress=not quiet)
     print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
           f"outputs in {p.run_dir}", flush=True)
-    try:
-        with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder
-            export = train(p, address)
-    except Busy as e:
-        print(f"dsm train: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteTraining as e:
-        print(f"dsm train: {e}", file=sys.stderr)
-        return 3
-    except TrainingFailed as e:
-        from dsm.errors import print_failure
-
-        rc = print_failure("train", e.cause, e.log)  # the cause last; the traceback in a file
-        return 2 if e.bad_input else rc
-    except KeyboardInterrupt:
-        from dsm.errors import exit_interrupted
-
-        exit_interrupted("train", f"re-run the same command to resume {p.name!r} from its last checkpoint")
+    with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder (else Busy: exit 2)
+        export = train(p, address)
     print_summary(p, export)
     return 0

@@ -1,4 +1,5 @@
-"""MLflow logging for a training run: the driver opens (or finds) the run, rank 0 logs to it.
+"""MLflow logging for a training run: the driver opens (or finds) the run
+(dsm.runtime.tracking.open_run), rank 0 logs to it.
 
 Metric rows are buffered and written after each checkpoint is persisted, and every flush
 ends with a ``progress/step`` marker. A resumed run reads the marker and drops rows at or
@@ -17,33 +18,6 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "progress/step"
-RUN_NAME_TAG = "dsm.run_name"
-
-
-def open_run(experiment: str, run_name: str, tracking_uri: str, workspace: Path, params: dict[str, str],
-             tags: dict[str, str]) -> str | None:
-    """The id of the MLflow run called ``run_name`` in ``experiment``: the existing one (a
-    resumed run) or a new one with ``params`` and ``tags``. None, with a message, when the
-    tracking server cannot be reached."""
-    from dsm.tracking import best_effort, use_experiment
-
-    def find_or_create(client) -> str:
-        from mlflow.entities import Param
-
-        exp_id = use_experiment(experiment, workspace)
-        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
-                                   max_results=1, order_by=["attributes.start_time DESC"])
-        if found:
-            run_id = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            return run_id
-        run_id = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags}).info.run_id
-        items = list(params.items())
-        for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params
-            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
-        return run_id
-
-    return best_effort("train", tracking_uri, find_or_create, "training goes on without tracking")
 
 
 class RunLog:
@@ -62,7 +36,7 @@ class RunLog:
             if self._client is None:
                 from mlflow.tracking import MlflowClient
 
-                from dsm.tracking import quick_fail_http
+                from dsm.runtime.tracking import quick_fail_http
 
                 quick_fail_http()
                 self._client = MlflowClient(self.tracking_uri)

@@ -29,15 +29,18 @@ from typing import Any
 import torch
 
 from dsm.fileio import load_torch_file
+from dsm.step import NonFinitePolicy
 
 STATE_FILE = "state.pt"
 
 
 @dataclass
 class TrainState:
+    """A worker's counters. ``nonfinite``: the non-finite policy, whose counts are checkpointed
+    (its ``max_bad_steps`` comes from the config, not the checkpoint)."""
+
     step: int = 0
-    skipped: int = 0
-    bad_run: int = 0
+    nonfinite: NonFinitePolicy = field(default_factory=lambda: NonFinitePolicy(max_bad_steps=1))
     mlflow_run_id: str | None = None
     pending: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     best_nll_bpd: float | None = None  # lowest eval/nll_bpd so far, and the step it was measured at
@@ -51,7 +54,7 @@ def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
     path = Path(folder) / STATE_FILE
     blob = {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": state.step, "skipped": state.skipped, "bad_run": state.bad_run,
+        "step": state.step, "skipped": state.nonfinite.skipped, "bad_run": state.nonfinite.bad_run,
         "data": {"epoch": state.step // batches_per_epoch, "offset": state.step % batches_per_epoch,
                  "batches_per_epoch": batches_per_epoch, "world_size": world_size},
         "rng": torch.get_rng_state(), "mlflow_run_id": state.mlflow_run_id,
@@ -66,9 +69,11 @@ def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
 
 def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: Any, map_location: str | torch.device = "cpu", sampler: Any = None,
-               ema: torch.nn.Module | None = None) -> tuple[TrainState, dict]:
-    """Restore model, optimizer and scheduler (and a weight EMA) in place from ``folder/state.pt``;
-    returns the counters and the raw blob (for its ``data`` and ``config`` entries).
+               ema: torch.nn.Module | None = None,
+               nonfinite: NonFinitePolicy | None = None) -> tuple[TrainState, dict]:
+    """Restore model, optimizer and scheduler (and a weight EMA, and the non-finite policy's
+    counts) in place from ``folder/state.pt``; returns the counters and the raw blob (for its
+    ``data`` and ``config`` entries).
 
     An EMA asked for but absent from the checkpoint (``optim.ema_decay`` added on resume)
     restarts from the restored weights, with a warning.
@@ -94,7 +99,9 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
         else:
             ema.load_state_dict(blob["ema"])
     best = blob.get("best") or {}
-    state = TrainState(step=int(blob["step"]), skipped=int(blob["skipped"]), bad_run=int(blob["bad_run"]),
-                       mlflow_run_id=blob.get("mlflow_run_id"), pending=[(int(s), m) for s, m in blob["pending"]],
+    nonfinite = nonfinite or NonFinitePolicy(max_bad_steps=1)
+    nonfinite.skipped, nonfinite.bad_run = int(blob["skipped"]), int(blob["bad_run"])
+    state = TrainState(step=int(blob["step"]), nonfinite=nonfinite, mlflow_run_id=blob.get("mlflow_run_id"),
+                       pending=[(int(s), m) for s, m in blob["pending"]],
                        best_nll_bpd=best.get("nll_bpd"), best_step=best.get("step"))
     return state, blob

@@ -23,7 +23,7 @@ def _last_line(capsys) -> str:
 def test_report_has_every_section_and_logs_to_the_scoring_run(digits_scores, tmp_path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from dsm.tracking import tracking_uri, use_experiment
+    from dsm.runtime.tracking import tracking_uri, use_experiment
 
     scores, data, gauss = digits_scores
     work = tmp_path / "scores"

@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dsm.api import DEFAULT_T_RANGE
 from dsm.bundle import save_bundle
 from dsm.cli import main
 from dsm.config import load_config
 from dsm.consistency import Options as ConsistencyOptions
 from dsm.scoring.columns import ScoreSpec
-from dsm.scoring.job import DEFAULT_T_RANGE, read_scores, score
+from dsm.scoring.job import read_scores, score
 from dsm.train import build
 from dsm.train.config import TrainConfig
 
@@ -82,7 +83,7 @@ def test_score_warns_about_an_inconsistent_model(ray_cluster, tmp_path, capsys, 
     so `dsm score` prints the warning line, and logs the consistency/* metrics to its MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from dsm.tracking import tracking_uri
+    from dsm.runtime.tracking import tracking_uri
 
     model = _vector_bundle(tmp_path)
     data = tmp_path / "data.npy"

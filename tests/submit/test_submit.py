@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsm.tracking import tracking_uri
+from dsm.runtime.tracking import tracking_uri
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["dsm", "train", "configs/digits-smoke.yaml", "steps=30", "checkpoint.every=15", "log_every=5",

@@ -24,7 +24,7 @@ def main(ws: Path) -> dict:
     from ray.cluster_utils import Cluster
 
     from dsm.config import ConfigError, load_config
-    from dsm.storage import alive_nodes
+    from dsm.runtime.storage import alive_nodes
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from dsm.train.run import plan, train

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from dsm.bundle import load_model
-from dsm.tracking import tracking_uri
+from dsm.runtime.tracking import tracking_uri
 from tests.procs import kill_leftovers, short_tmp
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from dsm.bundle import load_model
-from dsm.tracking import tracking_uri
+from dsm.runtime.tracking import tracking_uri
 from dsm.train.run import NonFiniteTraining, plan, train
 from dsm.train.runlog import MARKER
 

@@ -4,8 +4,8 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from dsm.tracking import flatten, tracking_uri
-from dsm.train.runlog import MARKER, RunLog, open_run
+from dsm.runtime.tracking import flatten, open_run, tracking_uri
+from dsm.train.runlog import MARKER, RunLog
 
 
 def test_flush_after_restart_never_duplicates_steps(tmp_path):

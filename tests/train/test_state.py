@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dsm.seeding import key_seed
-from dsm.step import train_step
+from dsm.step import NonFinitePolicy, train_step
 from dsm.train import build
 from dsm.train.state import TrainState, load_state, save_state
 
@@ -38,15 +38,19 @@ def test_resume_matches_uninterrupted(make_cfg, tmp_path, variant):
     sampler_a, ema_a = build.build_sampler(cfg), build.build_ema(cfg, a)
     _steps(cfg, a, opt_a, sched_a, x, 0, 6, sampler_a, ema_a)
     save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a,
-               state=TrainState(step=6, mlflow_run_id="r", best_nll_bpd=1.5, best_step=4),
+               state=TrainState(step=6, nonfinite=NonFinitePolicy(3, skipped=2, bad_run=1), mlflow_run_id="r",
+                                best_nll_bpd=1.5, best_step=4),
                config=cfg.model_dump(mode="json"), batches_per_epoch=4, world_size=1, sampler=sampler_a, ema=ema_a)
 
     torch.manual_seed(123)  # a fresh process: different init, fresh optimizer
     b = build.build_model(cfg, shape)
     opt_b, sched_b = build.build_optimizer(cfg, b)
     sampler_b, ema_b = build.build_sampler(cfg), build.build_ema(cfg, b)
-    state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, sampler=sampler_b, ema=ema_b)
+    policy = NonFinitePolicy(5)  # the limit is the resumed config's; the counts are the checkpoint's
+    state, blob = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b, sampler=sampler_b, ema=ema_b,
+                             nonfinite=policy)
     assert state.step == 6 and state.mlflow_run_id == "r"
+    assert state.nonfinite is policy and (policy.max_bad_steps, policy.skipped, policy.bad_run) == (5, 2, 1)
     assert (state.best_nll_bpd, state.best_step) == (1.5, 4)  # model selection survives a resume
     assert blob["data"] == {"epoch": 1, "offset": 2, "batches_per_epoch": 4, "world_size": 1}
     assert opt_b.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == cfg.optim.lr / 4

@@ -42,7 +42,7 @@ def connect(address: str | None = None, *, log_to_driver: bool = True, check_loc
         os.environ.setdefault(k, v)
     # A local Ray's GCS, raylet and worker gRPC servers listen beyond loopback (Ray maps
     # 127.0.0.1 to the host's address); its token authentication, on by default for a new local
-    # Ray since 2.5x, is what keeps other hosts out (tests/test_ray_setup.py checks the ports).
+    # Ray since 2.5x, is what keeps other hosts out (tests/runtime/test_cluster.py checks the ports).
     # Setting the mode here would not do: Ray reads it once, at import.
     mode = os.environ.get("RAY_AUTH_MODE", "token")
     if mode.lower() != "token":
@@ -86,13 +86,13 @@ REAPER_GRACE_S = 3.0  # Ray's own fate-sharing stops the GCS, raylet and workers
 
 
 def start_reaper() -> None:
-    """Start ``python -m dsm.ray_setup PID``: a watchdog (psutil only, no Ray or torch) that
+    """Start ``python -m dsm.runtime.cluster PID``: a watchdog (psutil only, no Ray or torch) that
     outlives this process, for a driver that started a local Ray. SIGKILL or ``os._exit`` of the
     driver skips Ray's own shutdown; the watchdog then stops what is left of it."""
     import subprocess
     import sys
 
-    subprocess.Popen([sys.executable, "-m", "dsm.ray_setup", str(os.getpid())], start_new_session=True,
+    subprocess.Popen([sys.executable, "-m", "dsm.runtime.cluster", str(os.getpid())], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from dsm.config import ConfigError, flatten_keys, load_config
-from dsm.sweep.spec import Param, SweepSpec, field_exists, nice, sweep_name
 from dsm.train.config import TrainConfig
+from dsm.tune.spec import Param, SweepSpec, field_exists, nice, sweep_name
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def _check_trial(plan_spec: SweepSpec, cfg: TrainConfig, what: str) -> None:
 def make_plan(spec_path: str | Path, overrides: list[str] = (), workspace: str | Path | None = None,
               prepare_data: bool = True, progress: bool = True) -> SweepPlan:
     """Load and validate a spec and expand its trials. Raises ConfigError naming the field."""
-    from dsm.tracking import workspace_dir
+    from dsm.runtime.tracking import workspace_dir
     from dsm.train.build import check_buildable
 
     spec_path = Path(spec_path)

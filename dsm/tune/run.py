@@ -13,9 +13,9 @@ import functools
 import math
 from pathlib import Path
 
-from dsm.sweep.plan import SweepPlan, check_local_cpus, describe, make_plan
-from dsm.sweep.results import TrialResult, best, status_of, write_best_config, write_figure, write_table
-from dsm.sweep.spec import nice
+from dsm.tune.plan import SweepPlan, check_local_cpus, describe, make_plan
+from dsm.tune.results import TrialResult, best, status_of, write_best_config, write_figure, write_table
+from dsm.tune.spec import nice
 
 
 def _info(plan: SweepPlan, parent_run_id: str | None) -> dict:
@@ -31,7 +31,7 @@ def _tuner(plan: SweepPlan, info: dict, concurrent: int):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from dsm.sweep.trial import name_from_trial, run_trial
+    from dsm.tune.trial import name_from_trial, run_trial
 
     spec = plan.spec
     resources = {"CPU": spec.resources.trial_cpu, "memory": spec.resources.trial_memory_mb * 2**20}
@@ -77,7 +77,7 @@ def _error_summary(err: BaseException) -> str:
 
 def _collect(plan: SweepPlan, grid) -> list[TrialResult]:
     """One TrialResult per trial of Tune's ResultGrid, in trial order."""
-    from dsm.sweep.trial import trial_name
+    from dsm.tune.trial import trial_name
 
     out = []
     for r in grid:
@@ -99,22 +99,20 @@ def _collect(plan: SweepPlan, grid) -> list[TrialResult]:
 
 
 def _open_parent(plan: SweepPlan) -> str | None:
-    from dsm.tracking import flatten, git_commit, tracking_uri
-    from dsm.train.runlog import open_run
+    from dsm.runtime.tracking import flatten, git_commit, open_run, tracking_uri
 
     if not plan.spec.tracking.enabled:
         return None
     params = flatten({"spec": plan.spec.model_dump(mode="json")})
     tags = {"dsm.kind": "sweep", "dsm.git_commit": git_commit(), "dsm.sweep_folder": str(plan.folder)}
     return open_run(plan.spec.tracking.experiment, plan.name, tracking_uri(plan.workspace), plan.workspace,
-                    params, tags)
+                    params, tags, command="tune")
 
 
 def _log_parent(plan: SweepPlan, parent: str | None, results: list[TrialResult], files: list[Path],
                 top: TrialResult | None) -> None:
     """Artifacts and best metric on the sweep's run; each child's status set from its trial's."""
-    from dsm.tracking import best_effort, tracking_uri
-    from dsm.train.runlog import RUN_NAME_TAG
+    from dsm.runtime.tracking import RUN_NAME_TAG, best_effort, tracking_uri
 
     def log(client) -> None:
         for f in files:
@@ -164,20 +162,28 @@ def concurrency(plan: SweepPlan) -> int:
 
 
 def run(plan: SweepPlan, address: str | None = None, verbose: bool = False) -> Path:
-    """Run or resume the sweep; returns the best config's path (or the results table's)."""
-    from dsm.ray_setup import connect
-    from dsm.storage import check_cluster_storage
+    """Run or resume the sweep (dsm.runtime.driver's sequence); returns the best config's path
+    (or the results table's). Trials checkpoint under the sweep's folder, so that is the storage
+    every node must see."""
+    from dsm.runtime.driver import Job, Tracking, drive
+    from dsm.runtime.tracking import tracking_uri
 
-    connect(address, log_to_driver=verbose, check_local=lambda: check_local_cpus(plan))
-    check_local_cpus(plan, _cluster_cpus())
-    check_cluster_storage(plan.folder.parent)  # trials checkpoint there: it must be shared on multi-node clusters
-    parent = _open_parent(plan)
-    from dsm.sweep import slots
+    job = Job("tune", address, storage=plan.folder.parent, error_log=plan.folder / "error.log",
+              resume_hint=f"re-run the same command to resume sweep {plan.name!r}",
+              check_local=lambda: check_local_cpus(plan), check_cluster=lambda: check_local_cpus(plan, _cluster_cpus()),
+              log_to_driver=verbose)
+    return drive(job, lambda parent: _sweep(plan, parent),
+                 Tracking(tracking_uri(plan.workspace), lambda: _open_parent(plan)))
+
+
+def _sweep(plan: SweepPlan, parent: str | None) -> Path:
+    """The sweep on a joined Ray: Tune's trials, then the results table, figure and best config,
+    logged on the sweep's run ``parent``."""
+    from dsm.tune import slots
 
     n = concurrency(plan)
     holder = slots.create(plan.name, n)  # noqa: F841 - kept alive for the sweep's length
-    tuner = _tuner(plan, _info(plan, parent), n)
-    grid = tuner.fit()
+    grid = _tuner(plan, _info(plan, parent), n).fit()
     results = _collect(plan, grid)
     out = plan.folder / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -216,17 +222,7 @@ def main(spec: str, overrides: list[str], *, workspace: str | None, address: str
         print(describe(plan))
         print("dry run: nothing started")
         return 0
-    if address is None:
-        import os
-
-        if not os.environ.get("RAY_ADDRESS"):
-            check_local_cpus(plan)
     print(describe(plan), flush=True)
-    try:
-        last = run(plan, address, verbose)
-    except KeyboardInterrupt:
-        from dsm.errors import exit_interrupted
-
-        exit_interrupted("tune", f"re-run the same command to resume sweep {plan.name!r}")
+    last = run(plan, address, verbose)  # failures become exit codes in dsm.errors.exit_code
     print(last)
     return 0 if last.name == "best_config.yaml" else 1

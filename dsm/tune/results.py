@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsm.sweep.spec import SweepSpec, nice
+from dsm.tune.spec import SweepSpec, nice
 
 
 @dataclass

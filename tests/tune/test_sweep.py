@@ -15,7 +15,8 @@ import yaml
 from dsm.cli import main as cli
 from dsm.config import load_config
 from dsm.train.config import TrainConfig
-from tests.sweep.conftest import REPO
+from dsm.tune.trial import STARTS_TAG
+from tests.tune.conftest import REPO
 
 
 def _runs(ws: Path):
@@ -109,12 +110,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
     assert cli(["tune", str(spec), "--workspace", str(ws), "--address", ray_cluster]) == 0
     # The restored sweep starts its unfinished trials together; the training slots (one fits
     # on 2 CPUs) make them take turns instead of starving each other's workers.
-    attempts = {t: int((folder / "runs" / f"resume-test-{t}" / "attempts.txt").read_text())
-                for t in ("t000", "t001", "t002")}
-    assert attempts["t000"] == 1 and attempts["t001"] == 2, attempts  # finished one kept; the other resumed
+    client, runs = _runs(ws)
+    starts = {r.data.tags["dsm.run_name"]: int(r.data.tags[STARTS_TAG]) for r in runs if STARTS_TAG in r.data.tags}
+    assert starts["resume-test-t000"] == 1 and starts["resume-test-t001"] == 2, starts  # finished one kept
     rows = list(csv.DictReader(open(folder / "results" / "results.csv")))
     assert [r["status"] for r in rows] == ["completed"] * 3
-    client, runs = _runs(ws)
     (child,) = [r for r in runs if r.data.tags.get("dsm.run_name") == "resume-test-t001"]
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
     assert steps == [20, 40, 60]  # resumed from its checkpoint: each step logged exactly once

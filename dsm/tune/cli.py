@@ -8,7 +8,7 @@ from dsm.cliopts import add_address, add_workspace
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from dsm.sweep.run import main
+    from dsm.tune.run import main
 
     return main(args.spec, args.overrides, workspace=args.workspace, address=args.address,
                 dry_run=args.dry_run, verbose=args.verbose)

@@ -5,8 +5,8 @@ import math
 
 import yaml
 
-from dsm.sweep.results import TrialResult, best, status_of, write_best_config, write_figure, write_table
-from dsm.sweep.spec import SweepSpec
+from dsm.tune.results import TrialResult, best, status_of, write_best_config, write_figure, write_table
+from dsm.tune.spec import SweepSpec
 
 
 def _results():
@@ -43,7 +43,7 @@ def test_table_figure_and_best_config(tmp_path):
 
 
 def test_trial_errors_are_summarized_to_their_cause():
-    from dsm.sweep.run import _error_summary
+    from dsm.tune.run import _error_summary
 
     wrapped = RuntimeError(
         "ray.exceptions.RayTaskError(WorkerGroupError): \x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)\n"

@@ -17,12 +17,12 @@ import urllib.request
 import psutil
 import pytest
 
-from dsm.ray_setup import reap_after
+from dsm.runtime.cluster import reap_after
 
 # The child: start Ray as `dsm train` does, run one actor (a worker process), report, then wait.
 CHILD = """
 import json, ray
-from dsm.ray_setup import connect
+from dsm.runtime.cluster import connect
 connect(log_to_driver=False)
 @ray.remote
 class Echo:
@@ -50,7 +50,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
     out = []
     for p in psutil.Process(pid).children(recursive=True):
         try:
-            if "dsm.ray_setup" not in " ".join(p.cmdline()):
+            if "dsm.runtime.cluster" not in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:
             pass

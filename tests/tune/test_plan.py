@@ -8,13 +8,13 @@ import pytest
 
 from dsm.cli import main as cli
 from dsm.config import ConfigError
-from dsm.sweep.plan import check_local_cpus, describe, make_plan
+from dsm.tune.plan import check_local_cpus, describe, make_plan
 
 SMALL = {"steps": 60, "checkpoint": {"every": 20}}
 
 
 def test_shipped_specs_are_valid(digits_workspace):
-    from tests.sweep.conftest import REPO
+    from tests.tune.conftest import REPO
 
     for spec in sorted((REPO / "tune").glob("*.yaml")):
         plan = make_plan(spec, workspace=digits_workspace, prepare_data=False)

@@ -80,7 +80,7 @@ class ResourcesSpec(StrictModel):
     """Per trial: its Ray Train workers, and what the small function that drives them reserves.
 
     The trial function reserves no CPU by default (a little memory only) and takes a training
-    slot before it starts its workers (dsm.sweep.slots), so trials waiting for their turn
+    slot before it starts its workers (dsm.tune.slots), so trials waiting for their turn
     never hold CPUs that a running trial's workers need (docs/design.md section 8's 0.2 CPU per
     trial deadlocked a restored sweep on 2 CPUs).
     """

@@ -2,7 +2,7 @@
 
 import os
 
-from dsm.tracking import tracking_uri, use_experiment
+from dsm.runtime.tracking import tracking_uri, use_experiment
 
 
 def test_a_second_workspace_in_the_same_process_gets_its_own_store(tmp_path, monkeypatch):

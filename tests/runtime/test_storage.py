@@ -1,10 +1,10 @@
-"""The shared-storage check (dsm.storage): pure, no Ray. The integration (dsm train refusing
+"""The shared-storage check (dsm.runtime.storage): pure, no Ray. The integration (dsm train refusing
 node-local storage on a 3-node cluster) is in tests/train/test_multinode.py."""
 
 import pytest
 
 from dsm.config import ConfigError
-from dsm.storage import check_shared_storage, is_shared_uri, shared_storage_declared
+from dsm.runtime.storage import check_shared_storage, is_shared_uri, shared_storage_declared
 
 
 def test_single_node_anything_goes():

@@ -12,7 +12,7 @@ cluster, not of the run: it must not change a run's fingerprint (and so its name
 
 Usage from a driver that has joined Ray (this is all ``dsm train`` does)::
 
-    from dsm.storage import check_cluster_storage
+    from dsm.runtime.storage import check_cluster_storage
     check_cluster_storage(storage_path)      # raises dsm.config.ConfigError
 
 The pure check, :func:`check_shared_storage`, needs no Ray and is what the tests call.

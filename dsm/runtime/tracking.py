@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 DEFAULT_WORKSPACE = "dsm-runs"
+RUN_NAME_TAG = "dsm.run_name"  # how a resumed run finds its MLflow run
 
 
 def workspace_dir(workspace: str | Path | None = None) -> Path:
@@ -25,36 +26,29 @@ def tracking_uri(workspace: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_dir(workspace) / 'mlflow.db'}"
 
 
-def set_tracking_uri(uri: str) -> None:
-    """``mlflow.set_tracking_uri`` without its side effect on ``$MLFLOW_TRACKING_URI``.
+def use_experiment(name: str, workspace: str | Path | None = None, client=None) -> str:
+    """The id of experiment ``name`` in the workspace's store (``client``'s, when given), created
+    if needed with its artifacts under the workspace.
 
-    MLflow also writes the URI into the environment, where :func:`tracking_uri` would then
-    take it for the user's choice: a second workspace in the same process (a notebook, the
-    tests) would silently log to the first one's store.
+    Through an MlflowClient, not MLflow's fluent API: that keeps the URI in process-wide state
+    and in ``$MLFLOW_TRACKING_URI``, where :func:`tracking_uri` would take it for the user's choice
+    and a second workspace in the same process (a notebook, the tests) would log to the first.
     """
-    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient  # imported here: the core and `dsm --help` do not pay for it
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
-def use_experiment(name: str, workspace: str | Path | None = None) -> str:
-    """Point MLflow at the tracking URI and select (creating if needed) experiment ``name``."""
-    import mlflow  # imported here: the math core and `dsm --help` should not pay for it
-
-    set_tracking_uri(tracking_uri(workspace))
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is None:
+    client = client or MlflowClient(tracking_uri(workspace))
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
         artifacts = (workspace_dir(workspace) / "artifacts" / name).as_uri()
-        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
+        return client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException:  # created meanwhile by another process (two sweep trials, say)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -100,7 +94,6 @@ def best_effort(command: str, uri: str, action, consequence: str = "results are 
         from mlflow.tracking import MlflowClient
 
         quick_fail_http()
-        set_tracking_uri(uri)
         return action(MlflowClient(uri))
     except Exception as e:  # noqa: BLE001 - any tracking failure: say so and go on
         print(f"dsm {command}: MLflow at {uri} is unavailable ({type(e).__name__}: {e}); {consequence}",
@@ -121,5 +114,42 @@ def child_run(client, model_run_id: str | None, experiment: str, workspace: str 
             tags["mlflow.parentRunId"] = model_run_id  # shows nested under the training run in the UI
         except Exception:  # noqa: BLE001 - the training run lives in another store, or was deleted
             exp_id = None
-    exp_id = exp_id or use_experiment(experiment, workspace)
+    exp_id = exp_id or use_experiment(experiment, workspace, client)
     return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+def open_run(experiment: str, run_name: str, tracking_uri: str, workspace: str | Path | None, params: dict[str, str],
+             tags: dict[str, str], command: str = "train") -> str | None:
+    """The id of the MLflow run called ``run_name`` in ``experiment``: the existing one (a
+    resumed run) or a new one with ``params`` and ``tags``. None, with a message, when the
+    tracking server cannot be reached."""
+    def find_or_create(client) -> str:
+        from mlflow.entities import Param
+
+        exp_id = use_experiment(experiment, workspace, client)
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                                   max_results=1, order_by=["attributes.start_time DESC"])
+        if found:
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            return run_id
+        run_id = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags}).info.run_id
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params
+            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+        return run_id
+
+    return best_effort(command, tracking_uri, find_or_create, "training goes on without tracking")
+
+def close_run(uri: str, run_id: str | None, status: str, cause: str, command: str = "train") -> None:
+    """End the MLflow run as ``status`` (FAILED or KILLED) with ``cause`` as its dsm.failure tag;
+    nothing without a run id, and an MLflow failure here is one line, never raised."""
+    if run_id is None:
+        return
+
+    def close(client) -> None:
+        client.set_tag(run_id, "dsm.status", status.lower())
+        client.set_tag(run_id, "dsm.failure", cause[:5000])
+        client.set_terminated(run_id, status)
+
+    best_effort(command, uri, close, "the run's status there is stale")

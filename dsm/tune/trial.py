@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ATTEMPTS_FILE = "attempts.txt"
+STARTS_TAG = "dsm.trial_starts"  # on the trial's MLflow run: how often the trial was started
 
 
 def trial_name(sweep: str, index: int | None, trial_id: str) -> str:
@@ -29,15 +29,15 @@ def name_from_trial(trial: Any, sweep: str) -> str:
 
 def run_trial(config: dict, info: dict) -> None:
     """The function trainable. ``config``: {"trial": {"index", "params"}} for a planned trial,
-    or {"params": {...}} from Optuna. ``info``: what the driver planned (see dsm.sweep.run)."""
+    or {"params": {...}} from Optuna. ``info``: what the driver planned (see dsm.tune.run)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from dsm.config import load_config
-    from dsm.sweep import slots
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from dsm.train.run import NonFiniteTraining, Plan, make_trainer, open_tracking, outcome
+    from dsm.tune import slots
 
     entry = config.get("trial")
     ctx = ray.tune.get_context()
@@ -53,17 +53,13 @@ def run_trial(config: dict, info: dict) -> None:
     run_dir = Path(info["folder"]) / "runs" / name
     p = Plan(cfg, name, Path(info["workspace"]), run_dir, run_dir / "model.pt", ())
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    attempts_file = run_dir / ATTEMPTS_FILE
-    attempts = int(attempts_file.read_text()) + 1 if attempts_file.is_file() else 1
-    attempts_file.write_text(f"{attempts}\n")  # how often this trial was started (a resumed sweep restarts it)
-
     tags = {"dsm.sweep": info["sweep"], "dsm.sweep_params": json.dumps(params, default=str)[:5000]}
     if info.get("parent_run_id"):
         tags["mlflow.parentRunId"] = info["parent_run_id"]  # nested under the sweep's run in the UI
     uri, run_tags, run_id = open_tracking(p, extra_tags=tags)
+    _count_start(uri, run_id)
     trainer = make_trainer(p, uri, run_id, run_tags, callbacks=[TuneReportCallback()])
-    slots.wait_for_slot(info["sweep"], name)  # its turn to train (see dsm.sweep.slots)
+    slots.wait_for_slot(info["sweep"], name)  # its turn to train (see dsm.tune.slots)
     try:
         result = trainer.fit()
     finally:
@@ -72,3 +68,16 @@ def run_trial(config: dict, info: dict) -> None:
         outcome(p, result)
     except NonFiniteTraining as e:
         raise RuntimeError(f"trial {name}: {e}") from None
+
+
+def _count_start(uri: str, run_id: str | None) -> None:
+    """One more start of the trial on its MLflow run (STARTS_TAG): a resumed sweep restarts its
+    unfinished trials and keeps its finished ones, and this is where that shows."""
+    from dsm.runtime.tracking import best_effort
+
+    def bump(client) -> None:
+        starts = int(client.get_run(run_id).data.tags.get(STARTS_TAG, "0"))
+        client.set_tag(run_id, STARTS_TAG, str(starts + 1))
+
+    if run_id is not None:
+        best_effort("tune", uri, bump)

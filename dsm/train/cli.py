@@ -1,0 +1,29 @@
+"""``dsm train``: registered into the top-level parser by :func:`register`."""
+
+from __future__ import annotations
+
+import argparse
+
+from dsm.cliopts import add_address, add_workspace
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dsm.train.run import main
+
+    return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
+                workers=args.workers, gpu=args.gpu, quiet=args.quiet)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train an energy (or score) model on Ray Train, tracked in MLflow",
+                           description="Train on Ray Train (DDP across workers), tracked in MLflow. Re-running "
+                                       "the same command resumes the run from its last checkpoint. The last line "
+                                       "printed is the exported model's path.")
+    train.add_argument("config", help="YAML training config (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 optim.lr=1e-3")
+    add_address(train)
+    train.add_argument("--workers", type=int, default=None, help="training workers (scaling.workers)")
+    train.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu=true)")
+    add_workspace(train)
+    train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
+    train.set_defaults(func=_train)
