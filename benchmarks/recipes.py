@@ -34,9 +34,9 @@ from dsm import baselines as bl
 from dsm import consistency as cons
 from dsm.api import load
 from dsm.bundle import load_model
+from dsm.data.inputs import open_input
 from dsm.report.baselines import read_training
 from dsm.report.scores import iter_pieces
-from dsm.scoring.inputs import open_input
 
 LOG_Z_TS = (100.0, 333.0, 1000.0)
 

@@ -39,10 +39,10 @@ def main() -> None:
     ap.add_argument("--ema-decay", type=float, default=None, help="evaluate an EMA of the weights (fit's ema_decay)")
     args = ap.parse_args()
     from dsm.config import load_config
+    from dsm.data.inputs import iter_examples, open_input
     from dsm.fit import fit
     from dsm.normalize import DataMoments, normalize
     from dsm.ode import ode_log_prob
-    from dsm.scoring.inputs import iter_examples, open_input
     from dsm.train import build
     from dsm.train.config import TrainConfig
 

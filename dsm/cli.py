@@ -9,6 +9,7 @@ package of its stage (shards -> train -> checkpoint -> normalize -> score -> rep
 ``dsm score``          ``dsm/scoring/cli.py``
 ``dsm report``         ``dsm/report/cli.py``
 ``dsm sample``         ``dsm/report/cli.py`` (samples to look at, beside the report)
+``dsm compare``        ``dsm/report/cli.py`` (training runs side by side, from MLflow)
 ``dsm submit``/``jobs``  ``dsm/submit/cli.py``
 ``dsm demo``, ``ui``, ``import``/``export official``: here
 =====================  =================================================
@@ -39,17 +40,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     """MLflow's server on the workspace's store, in its own process group, stopped as a whole
-    however ``dsm ui`` ends (Ctrl-C, SIGTERM, an error)."""
+    however ``dsm ui`` ends (Ctrl-C, SIGTERM, an error). Prints the URL of the experiment's runs."""
     import os
     import signal
     import subprocess
 
-    from dsm.runtime.tracking import tracking_uri, workspace_dir
+    from dsm.runtime.tracking import tracking_uri, ui_url, workspace_dir
 
     ws = workspace_dir(args.workspace)
+    port = _ui_port(args.port)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(ws),
            "--default-artifact-root", (ws / "artifacts").as_uri(), "--host", "127.0.0.1",
-           "--port", str(args.port), "--workers", "1"]
+           "--port", str(port), "--workers", "1"]
     # MLflow 3 starts job consumers for its GenAI features (about 240 MB each); dsm uses none
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -58,7 +60,7 @@ def _ui(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI: {ui_url(port, args.experiment, ws)} (Ctrl-C to stop)", flush=True)
     try:
         return server.wait()
     except KeyboardInterrupt:
@@ -66,6 +68,23 @@ def _ui(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         _stop_group(server)
+
+
+def _ui_port(port: int) -> int:
+    """``port`` when it is free on 127.0.0.1, else a free one, said on stderr."""
+    import socket
+
+    from dsm.runtime.cluster import free_port
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    other = free_port()
+    print(f"dsm ui: port {port} is in use; serving on {other}", file=sys.stderr, flush=True)
+    return other
 
 
 def _stop_group(proc, grace_s: float = 10.0) -> None:
@@ -147,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.register(sub)
     tune_cli.register(sub)
     scoring_cli.register(sub)  # normalize, score
-    report_cli.register(sub)  # report, sample
+    report_cli.register(sub)  # report, sample, compare
     submit_cli.register(sub, lambda argv: parse_args(build_parser(), argv))  # submit, jobs
     demo = sub.add_parser("demo", help="fit an energy to an exact Gaussian mixture; compare normalized log p",
                           description="Fit an energy to an exact Gaussian mixture and compare normalized log p "
@@ -158,8 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace(demo)
     demo.set_defaults(func=_demo)
 
-    ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1",
+                        description="Serve the MLflow UI for the workspace's store on 127.0.0.1 and print the URL "
+                                    "of an experiment's runs (MLflow's model-training view).")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000; a free one when it is in use)")
+    ui.add_argument("--experiment", default="dsm-train",
+                    help="experiment whose runs the printed URL opens (default dsm-train; dsm-tune, dsm-score, ...)")
     add_workspace(ui)
     ui.set_defaults(func=_ui)
     _register_official(sub)
@@ -179,6 +202,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating a store's tables, validating an input example) and its
+    download progress bars are not for dsm's users: warnings and errors only, unless the user
+    sets MLFLOW_LOGGING_LEVEL. Set before MLflow is imported, which reads them then."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(level.upper())  # when MLflow is imported already
+
+
 # The subcommand's own action, for messages: `dsm data prepare: ...`, `dsm import official: ...`
 SUBCOMMAND_DESTS = ("data_command", "source", "target", "action")
 
@@ -192,6 +227,7 @@ def command_label(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     from dsm.errors import exit_code
 
+    _quiet_mlflow()
     args = parse_args(build_parser(), argv)
     return exit_code(command_label(args), lambda: args.func(args))
 

@@ -24,4 +24,16 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "note: for fashion-mnist run: sudo apt-get install dataset-fashion-mnist"
   fi
 fi
+# The browser test of `dsm ui` (tests/test_ui_browser.py) drives Debian's Chromium with Playwright
+# (its Python package comes with the dev extra; `playwright install` would download a browser, so it
+# is never run). Without Chromium the test is skipped with the reason, and fails under CI=true.
+if [ -n "$extra" ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get install -y -qq --no-install-recommends chromium \
+        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } >/dev/null 2>&1 \
+      || echo "note: could not install chromium; the browser test of dsm ui will be skipped"
+  else
+    echo "note: for the browser test of dsm ui run: sudo apt-get install chromium"
+  fi
+fi
 echo "dsm installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

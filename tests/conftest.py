@@ -63,3 +63,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def registered_run(ray_cluster, tmp_path_factory):
+    """A short real `dsm train` of digits-smoke (in this process, on the session's Ray) in a
+    workspace of its own, registered in MLflow's model registry as `digits`; returns
+    (workspace, exported model path)."""
+    from dsm.cli import main
+
+    ws = tmp_path_factory.mktemp("registered-ws")
+    rc = main(["train", "configs/digits-smoke.yaml", "steps=60", "log_every=20", "checkpoint.every=30",
+               "eval.samples=64", "--workspace", str(ws), "--register", "digits"])
+    assert rc == 0
+    (export,) = (ws / "runs").glob("*/model.pt")
+    return ws, export

@@ -36,3 +36,29 @@ def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path):
     ui.wait(30)
     gone, alive = psutil.wait_procs(tree, timeout=15)
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+
+
+def test_ui_takes_another_port_when_its_own_is_busy_and_says_which(capsys):
+    import socket
+
+    from dsm.cli import _ui_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        other = _ui_port(taken)
+    assert other != taken
+    assert capsys.readouterr().err.strip() == f"dsm ui: port {taken} is in use; serving on {other}"
+    assert _ui_port(other) == other  # a free port is kept
+
+
+def test_ui_url_opens_the_experiments_runs_in_the_model_training_view(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from dsm.runtime.tracking import tracking_uri, ui_url, use_experiment
+
+    assert ui_url(5000, "dsm-train", tmp_path) == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+    eid = use_experiment("dsm-train", tmp_path, MlflowClient(tracking_uri(tmp_path)))
+    assert ui_url(5000, "dsm-train", tmp_path) == (f"http://127.0.0.1:5000/#/experiments/{eid}/runs"
+                                                   "?workflowType=machine_learning")

@@ -38,7 +38,7 @@ def logp_by_key(parts: Path) -> dict[str, float]:
 
 def read_all(data: Path) -> np.ndarray:
     """Every image of a split folder (shards, .npy or image folder), as float arrays (n, C, H, W)."""
-    from dsm.scoring.inputs import open_input
+    from dsm.data.inputs import open_input
 
     inp = open_input(data)
     return np.concatenate([np.asarray(inp.read(i)[1], dtype=np.float64) for i in range(len(inp.pieces))])

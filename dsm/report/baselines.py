@@ -71,7 +71,7 @@ class Fitted:
 def read_training(path: str | Path, d: int, max_n: int, seed: int) -> tuple[np.ndarray, int, Path]:
     """(x (m, d) float64, images in the split, resolved path): the training split, or a uniform
     subsample of ``max_n`` of its images drawn from ``seed`` (pieces without a drawn row are not read)."""
-    from dsm.scoring.inputs import open_input
+    from dsm.data.inputs import open_input
 
     inp = open_input(path)
     counts = np.array([p.count for p in inp.pieces])
@@ -103,7 +103,7 @@ def heldout_logp(data, shape, keys: list[str], fitted: Fitted, t_min: float | No
     """(rows of ``keys`` found, log p as fitted (B, n), smoothed to t_min (B, n) or None, note): each
     baseline's log p in nats per image on the scored images, read piece by piece with ``dsm score``'s
     reader. Never raises: an unreadable input gives no rows and a note."""
-    from dsm.scoring.inputs import open_input
+    from dsm.data.inputs import open_input
 
     if not data:
         return [], None, None, "scores.json names no data and no --data was given"

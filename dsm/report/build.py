@@ -79,7 +79,7 @@ def read_images(data: str | Path | None, wanted: set[str], shape: Sequence[int] 
     if not data:
         return Images({}, {}, "scores.json names no data and no --data was given")
     try:
-        from dsm.scoring.inputs import open_input
+        from dsm.data.inputs import open_input
 
         inp = open_input(data)
         by_key, pr = {}, {}

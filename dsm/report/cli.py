@@ -1,4 +1,4 @@
-"""``dsm report`` and ``dsm sample``: registered into the top-level parser by :func:`register`.
+"""``dsm report``, ``dsm sample`` and ``dsm compare``: registered into the top-level parser by :func:`register`.
 
 Bad input (a missing scores folder, an unreadable model, bad numbers) exits with status 2 and
 a message naming the file or the option. Each command prints its output folder as its last
@@ -44,7 +44,7 @@ def _log_report(workspace: str | None, folder: Path, info: dict, model_meta: dic
                 rid = None
         if not rid:
             rid = child_run(client, model_meta.get("mlflow_run_id"), "dsm-report", workspace,
-                            f"report-{folder.parent.name}")
+                            f"report-{folder.parent.name}", "report")
             created = True
         client.log_artifacts(rid, str(folder), artifact_path="report")
         for k, v in _numeric_metrics(metrics).items():
@@ -186,6 +186,16 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from dsm.report.compare import compare, format_table, log_comparison
+
+    rows, out = compare(args.runs, args.workspace)
+    print(format_table(rows))
+    log_comparison(rows, out, args.workspace)
+    print(out)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="figures and statistics of a `dsm score` output: report.md + PNGs",
                          description="Turn a `dsm score` output into a report folder: log p histogram with a "
@@ -249,3 +259,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--out", default=None, help="output folder (default MODEL_DIR/samples/seed..-n..-steps..)")
     smp.add_argument("--quiet", action="store_true", help="no progress bar")
     smp.set_defaults(func=_sample)
+    cmp = sub.add_parser("compare", help="training runs side by side: held-out NLL, log Z, PSNR curve, step time",
+                         description="Compare training runs from the workspace's MLflow store: the last held-out "
+                                     "NLL (bits/dim) and log Z with their standard errors, the median time per "
+                                     "step, and the denoiser's output PSNR at each input PSNR; a figure of NLL "
+                                     "against step and of output against input PSNR. A sweep's name stands for "
+                                     "its trials. The last line printed is the folder with compare.csv and "
+                                     "compare.png (also logged to the dsm-compare experiment).")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP", help="run names (or ids), or `dsm tune` sweep names")
+    add_workspace(cmp)
+    cmp.set_defaults(func=_compare)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from dsm.scoring.inputs import Input
+    from dsm.data.inputs import Input
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _dim_from_units(logp: np.ndarray, db: np.ndarray, root: Path) -> int:
 
 
 def iter_pieces(inp: Input, shape: Sequence[int] | None = None, pieces: Sequence[int] | None = None):
-    """(keys, x (n, *shape) float32) per piece of an opened input (``dsm.scoring.inputs.open_input``:
+    """(keys, x (n, *shape) float32) per piece of an opened input (``dsm.data.inputs.open_input``:
     the reader ``dsm score`` uses, so keys and pixel values, k/255 for 8-bit data, are the scored
     ones); x reshaped to ``shape`` when the data stores flat vectors; only ``pieces`` when given."""
     for i in range(len(inp.pieces)) if pieces is None else pieces:

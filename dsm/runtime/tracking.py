@@ -7,11 +7,15 @@ in ./mlruns of whatever directory the process runs in (docs/design.md section 8)
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 DEFAULT_WORKSPACE = "dsm-runs"
 RUN_NAME_TAG = "dsm.run_name"  # how a resumed run finds its MLflow run
+# Every dsm experiment is model training, not GenAI: the kind MLflow 3 records for "Machine
+# learning" experiments (its UI's own switch is the workflowType, set in dsm ui's URL: ui_url).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def workspace_dir(workspace: str | Path | None = None) -> Path:
@@ -43,7 +47,7 @@ def use_experiment(name: str, workspace: str | Path | None = None, client=None) 
         return exp.experiment_id
     try:
         artifacts = (workspace_dir(workspace) / "artifacts" / name).as_uri()
-        return client.create_experiment(name, artifact_location=artifacts)
+        return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by another process (two sweep trials, say)
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -65,6 +69,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 def git_commit() -> str:
     """The dsm source tree's git commit (with ``-dirty`` when modified), or ``unknown``."""
+    sha, dirty = git_state()
+    return sha + ("-dirty" if dirty else "")
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, whether tracked files are modified) of the dsm source tree; ``("unknown", False)``
+    outside a git checkout (an installed wheel)."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -73,9 +84,23 @@ def git_commit() -> str:
                              timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        return sha, bool(dirty)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return "unknown", False
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """The tags a new run gets about where it came from: MLflow's own (the runs table's Source
+    and Version columns: ``dsm COMMAND``, LOCAL or JOB inside a Ray Job, the commit) plus
+    ``mlflow.source.git.dirty`` and dsm's ``dsm.git_commit`` (the commit, ``-dirty`` when the tree
+    was modified)."""
+    sha, dirty = git_state()
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or "RAY_JOB_ID" in os.environ
+    tags = {"mlflow.source.name": f"dsm {command}", "mlflow.source.type": "JOB" if in_job else "LOCAL",
+            "mlflow.source.git.dirty": str(dirty).lower(), "dsm.git_commit": sha + ("-dirty" if dirty else "")}
+    if sha != "unknown":
+        tags["mlflow.source.git.commit"] = sha
+    return tags
 
 
 def quick_fail_http() -> None:
@@ -102,11 +127,14 @@ def best_effort(command: str, uri: str, action, consequence: str = "results are 
 
 
 def child_run(client, model_run_id: str | None, experiment: str, workspace: str | Path | None,
-              run_name: str) -> str:
-    """A new run about a trained model (its normalization, scores or report): nested under the
-    model's training run when that run is in this store, else in ``experiment``; tagged
-    ``dsm.model_run_id`` either way. Returns its id."""
-    tags = {"dsm.model_run_id": str(model_run_id)} if model_run_id else {}
+              run_name: str, command: str, tags: dict[str, str] | None = None) -> str:
+    """A new run of ``dsm COMMAND`` about a trained model (its normalization, scores or report):
+    nested under the model's training run when that run is in this store, else in
+    ``experiment``; tagged ``dsm.model_run_id`` either way, and with :func:`source_tags` and
+    ``tags``. Returns its id."""
+    tags = {**source_tags(command), **(tags or {})}
+    if model_run_id:
+        tags["dsm.model_run_id"] = str(model_run_id)
     exp_id = None
     if model_run_id:
         try:
@@ -133,7 +161,8 @@ def open_run(experiment: str, run_name: str, tracking_uri: str, workspace: str |
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             return run_id
-        run_id = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags}).info.run_id
+        run_id = client.create_run(exp_id, run_name=run_name,
+                                   tags={RUN_NAME_TAG: run_name, **source_tags(command), **tags}).info.run_id
         items = list(params.items())
         for i in range(0, len(items), 100):  # MLflow's log_batch takes at most 100 params
             client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
@@ -153,3 +182,41 @@ def close_run(uri: str, run_id: str | None, status: str, cause: str, command: st
         client.set_terminated(run_id, status)
 
     best_effort(command, uri, close, "the run's status there is stale")
+
+
+def log_dataset(client, run_id: str, inp, context: str) -> None:
+    """``inp`` (a :class:`dsm.data.inputs.Input`) as a dataset input of the run, in ``context``
+    (training, evaluation, scoring): its name (``<folder>/<split>`` or the file's stem), source
+    (the path), digest (the first 16 hex digits of :meth:`~dsm.data.inputs.Input.digest`: the
+    manifest's sha256 for shards, so two runs on the same data show the same digest), schema
+    (one tensor of the data's shape and dtype) and profile (count, shape, dtype, kind)."""
+    import numpy as np
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    path = Path(inp.path)
+    name = path.stem if path.is_file() else f"{path.parent.name}/{path.name}"
+    dtype = np.dtype(np.uint8 if inp.eight_bit else np.float32)
+    meta = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name, digest=inp.digest()[:16],
+                       schema=Schema([TensorSpec(dtype, (-1, *inp.shape), "x")])).to_dict()
+    profile = {"num_samples": inp.num_samples, "shape": list(inp.shape), "dtype": str(dtype), "format": inp.kind}
+    ds = Dataset(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"], source=meta["source"],
+                 schema=meta.get("schema"), profile=json.dumps(profile))
+    client.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
+
+
+def ui_url(port: int, experiment: str, workspace: str | Path | None = None) -> str:
+    """The MLflow UI's URL of ``experiment``'s runs table (the experiments list when it does not
+    exist yet), in MLflow 3's "machine learning" view: without ``workflowType`` the UI opens in
+    its GenAI view, on a traces page."""
+    base = f"http://127.0.0.1:{port}/#/experiments"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(tracking_uri(workspace)).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - an unreadable store: the server will say why
+        exp = None
+    where = f"/{exp.experiment_id}/runs" if exp is not None else ""
+    return f"{base}{where}?workflowType=machine_learning"

@@ -8,29 +8,68 @@ the parquet folder's path as its last line.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from dsm.cliopts import add_address, add_workspace
 
 
-def _tracking(command: str, workspace: str | None, model_run_id: str | None, run_name: str, params: dict,
-              metrics: dict, artifacts: list[Path]) -> str | None:
-    """Log a finished run about the model (dsm.runtime.tracking.child_run); never fails the command.
-    Returns the run id or None."""
-    from dsm.runtime.tracking import best_effort, child_run, tracking_uri
+@dataclass
+class Lineage:
+    """What a normalize or score run came from: the training run, the model file's content (its
+    sha256, which finds the run's MLflow model), the registered version scored, the data."""
+
+    model_run_id: str | None = None
+    model_sha256: str | None = None
+    model_uri: str | None = None
+    data: object = None  # a dsm.data.inputs.Input
+
+
+def _tracking(command: str, workspace: str | None, run_name: str, params: dict, metrics: dict,
+              artifacts: list[Path], lineage: Lineage) -> str | None:
+    """Log a finished run about the model (dsm.runtime.tracking.child_run), with its model and
+    data as the run's inputs; never fails the command. Returns the run id or None."""
+    from dsm.runtime.tracking import best_effort, child_run, log_dataset, tracking_uri
 
     def log(client) -> str:
-        rid = child_run(client, model_run_id, "dsm-score", workspace, run_name)
+        from mlflow.entities import LoggedModelInput
+
+        from dsm.runtime.mlmodel import logged_model_of
+
+        tags = {"dsm.model_uri": lineage.model_uri} if lineage.model_uri else {}
+        rid = child_run(client, lineage.model_run_id, "dsm-score", workspace, run_name, command, tags)
         for k, v in params.items():
             client.log_param(rid, k, str(v)[:6000])
         for k, v in metrics.items():
             client.log_metric(rid, k, float(v))
         for a in artifacts:
             client.log_artifact(rid, str(a))
+        if lineage.data is not None:
+            log_dataset(client, rid, lineage.data, "scoring" if command == "score" else "evaluation")
+        model_id = (logged_model_of(client, lineage.model_run_id, lineage.model_sha256)
+                    if lineage.model_run_id and lineage.model_sha256 else None)
+        if model_id:
+            client.log_inputs(rid, models=[LoggedModelInput(model_id)])  # the model it scored, linked
         client.set_terminated(rid)
         return rid
 
     return best_effort(command, tracking_uri(workspace), log)
+
+
+def _model_file(model: str, workspace: str | None) -> tuple[str, Lineage]:
+    """The local bundle for ``dsm score MODEL``: the path itself, or a registered version
+    (``models:/NAME/VERSION``) downloaded once under the workspace's models/ folder."""
+    from dsm.runtime.mlmodel import fetch_bundle, is_model_uri
+
+    if not is_model_uri(model):
+        return model, Lineage()
+    from mlflow.tracking import MlflowClient
+
+    from dsm.runtime.tracking import tracking_uri, workspace_dir
+
+    bundle, info = fetch_bundle(MlflowClient(tracking_uri(workspace)), model, workspace_dir(workspace) / "models")
+    print(f"dsm score: {model} is {bundle}", flush=True)
+    return str(bundle), Lineage(model_run_id=info["run_id"], model_uri=model)
 
 
 def _normalize(args: argparse.Namespace) -> int:
@@ -49,13 +88,14 @@ def _normalize(args: argparse.Namespace) -> int:
     for line in out_of_bounds({PREFIX + "log_z_spread_nats": ag["max_abs_diff"]}):
         print(line)
     from dsm.bundle import load_model
+    from dsm.data.inputs import open_input
 
     meta = load_model(args.model).meta
-    _tracking("normalize", args.workspace, meta.get("mlflow_run_id"), f"normalize-{Path(args.model).parent.name}",
+    _tracking("normalize", args.workspace, f"normalize-{Path(args.model).parent.name}",
               {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"]},
               {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"],
                "log_z_spread_nats": ag["max_abs_diff"]},
-              [])
+              [], Lineage(model_run_id=meta.get("mlflow_run_id"), data=open_input(rec["data"])))
     print(f"stored in {args.model}")
     return 0
 
@@ -64,6 +104,7 @@ def _score(args: argparse.Namespace) -> int:
     import json
 
     from dsm.consistency import Options as ConsistencyOptions
+    from dsm.data.inputs import open_input
     from dsm.scoring.columns import ScoreSpec, parse_t_grid
     from dsm.scoring.job import OPTIONS_FILE, read_scores, score, write_json
     from dsm.scoring.summary import figures, format_summary
@@ -75,23 +116,28 @@ def _score(args: argparse.Namespace) -> int:
     if args.consistency_samples == 1 or args.consistency_samples < 0:
         raise ValueError(f"--consistency-samples must be 0 (skip) or >= 2, got {args.consistency_samples}")
     consistency = ConsistencyOptions() if args.consistency_samples else None
+    model, lineage = _model_file(args.model, args.workspace)
     # failures (bad input, a failed job, Ctrl-C) become exit codes in dsm.errors.exit_code
-    summary = score(args.model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
-                    consistency=consistency, consistency_samples=args.consistency_samples,
-                    restart=args.restart, address=args.address)
+    summary = score(model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
+                    model_label=lineage.model_uri, consistency=consistency,
+                    consistency_samples=args.consistency_samples, restart=args.restart, address=args.address)
     out = Path(args.out).expanduser().resolve()
     print(format_summary(summary))
     figs = figures(read_scores(out), spec.t_grid, out / "figures")
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
     flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
-    name = f"score-{Path(args.model).parent.name}-{Path(args.data).name}"
-    rid = _tracking("score", args.workspace, summary.get("model_mlflow_run_id"), name,
+    info = json.loads((out / OPTIONS_FILE).read_text())
+    lineage.model_run_id = lineage.model_run_id or summary.get("model_mlflow_run_id")
+    lineage.model_sha256, lineage.data = info["options"]["model_sha256"], open_input(args.data)
+    source = (lineage.model_uri.removeprefix("models:/").replace("/", "-v").replace("@", "-")
+              if lineage.model_uri else Path(model).parent.name)
+    name = f"score-{source}-{Path(args.data).name}"
+    rid = _tracking("score", args.workspace, name,
                     {"model": args.model, "data": args.data, "t_grid": list(spec.t_grid),
                      "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
-                    flat, [out / OPTIONS_FILE, *figs])
+                    flat, [out / OPTIONS_FILE, *figs], lineage)
     if rid:
-        info = json.loads((out / OPTIONS_FILE).read_text())
         info["mlflow_run_id"] = rid
         write_json(out / OPTIONS_FILE, info)
     print(out / "parts")
@@ -115,7 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "estimators on a t grid, as parquet parts under OUT/parts. Re-running the "
                                     "same command finishes an interrupted job. The last line printed is the "
                                     "parquet folder. Columns: docs/scoring.md.")
-    sc.add_argument("model", help="exported, normalized model (dsm train's model.pt)")
+    sc.add_argument("model", help="exported, normalized model: dsm train's model.pt, or a registered version "
+                                   "models:/NAME/VERSION (or models:/NAME@ALIAS) in the workspace's MLflow")
     sc.add_argument("--data", required=True, help="shard split folder, .npy or image folder")
     sc.add_argument("--out", required=True, help="output folder (parquet parts, scores.json, figures)")
     sc.add_argument("--t-grid", default="1e-4:1e2:5",

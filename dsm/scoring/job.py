@@ -20,10 +20,10 @@ import numpy as np
 
 from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
+from dsm.data.inputs import Input, iter_examples, open_input
 from dsm.data.shards import sha256_file
 from dsm.fileio import atomic_path
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
-from dsm.scoring.inputs import Input, iter_examples, open_input
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
 # The noise range of a model given as a callable (an exact toy density): the shipped configs'.

@@ -15,9 +15,9 @@ import torch
 
 from dsm.bundle import load_model, save_bundle
 from dsm.consistency import log_z_ts
+from dsm.data.inputs import iter_examples, open_input
 from dsm.energy import Energy
 from dsm.normalize import estimate_log_z, log_z_agreement
-from dsm.scoring.inputs import iter_examples, open_input
 
 
 def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, t: float | None = None,

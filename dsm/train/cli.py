@@ -11,7 +11,7 @@ def _train(args: argparse.Namespace) -> int:
     from dsm.train.run import main
 
     return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
-                workers=args.workers, gpu=args.gpu, quiet=args.quiet)
+                workers=args.workers, gpu=args.gpu, quiet=args.quiet, register=args.register)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_address(train)
     train.add_argument("--workers", type=int, default=None, help="training workers (scaling.workers)")
     train.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu=true)")
+    train.add_argument("--register", metavar="NAME", default=None,
+                       help="register the exported model in MLflow's model registry as a new version of NAME "
+                            "(then `dsm score models:/NAME/VERSION ...`)")
     add_workspace(train)
     train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
     train.set_defaults(func=_train)

@@ -98,31 +98,34 @@ def check_local_resources(cfg: TrainConfig) -> None:
                           "scaling.cpus_per_worker, or give --address of a cluster")
 
 
-def _manifest_hash(cfg: TrainConfig) -> str:
-    from dsm.data.shards import sha256_file
-
-    p = Path(cfg.data.path)
-    if p.suffix == ".npy":
-        return sha256_file(p)[:16]
-    return sha256_file((p.parent if p.name == "manifest.json" else p) / "manifest.json")[:16]
-
-
-def open_tracking(p: Plan, extra_tags: dict[str, str] | None = None) -> tuple[str, dict[str, str], str | None]:
+def open_tracking(p: Plan, extra_tags: dict[str, str] | None = None,
+                  command: str = "train") -> tuple[str, dict[str, str], str | None]:
     """The tracking URI, the run's tags, and its MLflow run id (found by name on a resume;
     None when tracking is off or unreachable). ``extra_tags`` go on a new run only (a sweep
-    trial's parent link, for one)."""
+    trial's parent link, for one). The training and evaluation data are the run's dataset
+    inputs."""
     import ray
 
-    from dsm.runtime.tracking import flatten, git_commit, open_run, tracking_uri
+    from dsm.data.inputs import open_input
+    from dsm.runtime.tracking import best_effort, flatten, git_commit, log_dataset, open_run, tracking_uri
 
     cfg = p.cfg
     uri = tracking_uri(p.workspace)
+    data = {"training": open_input(cfg.data.path)}
+    if cfg.data.eval_path:
+        data["evaluation"] = open_input(cfg.data.eval_path)
     tags = {"dsm.git_commit": git_commit(), "dsm.ray_version": ray.__version__,
-            "dsm.data_manifest_sha256": _manifest_hash(cfg), "dsm.data_path": cfg.data.path}
+            "dsm.data_manifest_sha256": data["training"].digest()[:16], "dsm.data_path": cfg.data.path}
     run_id = None
     if cfg.tracking.enabled:
         run_id = open_run(cfg.tracking.experiment, p.name, uri, p.workspace,
-                          flatten(cfg.model_dump(mode="json")), {**tags, **(extra_tags or {})})
+                          flatten(cfg.model_dump(mode="json")), {**tags, **(extra_tags or {})}, command)
+    if run_id is not None:
+        def log(client) -> None:
+            for context, inp in data.items():
+                log_dataset(client, run_id, inp, context)
+
+        best_effort(command, uri, log, "the run shows no dataset")
     return uri, tags, run_id
 
 
@@ -211,9 +214,10 @@ def outcome(p: Plan, result) -> Path:
     return p.export_path
 
 
-def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Path:
+def train(p: Plan, address: str | None = None, log_to_driver: bool = True, register: str | None = None) -> Path:
     """Run (or resume) the planned training on Ray Train (dsm.runtime.driver's sequence); returns
-    the exported model's path. Raises dsm.errors.JobFailed, Interrupted or NonFiniteTraining."""
+    the exported model's path, which is also logged as the run's MLflow model (and registered
+    as a version of ``register``). Raises dsm.errors.JobFailed, Interrupted or NonFiniteTraining."""
     from dsm.runtime.driver import Job, Tracking, drive
     from dsm.runtime.tracking import tracking_uri
 
@@ -227,10 +231,37 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True) -> Pa
         return run_id
 
     def fit(run_id: str | None) -> Path:
-        return outcome(p, _fit_interruptibly(make_trainer(p, opened["uri"], run_id, opened["tags"])))
+        export = outcome(p, _fit_interruptibly(make_trainer(p, opened["uri"], run_id, opened["tags"])))
+        publish_model(opened["uri"], run_id, export, register)
+        return export
 
     # NonFiniteTraining: rank 0 has closed the run (FAILED, with dsm.stop_reason)
     return drive(job, fit, Tracking(tracking_uri(p.workspace), open_run, closes_itself=(NonFiniteTraining,)))
+
+
+def publish_model(uri: str, run_id: str | None, export: Path, register: str | None = None) -> str | None:
+    """The exported bundle as the run's MLflow model (dsm.runtime.mlmodel), and a new version of
+    registered model ``register`` when given; returns its ``models:/`` URI. Best effort: the
+    model file is the result, so an MLflow failure here is one line, not a failed run."""
+    from dsm.data.shards import sha256_file
+    from dsm.runtime.tracking import best_effort
+
+    if run_id is None:
+        if register:
+            print(f"dsm train: MLflow tracking is off or unreachable; {register!r} not registered", file=sys.stderr)
+        return None
+
+    def publish(client) -> str:
+        from dsm.runtime import mlmodel
+
+        model_id = mlmodel.log_bundle(client, run_id, export, sha256_file(export))
+        if not register:
+            return f"models:/{model_id}"
+        version = mlmodel.register(client, register, model_id, run_id)
+        print(f"dsm train: registered as models:/{register}/{version}", flush=True)
+        return f"models:/{register}/{version}"
+
+    return best_effort("train", uri, publish, f"the model is only in {export}")
 
 
 def _fit_interruptibly(trainer):
@@ -280,10 +311,14 @@ def print_summary(p: Plan, export: Path) -> None:
 
 
 def main(config: str | None, overrides: list[str], *, workspace: str | None, address: str | None,
-         workers: int | None, gpu: bool, quiet: bool = False) -> int:
+         workers: int | None, gpu: bool, quiet: bool = False, register: str | None = None) -> int:
     """``dsm train``: returns the exit code (failures become exit codes in dsm.errors.exit_code)."""
     from dsm.config import load_config
 
+    if register is not None:
+        from dsm.runtime.mlmodel import check_model_name
+
+        check_model_name(register)
     extra = list(overrides)
     if workers is not None:
         extra.append(f"scaling.workers={workers}")
@@ -295,6 +330,6 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
           f"outputs in {p.run_dir}", flush=True)
     with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder (else Busy: exit 2)
-        export = train(p, address)
+        export = train(p, address, register=register)
     print_summary(p, export)
     return 0

@@ -99,12 +99,12 @@ def _collect(plan: SweepPlan, grid) -> list[TrialResult]:
 
 
 def _open_parent(plan: SweepPlan) -> str | None:
-    from dsm.runtime.tracking import flatten, git_commit, open_run, tracking_uri
+    from dsm.runtime.tracking import flatten, open_run, tracking_uri
 
     if not plan.spec.tracking.enabled:
         return None
     params = flatten({"spec": plan.spec.model_dump(mode="json")})
-    tags = {"dsm.kind": "sweep", "dsm.git_commit": git_commit(), "dsm.sweep_folder": str(plan.folder)}
+    tags = {"dsm.kind": "sweep", "dsm.sweep_folder": str(plan.folder)}
     return open_run(plan.spec.tracking.experiment, plan.name, tracking_uri(plan.workspace), plan.workspace,
                     params, tags, command="tune")
 

@@ -56,7 +56,7 @@ def run_trial(config: dict, info: dict) -> None:
     tags = {"dsm.sweep": info["sweep"], "dsm.sweep_params": json.dumps(params, default=str)[:5000]}
     if info.get("parent_run_id"):
         tags["mlflow.parentRunId"] = info["parent_run_id"]  # nested under the sweep's run in the UI
-    uri, run_tags, run_id = open_tracking(p, extra_tags=tags)
+    uri, run_tags, run_id = open_tracking(p, extra_tags=tags, command="tune")
     _count_start(uri, run_id)
     trainer = make_trainer(p, uri, run_id, run_tags, callbacks=[TuneReportCallback()])
     slots.wait_for_slot(info["sweep"], name)  # its turn to train (see dsm.tune.slots)

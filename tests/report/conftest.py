@@ -12,8 +12,8 @@ from sklearn.datasets import load_digits
 import dsm.api
 from dsm import toy
 from dsm.api import resolve
+from dsm.data.inputs import open_input
 from dsm.scoring.columns import ScoreSpec
-from dsm.scoring.inputs import open_input
 from dsm.scoring.job import PieceScorer, job_options, prepare_out, score
 
 SHAPE = (1, 8, 8)

@@ -149,7 +149,7 @@ def test_a_changed_model_or_data_makes_a_new_job(tmp_path, capsys):
     place (or the data file is rewritten): the re-run must refuse before Ray starts, naming what
     changed, instead of mixing two log Z in one table; --restart discards the old parts."""
     from dsm.api import load
-    from dsm.scoring.inputs import open_input
+    from dsm.data.inputs import open_input
     from dsm.scoring.job import PieceScorer, job_options, part_path, prepare_out
 
     model = _vector_bundle(tmp_path)

@@ -15,11 +15,11 @@ import dsm.api
 from dsm.bundle import save_bundle
 from dsm.cli import main
 from dsm.config import load_config
+from dsm.data.inputs import iter_examples, open_input
 from dsm.fit import fit
 from dsm.normalize import DataMoments
 from dsm.ode import ode_log_prob
 from dsm.scoring.columns import ScoreSpec
-from dsm.scoring.inputs import iter_examples, open_input
 from dsm.scoring.job import read_scores, score
 from dsm.train import build
 from dsm.train.config import TrainConfig
