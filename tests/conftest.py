@@ -17,6 +17,21 @@ for _k, _v in {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
     os.environ.setdefault(_k, _v)
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_tracking_uri():
+    """A test that leaves $MLFLOW_TRACKING_URI behind (mlflow.set_tracking_uri writes it) would
+    send every later test's runs to its store, failing them far from the cause: fail it here."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    after = os.environ.get("MLFLOW_TRACKING_URI")
+    if after != before:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        pytest.fail(f"the test left MLFLOW_TRACKING_URI={after!r} in the environment (use an MlflowClient)")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray for the whole session (each start costs 8-10 s); yields its GCS address."""

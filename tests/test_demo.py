@@ -21,15 +21,16 @@ def test_demo_runs_end_to_end_and_logs_to_mlflow(tmp_path, monkeypatch, capsys):
     assert metrics["log_z_stderr"] > 0 and metrics["ode_nfe"] == 17
     assert (ws / "demo" / "demo.png").stat().st_size > 10_000
 
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["demo"], output_format="list")
+    # a client, not mlflow.set_tracking_uri: that would write $MLFLOW_TRACKING_URI for every later test
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
     assert len(runs) == 1
     run = runs[0]
     assert run.data.metrics["log_z"] == pytest.approx(metrics["log_z"])
     assert run.data.params["steps"] == "30"
-    arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    arts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert arts == ["demo.png"]
     assert str(ws) in run.info.artifact_uri  # artifacts under the workspace, not ./mlruns
 
