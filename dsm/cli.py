@@ -49,6 +49,9 @@ def _ui(args: argparse.Namespace) -> int:
 
     ws = workspace_dir(args.workspace)
     port = _ui_port(args.port)
+    # before the server starts: reading the store creates a new one's tables, and two processes
+    # creating them at once make the server fail on SQLite ("table ... already exists")
+    url = ui_url(port, args.experiment, ws)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(ws),
            "--default-artifact-root", (ws / "artifacts").as_uri(), "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]
@@ -60,7 +63,7 @@ def _ui(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    print(f"MLflow UI: {ui_url(port, args.experiment, ws)} (Ctrl-C to stop)", flush=True)
+    print(f"MLflow UI: {url} (Ctrl-C to stop)", flush=True)
     try:
         return server.wait()
     except KeyboardInterrupt:

@@ -215,7 +215,7 @@ def ui_url(port: int, experiment: str, workspace: str | Path | None = None) -> s
     try:
         from mlflow.tracking import MlflowClient
 
-        exp = MlflowClient(tracking_uri(workspace)).get_experiment_by_name(experiment)
+        exp = MlflowClient(tracking_uri(workspace)).get_experiment_by_name(experiment)  # creates a new store
     except Exception:  # noqa: BLE001 - an unreadable store: the server will say why
         exp = None
     where = f"/{exp.experiment_id}/runs" if exp is not None else ""
