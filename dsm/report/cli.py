@@ -259,6 +259,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--out", default=None, help="output folder (default MODEL_DIR/samples/seed..-n..-steps..)")
     smp.add_argument("--quiet", action="store_true", help="no progress bar")
     smp.set_defaults(func=_sample)
+    _register_compare(sub)
+
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:
     cmp = sub.add_parser("compare", help="training runs side by side: held-out NLL, log Z, PSNR curve, step time",
                          description="Compare training runs from the workspace's MLflow store: the last held-out "
                                      "NLL (bits/dim) and log Z with their standard errors, the median time per "
