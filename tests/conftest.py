@@ -93,3 +93,32 @@ def registered_run(ray_cluster, tmp_path_factory):
     assert rc == 0
     (export,) = (ws / "runs").glob("*/model.pt")
     return ws, export
+
+
+# The object-storage tests' S3 server (tests/servers.py). Its address and credentials are in the
+# environment from the start, the standard AWS way, so that every Ray worker started later
+# inherits them, as workers on a real cluster get theirs from the nodes' environment.
+import tempfile as _tempfile  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+from tests import servers as _servers  # noqa: E402
+
+_S3_PORT = _servers.free_port()
+os.environ.update(_servers.s3_env(_S3_PORT, _Path(_tempfile.mkdtemp(prefix="dsm-aws-"))))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1, one per session; yields its endpoint URL."""
+    server = _servers.S3Server(_S3_PORT, tmp_path_factory.mktemp("s3") / "moto.log")
+    server.start()
+    try:
+        yield os.environ["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A new, empty bucket: ``s3://dsm-<random>``."""
+    return _servers.make_bucket()

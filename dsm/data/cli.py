@@ -39,7 +39,7 @@ def _prepare(args: argparse.Namespace) -> int:
     get_dataset(args.name)  # unknown names fail before anything else
     cfg = _validate(PrepareConfig, fields_from(args, PrepareConfig))
     if args.out:
-        out = Path(args.out)
+        out = args.out  # a folder or a URL (dsm.store)
     else:
         from dsm.runtime.tracking import workspace_dir
 

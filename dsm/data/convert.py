@@ -28,6 +28,7 @@ import numpy as np
 from dsm.config import ConfigError
 from dsm.data.images import box_downsample, to_gray
 from dsm.data.shards import Manifest, write_split
+from dsm.store import Location
 
 IMAGENET_SPLITS = {"train": re.compile(r"^train_data_batch_(\d+)(\.npz)?$"), "val": re.compile(r"^val_data(\.npz)?$")}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -138,7 +139,7 @@ def convert_imagenet64(src: str | Path, out: str | Path, *, size: int | None = N
                         yield block[i], int(labels[a + i]), {"source_id": f"{path.name}:{a + i}"}
 
         manifests[split] = write_split(
-            Path(out) / split, split, samples(), shape=shape, source=f"imagenet64:{Path(src).resolve()}",
+            Location.of(out) / split, split, samples(), shape=shape, source=f"imagenet64:{Path(src).resolve()}",
             shard_size=shard_size, options={"size": shape[1], "gray": gray, "source_side": side,
                                             "labels": "official label - 1 (0..999)",
                                             "files": [p.name for p in files[split]]},
@@ -223,6 +224,6 @@ def convert_folder(src: str | Path, out: str | Path, *, size: int, split: str = 
                 pool.terminate()
 
     options: dict[str, Any] = {"size": size, "gray": gray, "crop": crop, "seed": seed, "skipped": skipped}
-    return write_split(Path(out) / split, split, samples(), shape=(1 if gray else 3, size, size),
+    return write_split(Location.of(out) / split, split, samples(), shape=(1 if gray else 3, size, size),
                        source=f"folder:{src.resolve()}", total=len(files), shard_size=shard_size,
                        classes=classes, options=options, overwrite=overwrite, progress=progress)

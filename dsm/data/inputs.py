@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dsm.data.npy import NpySource
-from dsm.data.shards import Piece, ShardError, ShardSource
+from dsm.data.shards import MANIFEST, Piece, ShardError, ShardSource
 from dsm.data.stream import is_eight_bit
+from dsm.store import Location, is_remote
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -31,7 +32,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 class Input:
     """A readable input: its pieces, event shape, and whether it holds 8-bit images."""
 
-    path: Path
+    path: Path | Location  # a Location only for shards at a URL
     kind: str  # shards | npy | folder
     pieces: list[Piece]
     shape: tuple[int, ...]
@@ -69,7 +70,7 @@ class Input:
         from dsm.data.shards import sha256_file
 
         if self.kind == "shards":
-            return sha256_file(self.path / "manifest.json")
+            return hashlib.sha256((self._source.location / MANIFEST).read_bytes()).hexdigest()
         if self.kind == "npy":
             return sha256_file(self.path)
         h = hashlib.sha256()
@@ -98,7 +99,10 @@ class Input:
 
 
 def open_input(path: str | Path, piece_size: int = 1000) -> Input:
-    """Open shards, a .npy or an image folder. Errors name the path; an empty input is an error."""
+    """Open shards, a .npy or an image folder. Errors name the path; an empty input is an error.
+    Shards may also be a URL (dsm.store); a .npy and an image folder must be local."""
+    if is_remote(path):
+        return _open_remote(Location.of(path))
     p = Path(path).expanduser().resolve()
     if not p.exists():
         raise ValueError(f"{p}: no such data (give a shard split folder, a .npy, or an image folder)")
@@ -126,6 +130,19 @@ def open_input(path: str | Path, piece_size: int = 1000) -> Input:
                   for a in range(0, len(rel), piece_size)]
         return Input(p, "folder", pieces, shape, True)
     raise ValueError(f"{p}: not a shard folder, .npy or image folder")
+
+
+def _open_remote(loc: Location) -> Input:
+    if loc.name == MANIFEST:
+        loc = loc.parent
+    if loc.suffix:
+        raise ValueError(f"{loc}: only shard split folders can be read from a URL; "
+                         "copy a .npy or an image folder to a local disk, or convert it to shards")
+    try:
+        src = ShardSource(loc)
+    except ShardError as e:
+        raise ValueError(str(e)) from None
+    return Input(loc, "shards", src.pieces, tuple(src.shape), is_eight_bit(src), src)
 
 
 def _check_images(files: list[Path]) -> tuple[int, int, int]:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from dsm.data.images import as_hwc, decode_png, encode_png
-from dsm.fileio import atomic_path
+from dsm.store import Location, StoreError, is_remote
 
 MANIFEST = "manifest.json"
 FORMAT = "dsm-webdataset"
@@ -97,16 +100,28 @@ class Manifest:
 
 
     @classmethod
-    def load(cls, path: str | Path) -> Manifest:
-        """Read ``path`` (a manifest.json, or the folder holding one); errors name the file and field."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST
-        if not path.is_file():
-            hint = " (an unfinished write leaves no manifest)" if path.parent.is_dir() else ""
-            raise ShardError(path, f"no manifest{hint}")
+    def load(cls, path: str | Path | Location) -> Manifest:
+        """Read ``path`` (a manifest.json, or the folder holding one; a local path or a URL);
+        errors name the file and field."""
+        loc = Location.of(path)
+        if loc.is_local and loc.path.is_dir() or loc.name != MANIFEST and not loc.is_local:
+            loc = loc / MANIFEST
+        if loc.is_local and not loc.path.is_file():
+            hint = " (an unfinished write leaves no manifest)" if loc.path.parent.is_dir() else ""
+            raise ShardError(loc, f"no manifest{hint}")
         try:
-            d = json.loads(path.read_text())
+            text = loc.read_bytes()
+        except StoreError as e:
+            missing = e.message.startswith("no such")
+            raise ShardError(loc, "no manifest (an unfinished write leaves no manifest)" if missing
+                             else e.message) from None
+        return cls.parse(text, loc)
+
+    @classmethod
+    def parse(cls, text: bytes | str, path: str | Location) -> Manifest:
+        """A manifest from its JSON text; ``path`` names it in errors."""
+        try:
+            d = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ShardError(path, f"not valid JSON ({e})") from None
         if not isinstance(d, dict):
@@ -174,7 +189,10 @@ class ShardWriter:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         if not split or "/" in split or "." in split or split.startswith("-"):
             raise ValueError(f"split name {split!r} must be a plain word (it prefixes file names and keys)")
-        self.dir = Path(out_dir)
+        self.target = Location.of(out_dir)
+        # A remote split is staged shard by shard in a local temporary folder, each shard
+        # uploaded as it is closed (one upload: atomic), the manifest last.
+        self.dir = self.target.path if self.target.is_local else Path(tempfile.mkdtemp(prefix="dsm-shards-"))
         self.split = split
         self.shape = tuple(int(v) for v in shape)
         if len(self.shape) != 3 or self.shape[0] not in (1, 3):
@@ -191,6 +209,8 @@ class ShardWriter:
         self._closed = False
 
     def _prepare_dir(self, overwrite: bool) -> None:
+        if not self.target.is_local:
+            return self._prepare_remote(overwrite)
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.dir / MANIFEST
         old = sorted(self.dir.glob(f"{self.split}-*.tar"))
@@ -204,6 +224,20 @@ class ShardWriter:
             p.unlink()
         for p in self.dir.glob(f".{self.split}-*.tar.tmp-*"):
             p.unlink()
+
+    def _prepare_remote(self, overwrite: bool) -> None:
+        """The remote twin of :meth:`_prepare_dir`: refuse, or delete the manifest then the shards."""
+        import fnmatch
+
+        self.target._writable()
+        found = self.target.listing()
+        old = sorted(n for n in found if fnmatch.fnmatch(n, f"{self.split}-*.tar"))
+        if (MANIFEST in found or old) and not overwrite:
+            what = MANIFEST if MANIFEST in found else old[0]
+            raise FileExistsError(f"{self.target} already holds split {self.split!r} ({what}); "
+                                  "pass overwrite=True (--force) to replace it")
+        for name in ([MANIFEST] if MANIFEST in found else []) + old:
+            (self.target / name).remove()
 
     def _name(self, index: int) -> str:
         return f"{self.split}-{index:06d}.tar"
@@ -225,6 +259,9 @@ class ShardWriter:
         info = ShardInfo(final.name, self._in_shard, sha256_file(self._tmp), self._tmp.stat().st_size)
         os.replace(self._tmp, final)
         self._tmp = None
+        if not self.target.is_local:
+            (self.target / final.name).upload(final)
+            final.unlink()
         self.shards.append(info)
 
     def write(self, image: np.ndarray, label: int = -1, meta: dict[str, Any] | None = None) -> str:
@@ -262,9 +299,13 @@ class ShardWriter:
         m = Manifest(source=self.source, split=self.split, shape=self.shape, shards=self.shards,
                      classes=self.classes, options=self.options,
                      created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
-        with atomic_path(self.dir / MANIFEST) as tmp:
-            tmp.write_text(m.to_json())
+        (self.target / MANIFEST).write_text(m.to_json())
+        self._drop_staging()
         return m
+
+    def _drop_staging(self) -> None:
+        if not self.target.is_local:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def abort(self) -> None:
         """Drop the shard being written; write no manifest."""
@@ -278,6 +319,7 @@ class ShardWriter:
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
         self._tmp = None
+        self._drop_staging()
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -303,8 +345,9 @@ class Sample:
 
 def iter_shard(path: str | Path, *, expected_samples: int | None = None,
                shape: tuple[int, int, int] | None = None, with_meta: bool = False,
-               on_sample_error: Callable[[ShardError], None] | None = None) -> Iterator[Sample]:
-    """Read one shard in order, checking every sample.
+               on_sample_error: Callable[[ShardError], None] | None = None,
+               content: bytes | None = None) -> Iterator[Sample]:
+    """Read one shard (a path or URL) in order, checking every sample.
 
     Raises :class:`ShardError` naming ``path`` for a corrupt or truncated tar, a sample
     without ``.png`` or ``.cls``, an undecodable image, an image whose (C, H, W) differs from
@@ -312,17 +355,14 @@ def iter_shard(path: str | Path, *, expected_samples: int | None = None,
     (a tar cut at a member boundary reads as a shorter, valid tar: the count catches it).
 
     on_sample_error: when given, a bad *sample* is passed to it and skipped instead of
-    raising; tar-level damage and count mismatches always raise.
+    raising; tar-level damage and count mismatches always raise. content: the shard's bytes,
+    when the caller has them already (``path`` then only names it).
     """
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    path = str(path)
+    f, path = _open_shard(path) if content is None else (io.BytesIO(content), str(path))
     seen: set[str] = set()
     n = 0
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise ShardError(path, f"cannot open shard ({e.strerror or e})") from None
     with f:
         _check_tar_end(f, path)
         grouped = group_by_keys(dict(m, __url__=path) for m in tar_file_iterator(f))
@@ -345,11 +385,28 @@ def iter_shard(path: str | Path, *, expected_samples: int | None = None,
         raise ShardError(path, f"{n} samples read but the manifest says {expected_samples} (truncated shard?)")
 
 
+def _open_shard(path: str | Path | Location) -> tuple[Any, str]:
+    """(a seekable binary file, the name errors use). A remote shard is fetched whole into
+    memory (one shard per loader worker; nothing is written to disk): a failed fetch is retried
+    from the start without ever handing half a shard's samples to the stream."""
+    if not is_remote(path):
+        name = str(Location.of(path).path) if isinstance(path, Location) else str(path)
+        try:
+            return open(name, "rb"), name
+        except OSError as e:
+            raise ShardError(name, f"cannot open shard ({e.strerror or e})") from None
+    loc = Location.of(path)
+    try:
+        return io.BytesIO(loc.read_bytes()), str(loc)
+    except StoreError as e:
+        raise ShardError(e.url, f"cannot read shard ({e.message})") from None
+
+
 def _check_tar_end(f: Any, path: str) -> None:
     """A complete tar is whole 512-byte blocks ending in two zero blocks (the end-of-archive
     marker). Python's tarfile silently stops at a cut-off header, so a shard cut short could
     otherwise read as a shorter, valid one; this O(1) check names the damage first."""
-    size = os.fstat(f.fileno()).st_size
+    size = f.seek(0, os.SEEK_END)
     if size < 1024 or size % 512:
         raise ShardError(path, f"corrupt or truncated tar ({size} bytes is not a whole number of 512-byte blocks)")
     f.seek(size - 1024)
@@ -419,33 +476,59 @@ class Piece:
 
 
 class ShardSource:
-    """A split folder (``manifest.json`` plus shards) as the streams see it.
+    """A split folder (``manifest.json`` plus shards) as the streams see it: a local folder or a
+    URL (dsm.store). Samples come out as (key, image (C, H, W) uint8, label).
 
-    Samples come out as (key, image (C, H, W) uint8, label). The manifest is read once; each
-    listed shard must exist (the error names the missing file).
+    The manifest is read once; each listed shard must exist (the error names the missing
+    file). A remote folder is checked with one listing (an HTTP one, which cannot be listed,
+    with one HEAD request per shard). Piece names are the shards' paths or URLs.
     """
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        self.manifest = Manifest.load(self.folder)
+    def __init__(self, folder: str | Path | Location):
+        loc = Location.of(folder)
+        self.location = loc
+        self.folder: Path | str = loc.path if loc.is_local else str(loc)
+        self.manifest = Manifest.load(loc)
         self.shape: tuple[int, ...] = tuple(self.manifest.shape)
         self.is_image = True
-        missing = [s.file for s in self.manifest.shards if not (self.folder / s.file).is_file()]
+        sizes = self._sizes()
+        missing = [s.file for s in self.manifest.shards if s.file not in sizes]
         if missing:
-            raise ShardError(self.folder / missing[0], f"listed in {MANIFEST} but missing"
+            raise ShardError(self._shard(missing[0]), f"listed in {MANIFEST} but missing"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        self.pieces = [Piece(str(self.folder / s.file), s.samples) for s in self.manifest.shards if s.samples]
+        self.pieces = [Piece(self._shard(s.file), s.samples) for s in self.manifest.shards if s.samples]
         if not self.pieces:
-            raise ShardError(self.folder / MANIFEST, "lists no samples")
+            raise ShardError(self._shard(MANIFEST), "lists no samples")
+
+    def _shard(self, file: str) -> str:
+        return str(self.location / file) if not self.location.is_local else str(self.location.path / file)
+
+    def _sizes(self) -> dict[str, int]:
+        """{shard file: size in bytes} of the listed shards that exist."""
+        if self.location.is_local:
+            found = {s.file: self.location.path / s.file for s in self.manifest.shards}
+            return {f: p.stat().st_size for f, p in found.items() if p.is_file()}
+        if self.location.listable:
+            return self.location.listing()
+        sizes = {}
+        for s in self.manifest.shards:
+            try:
+                sizes[s.file] = (self.location / s.file).size()
+            except StoreError as e:
+                if not e.message.startswith("no such"):
+                    raise ShardError(e.url, e.message) from None
+        return sizes
 
     def check_sizes(self) -> None:
         """ShardError naming the first shard whose size differs from the manifest's (a truncated
-        copy, say): a stat per shard, cheap enough to run before every job. A shard corrupted
-        in place at its full size is found only when read, or by ``dsm data verify --sha256``."""
+        copy, say): a stat (or one listing) per split, cheap enough to run before every job. A
+        shard corrupted in place at its full size is found only when read, or by
+        ``dsm data verify --sha256``."""
+        sizes = self._sizes()
         for s in self.manifest.shards:
-            size = (self.folder / s.file).stat().st_size
+            size = sizes.get(s.file)
             if size != s.bytes:
-                raise ShardError(self.folder / s.file, f"{size} bytes, but {MANIFEST} says {s.bytes} "
+                raise ShardError(self._shard(s.file), f"{size} bytes, but {MANIFEST} says {s.bytes} "
                                  "(truncated or replaced; `dsm data verify` lists every problem)")
 
     def __repr__(self) -> str:

@@ -368,6 +368,7 @@ def prepare(name: str, out: str | Path, cfg: PrepareConfig | None = None, *, ove
     how to install it) or options that do not fit the data.
     """
     from dsm.data.shards import write_split
+    from dsm.store import Location
 
     cfg = cfg or PrepareConfig()
     ds = get_dataset(name)
@@ -386,7 +387,7 @@ def prepare(name: str, out: str | Path, cfg: PrepareConfig | None = None, *, ove
             options["subset_of"] = len(raw.labels)  # first N and last N are disjoint iff 2N <= this
         del raw
         samples = ((data.images[i], int(data.labels[i]), {"source_id": str(data.ids[i])}) for i in range(n))
-        manifests[split] = write_split(Path(out) / split, split, samples, shape=(c, h, w),
+        manifests[split] = write_split(Location.of(out) / split, split, samples, shape=(c, h, w),
                                        source=f"{name} ({data.source})", total=n, shard_size=cfg.shard_size,
                                        classes=data.classes, options=options, overwrite=overwrite,
                                        progress=progress)

@@ -42,6 +42,7 @@ import torch
 from dsm.data.npy import NpySource
 from dsm.data.shards import ShardError, ShardSource
 from dsm.seeding import derive_seed
+from dsm.store import Location
 
 Mode = Literal["resampled", "exact"]
 OnError = Literal["raise", "skip"]
@@ -56,15 +57,19 @@ def is_eight_bit(source: Source) -> bool:
 
 
 def open_source(source: str | Path | Source) -> Source:
-    """A split folder (with manifest.json), a manifest.json path, or a .npy file."""
+    """A split folder (with manifest.json), a manifest.json path, or a .npy file. A split
+    folder may be a URL (dsm.store: ``s3://``, ``gs://``, ``http(s)://``); a .npy must be local."""
     if isinstance(source, (ShardSource, NpySource)):
         return source
-    p = Path(source)
-    if p.suffix == ".npy":
-        return NpySource(p)
-    if p.name == "manifest.json":
-        p = p.parent
-    return ShardSource(p)
+    loc = Location.of(source)
+    if loc.suffix == ".npy":
+        if not loc.is_local:
+            raise ValueError(f"{loc}: a .npy is read whole into memory and must be a local file; "
+                             "put data in a bucket as shards (`dsm data convert`, `dsm data prepare --out URL`)")
+        return NpySource(loc.path)
+    if loc.name == "manifest.json":
+        loc = loc.parent
+    return ShardSource(loc)
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -9,10 +9,12 @@ beside them. ``decode=False`` stops after sizes and hashes (fast: no PNG decodin
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsm.data.shards import MANIFEST, Manifest, ShardError, iter_shard, sha256_file
+from dsm.data.shards import MANIFEST, Manifest, ShardError, iter_shard
+from dsm.store import Location, StoreError
 
 
 @dataclass(frozen=True)
@@ -26,19 +28,48 @@ class Problem:
         return f"{self.file}: {self.message}"
 
 
-def split_folders(path: str | Path) -> list[Path]:
-    """``path`` if it holds a manifest, else its sub-folders that do (sorted); [] if none."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return [path]
-    return sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
+def split_folders(path: str | Path | Location) -> list[Location]:
+    """``path`` if it holds a manifest, else its sub-folders that do (sorted); [] if none.
+    A local folder or a URL (an HTTP folder must be the split itself: it cannot be listed)."""
+    loc = Location.of(path)
+    if (loc / MANIFEST).is_file():
+        return [loc]
+    if loc.is_local:
+        return [Location.of(p.parent) for p in sorted(loc.path.glob(f"*/{MANIFEST}"))]
+    if not loc.listable:
+        return []
+    return [sub for sub in loc.subfolders() if MANIFEST in sub.listing()]
 
 
-def verify_split(folder: str | Path, *, decode: bool = True, progress: bool = False) -> list[Problem]:
+def _stray_files(folder: Location, listed: set[str]) -> list[Problem]:
+    """Unlisted shards and temporary files left by an unfinished write (ShardWriter's, atomic_path's)."""
+    if folder.is_local:
+        names = [p.name for p in folder.path.iterdir() if p.is_file()]
+    elif folder.listable:
+        names = list(folder.listing())
+    else:
+        return []
+    problems = [Problem(str(folder / n), f"not listed in {MANIFEST}")
+                for n in sorted(names) if n.endswith(".tar") and n not in listed]
+    return problems + [Problem(str(folder / n), "left over from an unfinished write") for n in sorted(names)
+                       if n.startswith(".") and (".tmp-" in n or n.endswith(".tmp"))]
+
+
+def _read(path: Location) -> bytes | Problem:
+    try:
+        return path.path.read_bytes() if path.is_local else path.read_bytes()
+    except FileNotFoundError:
+        return Problem(str(path), f"listed in {MANIFEST} but missing")
+    except StoreError as e:
+        return Problem(str(path), f"listed in {MANIFEST} but missing" if e.message.startswith("no such")
+                       else e.message)
+
+
+def verify_split(folder: str | Path | Location, *, decode: bool = True, progress: bool = False) -> list[Problem]:
     """Every problem found in one split folder (empty list: all good)."""
     from tqdm import tqdm
 
-    folder = Path(folder)
+    folder = Location.of(folder)
     try:
         m = Manifest.load(folder)
     except ShardError as e:
@@ -47,21 +78,17 @@ def verify_split(folder: str | Path, *, decode: bool = True, progress: bool = Fa
     listed = {s.file for s in m.shards}
     if len(listed) != len(m.shards):
         problems.append(Problem(str(folder / MANIFEST), "a shard is listed more than once"))
-    for p in sorted(folder.glob("*.tar")):
-        if p.name not in listed:
-            problems.append(Problem(str(p), f"not listed in {MANIFEST}"))
-    for p in sorted({*folder.glob(".*.tmp-*"), *folder.glob(".*.tmp")}):  # ShardWriter's, atomic_path's
-        problems.append(Problem(str(p), "left over from an unfinished write"))
+    problems += _stray_files(folder, listed)
     keys: dict[str, str] = {}
     for info in tqdm(m.shards, desc=f"verify {folder}", unit="shard", disable=not progress, leave=False):
         path = folder / info.file
-        if not path.is_file():
-            problems.append(Problem(str(path), f"listed in {MANIFEST} but missing"))
+        content = _read(path)
+        if isinstance(content, Problem):
+            problems.append(content)
             continue
-        size = path.stat().st_size
-        if size != info.bytes:
-            problems.append(Problem(str(path), f"{size} bytes, the manifest says {info.bytes}"))
-        digest = sha256_file(path)
+        if len(content) != info.bytes:
+            problems.append(Problem(str(path), f"{len(content)} bytes, the manifest says {info.bytes}"))
+        digest = hashlib.sha256(content).hexdigest()
         if digest != info.sha256:
             problems.append(Problem(str(path), f"sha256 {digest[:16]}... does not match the manifest's "
                                                f"{info.sha256[:16]}..."))
@@ -72,8 +99,8 @@ def verify_split(folder: str | Path, *, decode: bool = True, progress: bool = Fa
             problems.append(Problem(e.path, str(e).removeprefix(f"{e.path}: ")))
 
         try:
-            for s in iter_shard(path, expected_samples=info.samples, shape=m.shape, with_meta=True,
-                                on_sample_error=bad_sample):
+            for s in iter_shard(str(path), expected_samples=info.samples, shape=m.shape, with_meta=True,
+                                on_sample_error=bad_sample, content=content):
                 if s.key in keys:
                     problems.append(Problem(str(path), f"key {s.key!r} also occurs in {keys[s.key]}"))
                 keys[s.key] = info.file
@@ -91,6 +118,6 @@ def verify(path: str | Path, *, decode: bool = True, progress: bool = False) -> 
     """Verify a split folder, or every split folder under ``path``."""
     folders = split_folders(path)
     if not folders:
-        return [Problem(str(path), f"no {MANIFEST} here or in its sub-folders (not a shard folder, "
+        return [Problem(str(Location.of(path)), f"no {MANIFEST} here or in its sub-folders (not a shard folder, "
                                    "or an unfinished write)")]
     return [p for f in folders for p in verify_split(f, decode=decode, progress=progress)]
