@@ -29,7 +29,7 @@ def test_locations_keep_urls_and_resolve_paths(tmp_path):
     assert Location.of("s3://b/x/m.json").parent.name == "x" and not Location.of("gs://b").is_local
     assert str(Location.of("https://user:pw@host/d")) == "https://host/d"
     with pytest.raises(ValueError, match="not a local path"):
-        Location.of("s3://b/x").path
+        _ = Location.of("s3://b/x").path
 
 
 def test_s3_round_trip_and_listing(bucket, tmp_path):

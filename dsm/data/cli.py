@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dsm.cliopts import add_fields, add_workspace, csv_list, fields_from
+from dsm.store import Location
 
 
 def _validate(cls, data: dict):
@@ -46,7 +47,7 @@ def _prepare(args: argparse.Namespace) -> int:
         out = workspace_dir(args.workspace) / "data" / args.name
     manifests = prepare(args.name, out, cfg, overwrite=args.force, progress=not args.quiet)
     _summary(manifests)
-    print(f"wrote {out}")
+    print(f"wrote {Location.of(out)}")
     return 0
 
 
@@ -69,7 +70,7 @@ def _convert(args: argparse.Namespace) -> int:
                                    progress=not args.quiet)
         manifests = {m.split: m}
     _summary(manifests)
-    print(f"wrote {args.out}")
+    print(f"wrote {Location.of(args.out)}")
     return 0
 
 
@@ -128,7 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Write a built-in data set (digits, fashion-mnist, mnist, patches) as "
                                        "WebDataset shards: OUT/<split>/manifest.json and OUT/<split>/*.tar.")
     prep.add_argument("name", help="data set name (dsm data list)")
-    prep.add_argument("--out", help="output folder (default <workspace>/data/NAME)")
+    prep.add_argument("--out", help="output folder or URL, e.g. s3://bucket/data/NAME (default <workspace>/data/NAME)")
     add_workspace(prep)
     add_fields(prep, PrepareConfig)
     prep.add_argument("--force", action="store_true", help="replace existing shards of the same split")
@@ -142,7 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "uint8 (N, 12288) planar CHW and 'labels' 1..1000, or .npz) to "
                                        "OUT/train and OUT/val. Labels are stored 0-based.")
     inet.add_argument("src", help="folder holding the batch files")
-    inet.add_argument("out", help="output folder")
+    inet.add_argument("out", help="output folder or URL (s3://, gs://, file://)")
     inet.add_argument("--splits", type=csv_list, help="comma-separated: train,val (default both)")
     common(inet)
     inet.set_defaults(func=_convert)
@@ -150,7 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Convert SRC/<class>/*.{jpg,jpeg,png} to OUT/<split>, each image "
                                        "center-cropped and box-downsampled to --size.")
     fold.add_argument("src", help="image folder")
-    fold.add_argument("out", help="output folder")
+    fold.add_argument("out", help="output folder or URL (s3://, gs://, file://)")
     fold.add_argument("--split", default="train", help="split name (default train)")
     fold.add_argument("--crop", choices=["center", "none"], default="center",
                       help="center: central square first; none: squash the whole image")
@@ -163,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ver = dsub.add_parser("verify", help="check shards against their manifest; list every problem",
                           description="Check a split folder (or every split folder under DIR) against its "
                                       "manifest: hashes, sizes, counts, image shapes, keys. Exit 1 on problems.")
-    ver.add_argument("dir", help="split folder, or a folder of split folders")
+    ver.add_argument("dir", help="split folder, or a folder of split folders; a URL too (an http(s) one must be the split)")
     ver.add_argument("--quick", action="store_true", help="sizes and hashes only, no decoding")
     ver.add_argument("--quiet", action="store_true", help="no progress bar")
     ver.set_defaults(func=_verify)

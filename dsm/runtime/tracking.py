@@ -191,15 +191,19 @@ def log_dataset(client, run_id: str, inp, context: str) -> None:
     manifest's sha256 for shards, so two runs on the same data show the same digest), schema
     (one tensor of the data's shape and dtype) and profile (count, shape, dtype, kind)."""
     import numpy as np
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.types import Schema, TensorSpec
 
-    path = Path(inp.path)
-    name = path.stem if path.is_file() else f"{path.parent.name}/{path.name}"
+    from dsm.store import Location
+
+    path = Location.of(inp.path)  # a local path or a URL (without any user:password@)
+    name = Path(path.name).stem if inp.kind == "npy" else f"{path.parent.name}/{path.name}"
     dtype = np.dtype(np.uint8 if inp.eight_bit else np.float32)
-    meta = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name, digest=inp.digest()[:16],
+    # MLflow picks the source type from the URL: local, s3, gs, http...
+    source = resolve_dataset_source(str(path))
+    meta = MetaDataset(source, name=name, digest=inp.digest()[:16],
                        schema=Schema([TensorSpec(dtype, (-1, *inp.shape), "x")])).to_dict()
     profile = {"num_samples": inp.num_samples, "shape": list(inp.shape), "dtype": str(dtype), "format": inp.kind}
     ds = Dataset(name=meta["name"], digest=meta["digest"], source_type=meta["source_type"], source=meta["source"],

@@ -18,6 +18,7 @@ from dsm.config import ConfigError
 from dsm.data.stream import Source, open_source
 from dsm.models import DataShape
 from dsm.noise import TSampler, make_t_sampler
+from dsm.store import Location, StoreError
 from dsm.train.config import TrainConfig
 
 
@@ -52,26 +53,45 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
                 if not ready():
                     popts = data.prepare.model_copy(update={"splits": ["train", "test"]})
                     prepare_dataset(data.dataset, folder, popts, overwrite=True, progress=progress)
-        train, held = folder / "train", folder / "test"
+        train, held = Location.of(folder / "train"), Location.of(folder / "test")
     else:
-        train = Path(data.path).expanduser().resolve()
-        if not train.exists():  # before the eval_path rules below, which assume the training data is there
-            raise ConfigError(f"data.path: {train} does not exist "
+        train, held = _given_data(data)
+    for field, loc in (("data.path", train), ("data.eval_path", held)):
+        if not _data_exists(loc):
+            raise ConfigError(f"{field}: {loc} does not exist "
                               "(prepare shards with `dsm data prepare`, or give a .npy)")
-        if data.eval_path is not None:
-            held = Path(data.eval_path).expanduser().resolve()
-        elif train.suffix == ".npy":
-            raise ConfigError("data.eval_path: a .npy training set needs a held-out .npy (data.eval_path=FILE.npy)")
-        else:
-            split_dir = train.parent if train.name == "manifest.json" else train
-            held = split_dir.parent / "test"
-    for field, p in (("data.path", train), ("data.eval_path", held)):
-        if not p.exists():
-            raise ConfigError(f"{field}: {p} does not exist (prepare shards with `dsm data prepare`, or give a .npy)")
-    update = {"path": str(train), "eval_path": str(held)}
+    update = {"path": train.url, "eval_path": held.url}
     if data.dataset is not None:  # the prepared folders now stand for the data set
         update["dataset"] = None
     return cfg.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def _given_data(data) -> tuple[Location, Location]:
+    """(training, held-out) locations of a config's data.path / data.eval_path: local paths made
+    absolute, URLs kept (dsm.store); the held-out split defaults to the 'test' split beside."""
+    train = Location.of(data.path)
+    if not _data_exists(train):  # before the eval_path rules below, which assume the training data is there
+        raise ConfigError(f"data.path: {train} does not exist "
+                          "(prepare shards with `dsm data prepare`, or give a .npy)")
+    if data.eval_path is not None:
+        return train, Location.of(data.eval_path)
+    if train.suffix == ".npy":
+        raise ConfigError("data.eval_path: a .npy training set needs a held-out .npy (data.eval_path=FILE.npy)")
+    split_dir = train.parent if train.name == "manifest.json" else train
+    return train, split_dir.parent / "test"
+
+
+def _data_exists(loc: Location) -> bool:
+    """A local file or folder, or a remote split's manifest (object stores have no folders to
+    probe). A remote failure other than a missing object (no credentials, no server) is the
+    error, naming the URL."""
+    if loc.is_local:
+        return loc.path.exists()
+    manifest = loc if loc.name == "manifest.json" else loc / "manifest.json"
+    try:
+        return manifest.is_file() or (loc.suffix != "" and loc.is_file())
+    except StoreError as e:
+        raise ConfigError(f"data: {e}") from None
 
 
 def data_shape(source: Source) -> DataShape:
