@@ -164,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ver = dsub.add_parser("verify", help="check shards against their manifest; list every problem",
                           description="Check a split folder (or every split folder under DIR) against its "
                                       "manifest: hashes, sizes, counts, image shapes, keys. Exit 1 on problems.")
-    ver.add_argument("dir", help="split folder, or a folder of split folders; a URL too (an http(s) one must be the split)")
+    ver.add_argument("dir", help="split folder, or a folder of split folders; or a URL (an http(s) one: the split)")
     ver.add_argument("--quick", action="store_true", help="sizes and hashes only, no decoding")
     ver.add_argument("--quiet", action="store_true", help="no progress bar")
     ver.set_defaults(func=_verify)

@@ -30,9 +30,21 @@ def tracking_uri(workspace: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_dir(workspace) / 'mlflow.db'}"
 
 
+ARTIFACT_ROOT_ENV = "DSM_ARTIFACT_ROOT"
+
+
+def artifact_root(workspace: str | Path | None = None) -> str:
+    """Where new experiments keep their artifacts: ``$DSM_ARTIFACT_ROOT`` (a bucket URL such as
+    ``s3://bucket/mlflow``, which every node of a cluster reaches: docs/cluster.md), else
+    ``<workspace>/artifacts``. An environment variable, like $DSM_SHARED_STORAGE: it is a
+    property of the cluster, not of a run."""
+    root = os.environ.get(ARTIFACT_ROOT_ENV, "").strip().rstrip("/")
+    return root or (workspace_dir(workspace) / "artifacts").as_uri()
+
+
 def use_experiment(name: str, workspace: str | Path | None = None, client=None) -> str:
     """The id of experiment ``name`` in the workspace's store (``client``'s, when given), created
-    if needed with its artifacts under the workspace.
+    if needed with its artifacts under :func:`artifact_root`.
 
     Through an MlflowClient, not MLflow's fluent API: that keeps the URI in process-wide state
     and in ``$MLFLOW_TRACKING_URI``, where :func:`tracking_uri` would take it for the user's choice
@@ -46,7 +58,7 @@ def use_experiment(name: str, workspace: str | Path | None = None, client=None) 
     if exp is not None:
         return exp.experiment_id
     try:
-        artifacts = (workspace_dir(workspace) / "artifacts" / name).as_uri()
+        artifacts = f"{artifact_root(workspace)}/{name}"
         return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created meanwhile by another process (two sweep trials, say)
         exp = client.get_experiment_by_name(name)

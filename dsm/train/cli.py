@@ -11,7 +11,8 @@ def _train(args: argparse.Namespace) -> int:
     from dsm.train.run import main
 
     return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
-                workers=args.workers, gpu=args.gpu, quiet=args.quiet, register=args.register)
+                workers=args.workers, gpu=args.gpu, quiet=args.quiet, register=args.register,
+                storage=args.storage)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,5 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="register the exported model in MLflow's model registry as a new version of NAME "
                             "(then `dsm score models:/NAME/VERSION ...`)")
     add_workspace(train)
+    train.add_argument("--storage", metavar="URL", default=None,
+                       help="where runs keep checkpoints and exports, e.g. s3://bucket/runs (default $DSM_STORAGE, "
+                            "else <workspace>/runs); on a multi-node cluster a bucket, or a shared folder")
     train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
     train.set_defaults(func=_train)

@@ -37,6 +37,7 @@ from dsm.energy import Energy, unwrap
 from dsm.losses import loss_by_band
 from dsm.seeding import key_seed
 from dsm.step import Collectives, NonFinitePolicy, train_step
+from dsm.store import Location
 from dsm.train import build
 from dsm.train.config import TrainConfig
 from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate
@@ -154,8 +155,22 @@ class Worker:
         return self.ema.module if self.ema is not None else self.model
 
     @property
+    def out(self) -> Location:
+        """Where this run's outputs are published: the run folder, or ``<storage>/<name>``."""
+        return Location.of(self.config["export_path"]).parent
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.config["export_path"]).parent
+        """Where rank 0 writes its outputs: the run folder itself, or (remote storage) a local
+        staging folder on this worker's node, from which :meth:`publish` uploads them."""
+        if self.out.is_local:
+            return self.out.path
+        return Path(tempfile.gettempdir()) / f"dsm-run-{self.config['run_name']}"
+
+    def publish(self, path: Path) -> None:
+        """Upload a finished output file to remote storage (one upload: atomic); locally it is there."""
+        if not self.out.is_local:
+            (self.out / path.name).upload(path)
 
     def flush(self) -> None:
         """Write the metric rows kept since the last flush to MLflow (rank 0)."""
@@ -420,8 +435,8 @@ def _keep_best(w: Worker, res, step: int) -> None:
     state.best_nll_bpd, state.best_step = float(value), step
     meta = {"run_name": w.config["run_name"], "step": step, "mlflow_run_id": state.mlflow_run_id,
             "selected_by": SELECTED_BY, SELECTED_BY: float(value), **w.config.get("tags", {})}
-    save_bundle(w.run_dir / BEST_FILE, w.final, w.cfg, w.shape.shape, w.shape.is_image,
-                normalization=res.log_z.as_dict(), meta=meta)
+    w.publish(save_bundle(w.run_dir / BEST_FILE, w.final, w.cfg, w.shape.shape, w.shape.is_image,
+                          normalization=res.log_z.as_dict(), meta=meta))
 
 
 def _finalize(w: Worker) -> None:
@@ -432,7 +447,7 @@ def _finalize(w: Worker) -> None:
     from dsm.normalize import normalize
 
     cfg, config, model, shape, held, log, state = w.cfg, w.config, w.final, w.shape, w.held, w.log, w.state
-    export = Path(config["export_path"])
+    export = w.run_dir / "model.pt"
     norm = None
     if isinstance(model, Energy):
         norm = normalize(model, held[0], cfg.eval.log_z_t or cfg.noise.t_max, keys=held[1],
@@ -442,6 +457,8 @@ def _finalize(w: Worker) -> None:
     save_bundle(export, model, cfg, shape.shape, shape.is_image, normalization=norm, meta=meta)
     cfg_path = export.parent / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(config["cfg"], sort_keys=False))
+    w.publish(cfg_path)
+    w.publish(export)  # last: a published model.pt means the run finished
     best = export.parent / BEST_FILE
     if log.enabled:
         log.artifact(cfg_path)

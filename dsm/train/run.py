@@ -17,9 +17,11 @@ from pathlib import Path
 from dsm.config import ConfigError
 from dsm.fileio import exclusive
 from dsm.step import NonFiniteTraining
+from dsm.store import Location
 from dsm.train.config import TrainConfig
 
 ERROR_LOG = "error.log"  # in the run folder: the last failure's full traceback
+STORAGE_ENV = "DSM_STORAGE"  # default of --storage: where runs keep checkpoints and exports
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,20 @@ class Plan:
     run_dir: Path
     export_path: Path
     shape: tuple[int, ...]
+    # Where Ray Train keeps the run's checkpoints and rank 0 publishes model.pt, model-best.pt and
+    # config.yaml: ``<storage>/<name>`` (a URL with --storage s3://...); None: run_dir itself.
+    outputs: str | None = None
+
+    @property
+    def out(self) -> Location:
+        return Location.of(self.outputs or self.run_dir)
 
 
 def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "train",
-         progress: bool = True) -> Plan:
+         progress: bool = True, storage: str | None = None) -> Plan:
     """Resolve the data (preparing a built-in data set once) and check that the model builds.
-    Raises ConfigError; starts nothing."""
+    storage: where the runs' checkpoints and exports go (a folder or URL; default
+    ``$DSM_STORAGE``, else ``<workspace>/runs``). Raises ConfigError; starts nothing."""
     from dsm.runtime.tracking import workspace_dir
     from dsm.train.build import check_buildable, resolve_data
 
@@ -51,8 +61,13 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
             raise ConfigError("scaling.gpu: no CUDA device here; drop --gpu or give --address of a GPU cluster")
     name = cfg.run_name(stem)
     run_dir = ws / "runs" / name
-    check_resumable(cfg, run_dir)
-    return Plan(cfg, name, ws, run_dir, run_dir / "model.pt", shape.shape)
+    storage = storage or os.environ.get(STORAGE_ENV) or None
+    outputs = str(Location.of(storage) / name) if storage else None
+    if outputs and Location.of(outputs) == Location.of(run_dir):
+        outputs = None
+    p = Plan(cfg, name, ws, run_dir, run_dir / "model.pt", shape.shape, outputs)
+    check_resumable(cfg, p.out)
+    return p
 
 
 # Top-level config sections a resumed run may change: how long it runs, how often it reports,
@@ -61,22 +76,21 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
 RESUME_MAY_CHANGE = ("name", "steps", "log_every", "checkpoint", "eval", "tracking")
 
 
-def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
-    """A run folder that holds checkpoints resumes only under the config that wrote them (up to
-    RESUME_MAY_CHANGE). Otherwise ConfigError, one line naming the differing fields, before Ray
-    starts: a fixed ``name=`` reused for another architecture would else fail in every worker
-    with pages of size mismatches."""
-    from dsm.fileio import load_torch_file
+def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> None:
+    """A run folder (local or a URL) that holds checkpoints resumes only under the config that
+    wrote them (up to RESUME_MAY_CHANGE). Otherwise ConfigError, one line naming the differing
+    fields, before Ray starts: a fixed ``name=`` reused for another architecture would else fail
+    in every worker with pages of size mismatches."""
     from dsm.runtime.tracking import flatten
 
-    states = sorted(run_dir.glob("checkpoint_*/state.pt"), key=lambda f: f.stat().st_mtime)
-    if not states:
+    stored, where = _last_checkpoint_config(Location.of(run_dir))
+    if where is None:
         return
-    stored = load_torch_file(states[-1], "dsm training checkpoint").get("config") or {}
+    run_dir = Location.of(run_dir)
     try:
         stored = TrainConfig.model_validate(stored).model_dump(mode="json")  # fields added since get defaults
     except ValueError as e:
-        raise ConfigError(f"{states[-1]}: its config is not one this dsm reads ({str(e).splitlines()[0]}); "
+        raise ConfigError(f"{where}: its config is not one this dsm reads ({str(e).splitlines()[0]}); "
                           f"give another name= or delete {run_dir}") from None
     now, then = flatten(cfg.model_dump(mode="json")), flatten(stored)
     differ = sorted(k for k in now.keys() | then.keys()
@@ -86,6 +100,28 @@ def check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
                  + (" ..." if len(differ) > 4 else ""))
         raise ConfigError(f"run {run_dir.name!r} in {run_dir} was trained with another config: {shown}; "
                           f"give another name=, or delete that folder to start afresh")
+
+
+def _last_checkpoint_config(run_dir: Location) -> tuple[dict, str | None]:
+    """(the config in the run's latest checkpoint, that checkpoint's state.pt); ({}, None) when
+    there is none. Ray Train names checkpoint folders by time, so the last name is the latest."""
+    import tempfile
+
+    from dsm.fileio import load_torch_file
+
+    if run_dir.is_local:
+        states = sorted(run_dir.path.glob("checkpoint_*/state.pt"), key=lambda f: f.stat().st_mtime)
+        if not states:
+            return {}, None
+        return load_torch_file(states[-1], "dsm training checkpoint").get("config") or {}, str(states[-1])
+    folders = [f for f in run_dir.subfolders() if f.name.startswith("checkpoint_")]
+    states = [f / "state.pt" for f in folders if "state.pt" in f.listing()]
+    if not states:
+        return {}, None
+    with tempfile.TemporaryDirectory(prefix="dsm-ckpt-") as tmp:
+        local = Path(tmp) / "state.pt"
+        local.write_bytes(states[-1].read_bytes())
+        return load_torch_file(local, "dsm training checkpoint").get("config") or {}, str(states[-1])
 
 
 def check_local_resources(cfg: TrainConfig) -> None:
@@ -145,12 +181,12 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
     return TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": p.name, "tracking_uri": uri,
-                           "mlflow_run_id": run_id, "export_path": str(p.export_path), "tags": tags},
+                           "mlflow_run_id": run_id, "export_path": (p.out / "model.pt").url, "tags": tags},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=p.name, storage_path=str(p.run_dir.parent),
+            name=p.name, storage_path=p.out.parent.url,  # a folder, or a URL Ray Train writes through pyarrow
             callbacks=[failure_callback(cfg.scaling.max_failures), *(callbacks or [])],
             checkpoint_config=_checkpoint_config(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.scaling.max_failures),
@@ -208,10 +244,24 @@ def outcome(p: Plan, result) -> Path:
     ended = getattr(result, "return_value", None) or {}
     if ended.get("status") == "non_finite":
         raise NonFiniteTraining(ended.get("message", "non-finite steps"))
+    if p.outputs and ended.get("status") == "finished":
+        fetch_outputs(p)
     if ended.get("status") != "finished" or not p.export_path.is_file():
         raise RuntimeError(f"training ended without an exported model at {p.export_path} "
                            f"(status {ended.get('status') or 'none'})")
     return p.export_path
+
+
+def fetch_outputs(p: Plan) -> None:
+    """Copy what rank 0 published to remote storage (model.pt, model-best.pt, config.yaml) into
+    the local run folder, where the driver registers and reports the model."""
+    from dsm.train.loop import BEST_FILE
+
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    found = p.out.listing()
+    for name in ("model.pt", BEST_FILE, "config.yaml"):
+        if name in found:
+            (p.run_dir / name).write_bytes((p.out / name).read_bytes())
 
 
 def train(p: Plan, address: str | None = None, log_to_driver: bool = True, register: str | None = None) -> Path:
@@ -221,7 +271,7 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True, regis
     from dsm.runtime.driver import Job, Tracking, drive
     from dsm.runtime.tracking import tracking_uri
 
-    job = Job("train", address, storage=p.run_dir.parent, error_log=p.run_dir / ERROR_LOG,
+    job = Job("train", address, storage=p.out.parent.url, error_log=p.run_dir / ERROR_LOG,
               resume_hint=f"re-run the same command to resume {p.name!r} from its last checkpoint",
               check_local=lambda: check_local_resources(p.cfg), log_to_driver=log_to_driver)
     opened: dict = {}
@@ -311,7 +361,8 @@ def print_summary(p: Plan, export: Path) -> None:
 
 
 def main(config: str | None, overrides: list[str], *, workspace: str | None, address: str | None,
-         workers: int | None, gpu: bool, quiet: bool = False, register: str | None = None) -> int:
+         workers: int | None, gpu: bool, quiet: bool = False, register: str | None = None,
+         storage: str | None = None) -> int:
     """``dsm train``: returns the exit code (failures become exit codes in dsm.errors.exit_code)."""
     from dsm.config import load_config
 
@@ -326,9 +377,9 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
         extra.append("scaling.gpu=true")
     cfg = load_config(TrainConfig, config, extra)
     stem = Path(config).stem if config else "train"
-    p = plan(cfg, workspace, stem, progress=not quiet)
+    p = plan(cfg, workspace, stem, progress=not quiet, storage=storage)
     print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
-          f"outputs in {p.run_dir}", flush=True)
+          f"outputs in {p.run_dir}" + (f", checkpoints in {p.out}" if p.outputs else ""), flush=True)
     with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder (else Busy: exit 2)
         export = train(p, address, register=register)
     print_summary(p, export)
