@@ -27,6 +27,7 @@ from pathlib import Path
 from dsm.config import ConfigError
 
 SHARED_ENV = "DSM_SHARED_STORAGE"
+STORAGE_ENV = "DSM_STORAGE"  # default of `dsm train --storage`: where runs keep checkpoints and exports
 # URI schemes whose storage every node reaches the same way (pyarrow.fs / fsspec names).
 SHARED_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az", "hdfs", "viewfs")
 _TRUE = {"1", "true", "yes", "on"}

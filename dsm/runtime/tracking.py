@@ -205,6 +205,7 @@ def log_dataset(client, run_id: str, inp, context: str) -> None:
     import numpy as np
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.types import Schema, TensorSpec
 
@@ -213,8 +214,9 @@ def log_dataset(client, run_id: str, inp, context: str) -> None:
     path = Location.of(inp.path)  # a local path or a URL (without any user:password@)
     name = Path(path.name).stem if inp.kind == "npy" else f"{path.parent.name}/{path.name}"
     dtype = np.dtype(np.uint8 if inp.eight_bit else np.float32)
-    # MLflow picks the source type from the URL: local, s3, gs, http...
-    source = resolve_dataset_source(str(path))
+    # MLflow picks a URL's source type (s3, gs, http...); for a local path it registers the same
+    # class twice and warns about the ambiguity, so that one is named here.
+    source = LocalArtifactDatasetSource(str(path)) if path.is_local else resolve_dataset_source(str(path))
     meta = MetaDataset(source, name=name, digest=inp.digest()[:16],
                        schema=Schema([TensorSpec(dtype, (-1, *inp.shape), "x")])).to_dict()
     profile = {"num_samples": inp.num_samples, "shape": list(inp.shape), "dtype": str(dtype), "format": inp.kind}

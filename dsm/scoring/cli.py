@@ -2,7 +2,7 @@
 
 Both check their inputs (model file, normalization, data, shapes) before Ray or MLflow is
 touched; bad input exits with status 2 and a message naming the file. ``dsm score`` prints
-the parquet folder's path as its last line.
+the parquet folder (a path or a URL) as its last line.
 """
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsm.cliopts import add_address, add_workspace
+
+if TYPE_CHECKING:
+    from dsm.store import Location
 
 
 @dataclass
@@ -100,14 +104,41 @@ def _normalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_files(out: Location, t_grid: tuple[float, ...], local_dir: Path) -> tuple[list[Path], Path]:
+    """The figures (PNGs) and scores.json as local files, for MLflow. For a local ``out`` they
+    are OUT/figures/*.png and OUT/scores.json themselves; for a URL they are drawn in (and
+    copied to) ``local_dir``, and the figures uploaded to OUT/figures/."""
+    from dsm.scoring.job import OPTIONS_FILE, read_scores
+    from dsm.scoring.summary import figures
+
+    table = read_scores(out)
+    if out.is_local:
+        return figures(table, t_grid, out.path / "figures"), out.path / OPTIONS_FILE
+    figs = figures(table, t_grid, local_dir / "figures")
+    for f in figs:
+        (out / "figures" / f.name).upload(f)
+    record = local_dir / OPTIONS_FILE
+    record.write_bytes((out / OPTIONS_FILE).read_bytes())
+    return figs, record
+
+
+def _data_name(data: str) -> str:
+    """The data's last path component, for the run's name (a URL's too: ``s3://b/digits/test`` is test)."""
+    from dsm.store import Location, is_remote
+
+    return Location.of(data).name if is_remote(data) else Path(data).name
+
+
 def _score(args: argparse.Namespace) -> int:
     import json
+    import tempfile
 
     from dsm.consistency import Options as ConsistencyOptions
     from dsm.data.inputs import open_input
     from dsm.scoring.columns import ScoreSpec, parse_t_grid
-    from dsm.scoring.job import OPTIONS_FILE, read_scores, score, write_json
-    from dsm.scoring.summary import figures, format_summary
+    from dsm.scoring.job import OPTIONS_FILE, PARTS, out_location, score, write_json
+    from dsm.scoring.summary import format_summary
+    from dsm.store import redact
 
     spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
                      batch_size=args.batch_size)
@@ -116,31 +147,31 @@ def _score(args: argparse.Namespace) -> int:
     if args.consistency_samples == 1 or args.consistency_samples < 0:
         raise ValueError(f"--consistency-samples must be 0 (skip) or >= 2, got {args.consistency_samples}")
     consistency = ConsistencyOptions() if args.consistency_samples else None
+    out = out_location(args.out)  # an HTTP --out is refused here, before a model is fetched
     model, lineage = _model_file(args.model, args.workspace)
     # failures (bad input, a failed job, Ctrl-C) become exit codes in dsm.errors.exit_code
-    summary = score(model, args.data, args.out, spec, actors=args.actors, gpu=args.gpu,
+    summary = score(model, args.data, out, spec, actors=args.actors, gpu=args.gpu,
                     model_label=lineage.model_uri, consistency=consistency,
                     consistency_samples=args.consistency_samples, restart=args.restart, address=args.address)
-    out = Path(args.out).expanduser().resolve()
     print(format_summary(summary))
-    figs = figures(read_scores(out), spec.t_grid, out / "figures")
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
     flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
-    info = json.loads((out / OPTIONS_FILE).read_text())
-    lineage.model_run_id = lineage.model_run_id or summary.get("model_mlflow_run_id")
-    lineage.model_sha256, lineage.data = info["options"]["model_sha256"], open_input(args.data)
-    source = (lineage.model_uri.removeprefix("models:/").replace("/", "-v").replace("@", "-")
-              if lineage.model_uri else Path(model).parent.name)
-    name = f"score-{source}-{Path(args.data).name}"
-    rid = _tracking("score", args.workspace, name,
-                    {"model": args.model, "data": args.data, "t_grid": list(spec.t_grid),
-                     "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
-                    flat, [out / OPTIONS_FILE, *figs], lineage)
+    with tempfile.TemporaryDirectory(prefix="dsm-score-") as tmp:  # a URL --out's files, for MLflow
+        figs, record = _score_files(out, spec.t_grid, Path(tmp))
+        info = json.loads(record.read_text())
+        lineage.model_run_id = lineage.model_run_id or summary.get("model_mlflow_run_id")
+        lineage.model_sha256, lineage.data = info["options"]["model_sha256"], open_input(args.data)
+        source = (lineage.model_uri.removeprefix("models:/").replace("/", "-v").replace("@", "-")
+                  if lineage.model_uri else Path(model).parent.name)
+        rid = _tracking("score", args.workspace, f"score-{source}-{_data_name(args.data)}",
+                        {"model": args.model, "data": redact(args.data), "t_grid": list(spec.t_grid),
+                         "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
+                        flat, [record, *figs], lineage)
     if rid:
         info["mlflow_run_id"] = rid
         write_json(out / OPTIONS_FILE, info)
-    print(out / "parts")
+    print(out / PARTS)
     return 0
 
 
@@ -163,8 +194,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "parquet folder. Columns: docs/scoring.md.")
     sc.add_argument("model", help="exported, normalized model: dsm train's model.pt, or a registered version "
                                    "models:/NAME/VERSION (or models:/NAME@ALIAS) in the workspace's MLflow")
-    sc.add_argument("--data", required=True, help="shard split folder, .npy or image folder")
-    sc.add_argument("--out", required=True, help="output folder (parquet parts, scores.json, figures)")
+    sc.add_argument("--data", required=True, help="shard split folder (a local path or an s3://, gs:// or "
+                                                 "http(s):// URL), .npy or image folder")
+    sc.add_argument("--out", required=True, help="output folder (parquet parts, scores.json, figures): a local "
+                                                "path or an s3:// or gs:// URL")
     sc.add_argument("--t-grid", default="1e-4:1e2:5",
                     help="noise variances: LO:HI:N log-spaced or a comma list; '' for none (default 1e-4:1e2:5; "
                          "the paper: 1e-12:1e3:100)")

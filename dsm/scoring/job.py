@@ -2,17 +2,23 @@
 
 The dataset is the list of pieces not yet scored; ``map_batches`` sends them to a pool of
 actors (``ActorPoolStrategy``), each of which loads the model once and writes
-``parts/part-<piece>.parquet`` through a temporary file renamed into place. Re-running the
-same command therefore skips finished parts and redoes only the rest: no duplicated and no
-missing rows. A piece (a shard, 1000 rows of a .npy, 1000 images) is the unit because it is
-also the unit of resumption; within it, rows are scored in batches of ``spec.batch_size``.
+``parts/part-<piece>.parquet`` in one atomic write (:meth:`dsm.store.Location.write_bytes`:
+a local temporary file renamed into place, or one PUT to an object store, which makes an
+object visible only once whole). Re-running the same command therefore skips finished parts
+and redoes only the rest: no duplicated and no missing rows. ``out`` is a local folder or an
+``s3://``/``gs://`` URL (``file://`` is a local folder; ``http(s)://`` is read-only and refused).
+A piece (a shard, 1000 rows of a .npy, 1000 images) is the unit because it is also the unit
+of resumption; within it, rows are scored in batches of ``spec.batch_size``.
 Per-example noise is seeded from the key, so the numbers do not depend on the actor count,
 the batch size or the order.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,15 +28,27 @@ from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
 from dsm.data.inputs import Input, iter_examples, open_input
 from dsm.data.shards import sha256_file
-from dsm.fileio import atomic_path
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
+from dsm.store import READ_ONLY, Location, StoreError, scheme_of
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
-# The noise range of a model given as a callable (an exact toy density): the shipped configs'.
 
 
-def part_path(out: Path, index: int) -> Path:
-    return out / PARTS / f"part-{index:06d}.parquet"
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+def part_path(out: Path | Location, index: int) -> Path | Location:
+    """Piece ``index``'s part under ``out`` (a Path gives a Path, a Location a Location)."""
+    return out / PARTS / part_name(index)
+
+
+def out_location(out: str | Path | Location) -> Location:
+    """``--out`` as a Location; an HTTP URL is refused here, in one line, before anything starts."""
+    if scheme_of(str(out)) in READ_ONLY:
+        raise StoreError(str(Location.of(out)), "--out cannot be an HTTP URL (read-only); "
+                         "give a local folder or an s3:// or gs:// URL")
+    return Location.of(out)
 
 
 class PieceScorer:
@@ -43,7 +61,7 @@ class PieceScorer:
         torch.set_num_threads(threads)
         self.model = resolve(model_ref, device)
         self.inp = open_input(data)
-        self.out, self.spec, self.device = Path(out), spec, device
+        self.out, self.spec, self.device = Location.of(out), spec, device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [self.score_piece(int(i)) for i in batch["piece"]]
@@ -68,9 +86,9 @@ class PieceScorer:
             arrays[k] = (pa.array(list(v), pa.list_(pa.float64(), v.shape[1])) if k in GRID_COLUMNS
                          else pa.array(v, pa.float64()))
         table = pa.table(arrays).replace_schema_metadata({"dsm.t_grid": json.dumps(list(self.spec.t_grid))})
-        final = part_path(self.out, index)
-        with atomic_path(final) as tmp:  # a part exists whole or not at all
-            pq.write_table(table, tmp)
+        buf = io.BytesIO()  # a piece's part is small (1000 rows at most): built in memory, then
+        pq.write_table(table, buf)  # written in one atomic write, so it exists whole or not at all
+        part_path(self.out, index).write_bytes(buf.getvalue())
         return len(keys)
 
 
@@ -91,18 +109,22 @@ def job_options(model_ref: ModelRef, model, inp: Input, spec: ScoreSpec, model_l
             "pieces": len(inp.pieces), **asdict(spec), "t_grid": list(spec.t_grid)}
 
 
-def prepare_out(out: Path, options: dict, restart: bool = False) -> list[int]:
+def prepare_out(out: str | Path | Location, options: dict, restart: bool = False) -> list[int]:
     """Create ``out``, check that it holds this job (or nothing), clear stale temporary files;
     returns the piece indices still to score. restart: discard what ``out`` holds (parts and
-    scores.json) and start this job afresh."""
-    if out.exists() and not out.is_dir():
+    scores.json) and start this job afresh. ``out``: a local folder or an object-store URL,
+    whose finished parts are found with one listing (not one request per part)."""
+    out = out_location(out)
+    if (out.path.exists() and not out.path.is_dir()) if out.is_local else out.is_file():
         raise ValueError(f"--out {out} is a file; give a folder (it will hold parts/ and {OPTIONS_FILE})")
-    opt_file = out / OPTIONS_FILE
+    opt_file, parts = out / OPTIONS_FILE, out / PARTS
     if restart:
-        for f in [*(out / PARTS).glob("part-*.parquet"), opt_file]:
-            f.unlink(missing_ok=True)
-    (out / PARTS).mkdir(parents=True, exist_ok=True)
-    if opt_file.is_file():
+        for name in parts.listing():
+            if name.startswith("part-") and name.endswith(".parquet"):
+                (parts / name).remove()
+        opt_file.remove()
+    parts.mkdir()
+    if OPTIONS_FILE in out.listing():
         old = json.loads(opt_file.read_text()).get("options", {})
         diff = sorted(k for k in options if k not in NOT_IDENTITY and old.get(k) != options[k])
         if diff:
@@ -110,19 +132,20 @@ def prepare_out(out: Path, options: dict, restart: bool = False) -> list[int]:
                              "pass --restart to discard them and score afresh, or use another --out")
     else:
         write_json(opt_file, {"options": options, "status": "running"})
-    for tmp in (out / PARTS).glob(".part-*.tmp"):
-        tmp.unlink()
-    return [i for i in range(options["pieces"]) if not part_path(out, i).is_file()]
+    if out.is_local:  # a writer killed mid-write leaves its temporary file (an object store, nothing)
+        for tmp in parts.path.glob(".part-*.tmp"):
+            tmp.unlink()
+    done = parts.listing()
+    return [i for i in range(options["pieces"]) if part_name(i) not in done]
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """``obj`` as JSON at ``path``, atomically (a reader never sees half a file)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
+def write_json(path: str | Path | Location, obj: dict) -> None:
+    """``obj`` as JSON at ``path`` (a local path or a URL), atomically (a reader never sees half a file)."""
+    Location.of(path).write_text(json.dumps(obj, indent=1))
 
 
-def run_pieces(model_ref: ModelRef, data: Path, out: Path, spec: ScoreSpec, pending: list[int], *,
-               actors: int, gpu: bool, cpus_per_actor: float = 0.5) -> int:
+def run_pieces(model_ref: ModelRef, data: str | Path | Location, out: str | Path | Location, spec: ScoreSpec,
+               pending: list[int], *, actors: int, gpu: bool, cpus_per_actor: float = 0.5) -> int:
     """Score ``pending`` pieces on a Ray Data actor pool; returns the rows written."""
     import ray.data
 
@@ -131,24 +154,36 @@ def run_pieces(model_ref: ModelRef, data: Path, out: Path, spec: ScoreSpec, pend
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ds = ray.data.from_items([{"piece": i} for i in pending], override_num_blocks=len(pending))
+    # The actors get full URLs (Location.url): str() of a Location hides a URL's user:password.
+    where = {k: v.url if isinstance(v, Location) else str(v) for k, v in (("data", data), ("out", out))}
     ds = ds.map_batches(
         PieceScorer, batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
-        fn_constructor_kwargs={"model_ref": model_ref, "data": str(data), "out": str(out), "spec": spec,
+        fn_constructor_kwargs={"model_ref": model_ref, **where, "spec": spec,
                                "threads": max(1, int(cpus_per_actor)), "device": "cuda" if gpu else "cpu"},
         # Actors must leave CPU for Ray Data's own read and write tasks (docs/design.md section 8).
         num_cpus=cpus_per_actor, num_gpus=1 if gpu else 0)
     return int(sum(r["rows"] for r in ds.take_all()))
 
 
-def read_scores(out: Path):
-    """All parts as one pyarrow Table, sorted by key."""
+def read_scores(out: str | Path | Location):
+    """All parts as one pyarrow Table, sorted by key. ``out``: a local folder or a URL (whose
+    parts are fetched whole, a few at a time: one part is at most 1000 rows)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted((out / PARTS).glob("part-*.parquet"))
-    if not files:
-        raise ValueError(f"{out}: no scored parts")
-    table = pq.ParquetDataset([str(f) for f in files]).read()
+    loc = Location.of(out)
+    names = sorted(n for n in (loc / PARTS).listing() if n.startswith("part-") and n.endswith(".parquet"))
+    if not names:
+        raise ValueError(f"{loc}: no scored parts")
+    if loc.is_local:
+        table = pq.ParquetDataset([str(loc.path / PARTS / n) for n in names]).read()
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:  # one GET each; latency, not bandwidth, is the cost
+            blobs = list(pool.map(lambda n: (loc / PARTS / n).read_bytes(), names))
+        table = pa.concat_tables([pq.read_table(io.BytesIO(b)) for b in blobs])
     return table.sort_by("key")
 
 
@@ -168,28 +203,67 @@ def _consistency(model, inp, samples: int, options: cons.Options) -> dict:
                                options=options)
 
 
-def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpec | None = None, *,
+def error_log_path(out: Location) -> Path:
+    """Where a failed job's full traceback goes; always a local file (this process writes it):
+    ``out/error.log`` for a local ``out``; for a URL,
+    ``$TMPDIR/dsm-score-<first 12 hex digits of the URL's sha256>/error.log`` (one per --out:
+    a re-run's failure replaces the last one's), of which :func:`_run_job` uploads a copy to
+    ``out/error.log`` when it can."""
+    if out.is_local:
+        return out.path / "error.log"
+    digest = hashlib.sha256(out.url.encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"dsm-score-{digest}" / "error.log"
+
+
+def _run_job(model_ref: ModelRef, inp: Input, out: Location, spec: ScoreSpec, pending: list[int], *,
+             actors: int, gpu: bool, address: str | None) -> None:
+    """The Ray job over ``pending`` pieces, through dsm.runtime.driver. Its shared-storage check
+    sees ``out`` as given: a URL as its URL string (s3:// and gs:// pass on any cluster), a
+    local folder as its path (refused on more than one node unless declared shared), so the
+    parts are written where every node sees them."""
+    from dsm.errors import JobFailed
+    from dsm.runtime.driver import Job, drive
+
+    job = Job("score", address, storage=out.path if out.is_local else out.url, error_log=error_log_path(out),
+              resume_hint="re-run the same command to score the rest; finished parts are kept",
+              log_to_driver=False)
+    try:
+        drive(job, lambda _: run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu))
+    except JobFailed as e:
+        if not out.is_local:  # also beside the parts, where whoever reads the bucket looks
+            try:
+                (out / "error.log").upload(e.log)
+            except StoreError:
+                pass  # the local copy, named in the message, is the one that counts
+        raise
+
+
+def score(model_ref: ModelRef, data: str | Path, out: str | Path | Location, spec: ScoreSpec | None = None, *,
           actors: int = 2, gpu: bool = False, model_label: str | None = None,
           consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False,
           address: str | None = None) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
 
-    Checks everything it can before Ray starts: the model loads and is normalized, the data is
-    readable and non-empty, its shape matches the model, and ``out`` holds this job or nothing.
+    ``data``: a shard split folder (local or a URL), a .npy or an image folder. ``out``: a
+    local folder or an ``s3://``/``gs://`` URL (``file://`` is local; ``http(s)://`` is refused).
+    Checks everything it can before Ray starts: ``out`` is writable, the model loads and is
+    normalized, the data is readable and non-empty, its shape matches the model, and ``out``
+    holds this job or nothing.
     consistency: the self-consistency checks (:mod:`dsm.consistency`) run after the job on the
     first ``consistency_samples`` examples (at least 2); None (the default here; ``dsm score``
     runs them unless ``--consistency-samples 0``) skips them. restart: discard the scores ``out``
     holds, even of another job, and start afresh. address: the Ray cluster to join (default
     $RAY_ADDRESS, else a local Ray); on more than one node ``out`` must be shared storage
     (dsm.runtime.storage), or the parts would be scattered over the nodes' disks. A failure of
-    the Ray job raises dsm.errors.JobFailed (its traceback in ``out/error.log``).
+    the Ray job raises dsm.errors.JobFailed, its traceback in the local file
+    :func:`error_log_path` names (``out/error.log`` for a local ``out``).
     """
     import torch
 
     from dsm.scoring.summary import summarize
 
     spec = spec or ScoreSpec()
-    out = Path(out).expanduser().resolve()
+    out = out_location(out)
     inp = open_input(data)
     inp.check_finite()
     model = resolve(model_ref)
@@ -199,13 +273,8 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
         raise ValueError(f"--dequantize needs 8-bit images; {inp.path} is not 8-bit")
     options = job_options(model_ref, model, inp, spec, model_label)
     pending = prepare_out(out, options, restart)
-    if pending:  # the parts are written where every node sees them (dsm.runtime.driver)
-        from dsm.runtime.driver import Job, drive
-
-        job = Job("score", address, storage=out, error_log=out / "error.log",
-                  resume_hint="re-run the same command to score the rest; finished parts are kept",
-                  log_to_driver=False)
-        drive(job, lambda _: run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu))
+    if pending:
+        _run_job(model_ref, inp, out, spec, pending, actors=actors, gpu=gpu, address=address)
     table = read_scores(out)
     keys = table.column("key").to_pylist()
     if len(keys) != inp.num_samples or len(set(keys)) != len(keys):
@@ -217,4 +286,3 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path, spec: ScoreSpe
     write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
                                      "columns": table.column_names})
     return summary
-

@@ -9,8 +9,8 @@
   and ``ray up`` setup in ``cluster/`` install dsm already, and a local cluster shares the venv.
 - ``env_vars``: ``DSM_WORKSPACE`` and ``MLFLOW_TRACKING_URI`` when known (a local cluster gets
   the same workspace and SQLite store that ``dsm ui`` reads here; a remote one keeps the values
-  its own environment sets unless this machine names a server), and ``DSM_SHARED_STORAGE``
-  when set here.
+  its own environment sets unless this machine names a server), and ``DSM_SHARED_STORAGE``,
+  ``DSM_STORAGE`` and ``DSM_ARTIFACT_ROOT`` when set here; never credentials.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsm.runtime.storage import SHARED_ENV
+from dsm.runtime.storage import SHARED_ENV, STORAGE_ENV
+from dsm.runtime.tracking import ARTIFACT_ROOT_ENV
+
+FORWARDED = (SHARED_ENV, STORAGE_ENV, ARTIFACT_ROOT_ENV)
 
 # gitignore-style patterns, relative to the working_dir (Ray also honours .gitignore): code and
 # configs go up; environments, caches, run outputs, weights and data stay here (a job reads its
@@ -156,8 +159,11 @@ def build_runtime_env(root: Path, *, local: bool, workspace: str | None = None, 
                             "server (cluster/mlflow/) and set MLFLOW_TRACKING_URI=http://...")
     elif local:
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws / 'mlflow.db'}"  # dsm.runtime.tracking's embedded default
-    if environ.get(SHARED_ENV):
-        env[SHARED_ENV] = environ[SHARED_ENV]
+    # Where runs and artifacts live: properties of the cluster, forwarded when set here. Credentials
+    # never are (AWS_*, GOOGLE_*): the cluster's nodes hold their own (docs/cluster.md).
+    for name in FORWARDED:
+        if environ.get(name):
+            env[name] = environ[name]
 
     excludes = upload_excludes(root, ws)
     runtime_env: dict = {"working_dir": str(root), "excludes": excludes, "env_vars": env}

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from dsm.config import ConfigError
 from dsm.fileio import exclusive
+from dsm.runtime.storage import STORAGE_ENV
 from dsm.step import NonFiniteTraining
 from dsm.store import Location
 from dsm.train.config import TrainConfig
 
 ERROR_LOG = "error.log"  # in the run folder: the last failure's full traceback
-STORAGE_ENV = "DSM_STORAGE"  # default of --storage: where runs keep checkpoints and exports
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
             raise ConfigError("scaling.gpu: no CUDA device here; drop --gpu or give --address of a GPU cluster")
     name = cfg.run_name(stem)
     run_dir = ws / "runs" / name
-    storage = storage or os.environ.get(STORAGE_ENV) or None
+    storage = storage or os.environ.get(STORAGE_ENV) or None  # dsm.runtime.storage
     outputs = str(Location.of(storage) / name) if storage else None
     if outputs and Location.of(outputs) == Location.of(run_dir):
         outputs = None

@@ -105,3 +105,12 @@ def test_the_upload_holds_code_not_data_outputs_or_secrets(tmp_path):
     with pytest.raises(SubmitError) as e:
         check_upload(tmp_path, upload_excludes(tmp_path), limit_mb=1)
     assert "big/ (3.0 MB)" in str(e.value) and ".dsmignore" in str(e.value)
+
+
+def test_runtime_env_forwards_where_runs_live_but_never_credentials():
+    environ = {"DSM_STORAGE": "s3://b/runs", "DSM_ARTIFACT_ROOT": "s3://b/mlflow", "AWS_ACCESS_KEY_ID": "AKIA",
+               "AWS_SECRET_ACCESS_KEY": "sekrit", "AWS_ENDPOINT_URL": "http://minio:9000",
+               "GOOGLE_APPLICATION_CREDENTIALS": "/k.json", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    _, env, _ = build_runtime_env(REPO, local=False, workspace="/shared/ws", environ=environ)
+    assert env == {"DSM_WORKSPACE": "/shared/ws", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                   "DSM_STORAGE": "s3://b/runs", "DSM_ARTIFACT_ROOT": "s3://b/mlflow"}
