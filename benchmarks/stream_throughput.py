@@ -18,8 +18,9 @@ CPU cost, not network bandwidth.
 
 The S3 rate is then set against what a training step consumes per worker on this CPU: for
 digits, the digits-smoke tiny UNet energy step (batch 64, 1 torch thread, dsm.step.train_step),
-timed here; for 64x64, the ``paper`` UNet energy step measured by loader_throughput.py
-(``--train-64``, images/s; timing it here would take minutes).
+timed here between the loader runs (so under the same load); for 64x64, the ``paper`` UNet
+energy step measured by loader_throughput.py (``--train-64``, images/s; timing it here would
+take minutes).
 
 The environment variables (fake credentials, the endpoint) are set in this process only.
 
@@ -93,8 +94,9 @@ def shard_fetch_ms(local_split: Path, url: str, repeats: int = 5) -> tuple[float
     return 1e3 * times["local"], 1e3 * times["s3"], (local_split / name).stat().st_size
 
 
-def digits_train_rate(batch: int = 64) -> float:
-    """Images/s of the digits-smoke tiny UNet energy's training step, 1 torch thread."""
+def digits_train_step(batch: int = 64):
+    """A function that times the digits-smoke tiny UNet energy's training step (1 torch thread,
+    dsm.step.train_step) and returns its images/s."""
     from dsm.config import load_config
     from dsm.step import train_step
     from dsm.train import build
@@ -107,9 +109,12 @@ def digits_train_rate(batch: int = 64) -> float:
     loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
     x = torch.rand(batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(1)
-    t = time_interleaved({"step": lambda: train_step(model, opt, loss_fn, x, sampler, generator=gen)},
-                         repeats=5, inner=3, warmup=2)["step"]
-    return batch / t
+
+    def rate() -> float:
+        t = time_interleaved({"step": lambda: train_step(model, opt, loss_fn, x, sampler, generator=gen)},
+                             repeats=3, inner=3, warmup=1)["step"]
+        return batch / t
+    return rate
 
 
 def main() -> None:
@@ -124,7 +129,8 @@ def main() -> None:
     args = p.parse_args()
     print(f"machine: {machine()}")
     torch.set_num_threads(1)  # the main process is one core too when it does the loading
-    rows, best_s3 = [], {}
+    best: dict[str, dict[str, float]] = {"local": {}, "s3": {}}
+    step_rate, step_rates = digits_train_step(), []
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_s, s3_server(Path(tmp_s)) as servers:
         tmp = Path(tmp_s)
@@ -149,20 +155,23 @@ def main() -> None:
             for w in args.workers:
                 got: dict[str, list[float]] = {"local": [], "s3": []}
                 for _ in range(args.repeats):
+                    step_rates.append(step_rate())  # beside the loader runs: the same load on the machine
                     got["local"].append(loader_rate(split, w, BATCH, args.seconds) / max(1, w))
                     got["s3"].append(loader_rate(urls[name], w, BATCH, args.seconds) / max(1, w))
                 loc, s3 = statistics.median(got["local"]), statistics.median(got["s3"])
-                best_s3[name] = max(best_s3.get(name, 0.0), s3)
-                rows.append(name)
+                for src, rate in (("local", loc), ("s3", s3)):
+                    best[src][name] = max(best[src].get(name, 0.0), rate)
                 print(f"| {name} | {man.num_samples} x {len(man.shards)} | {size / 2**20:.2f} MiB, ~{per_shard} images "
                       f"| {local_ms:.2f} | {s3_ms:.1f} | {w} | {loc:.0f} | {s3:.0f} | {s3 / loc:.2f} |", flush=True)
-    train = {"digits": digits_train_rate(), "64x64": args.train_64}
-    what = {"digits": "digits-smoke tiny UNet energy step, batch 64, 1 torch thread (timed here)",
+    train = {"digits": statistics.median(step_rates), "64x64": args.train_64}
+    what = {"digits": f"digits-smoke tiny UNet energy step, batch 64, 1 torch thread, timed here between the "
+                      f"loader runs: median of {len(step_rates)}, {min(step_rates):.0f}-{max(step_rates):.0f}",
             "64x64": "paper UNet energy step, 3x64x64, batch 16 (--train-64, from docs/benchmarks.md)"}
+    print("best images/s per core over the loader-worker counts, against a training step's consumption per worker:")
     for name, rate in train.items():
-        ratio = best_s3[name] / rate
-        print(f"{name}: S3 {best_s3[name]:.0f} images/s per core vs {rate:.2f} images/s consumed per worker by the "
-              f"{what[name]}: {ratio:.0f}x -> {'at least' if ratio >= 3 else 'BELOW'} 3x")
+        s3, loc = best["s3"][name] / rate, best["local"][name] / rate
+        print(f"- {name}: S3 {best['s3'][name]:.0f} vs {rate:.2f} images/s ({what[name]}): {s3:.1f}x, "
+              f"{'at least' if s3 >= 3 else 'BELOW'} 3x (local disk: {loc:.1f}x)")
     print(f"total {time.perf_counter() - t_start:.0f} s")
 
 

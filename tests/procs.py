@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -61,3 +64,55 @@ def kill_leftovers(marker: str, pgid: int | None = None, timeout: float = 10) ->
                 pass
         time.sleep(0.5)
     return seen
+
+
+@contextmanager
+def simulated_cluster(head_cpus: int, worker_nodes: int) -> Iterator[tuple[object, list]]:
+    """A ``ray.cluster_utils.Cluster`` that this process joins: a head of ``head_cpus`` CPUs with
+    the dashboard (Ray Train's State API needs it), and ``worker_nodes`` 1-CPU nodes. Yields
+    (cluster, nodes); leaves Ray and the cluster shut down."""
+    from ray.cluster_utils import Cluster
+
+    dash, agent = free_ports(2)
+    # Ray's State API (Train's placement-group cleaner uses it) finds "the" cluster by scanning
+    # for GCS processes when no address is set, and fails when it sees several: point it at ours.
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
+    cluster = Cluster(initialize_head=True, connect=True,
+                      head_node_args={"num_cpus": head_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                                      "dashboard_port": dash, "dashboard_agent_listen_port": agent,
+                                      "object_store_memory": 100 * 1024**2})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2) for _ in range(worker_nodes)]
+        cluster.wait_for_nodes()
+        yield cluster, nodes
+    finally:
+        import ray
+
+        ray.shutdown()  # the driver first: Cluster refuses to remove the node it is connected to
+        cluster.shutdown()
+
+
+def run_cluster_driver(script: Path, *args: str, timeout: float = 900) -> tuple[dict, subprocess.CompletedProcess]:
+    """``python SCRIPT ARGS`` in a subprocess that owns its simulated cluster (the pytest process
+    may hold the session's ray.init, and a process joins one cluster), with a RAY_TMPDIR of its
+    own whose processes are killed afterwards. The script prints ``RESULT <json>`` last; returns
+    (that JSON, the finished process)."""
+    import json
+    import shutil
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    tmp = short_tmp("dsmc")
+    env = {**os.environ, "RAY_TMPDIR": str(tmp), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "DSM_WORKSPACE", "DSM_SHARED_STORAGE"):
+        env.pop(k, None)
+    try:
+        proc = subprocess.run([sys.executable, str(script), *args], check=False, capture_output=True, text=True,
+                              env=env, cwd=repo, timeout=timeout)
+    finally:
+        kill_leftovers(str(tmp))
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(lines[-1][len("RESULT "):]), proc

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from dsm.config import load_config
 from dsm.store import Location
+from dsm.train.build import resolve_data
+from dsm.train.config import TrainConfig
 from tests import servers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +49,9 @@ def _dsm(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_the_s3_secret_reaches_no_file_param_or_log(digits_workspace, bucket, tmp_path):
     secret = servers.SECRET.encode()
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == servers.SECRET  # what the commands authenticate with
-    servers.upload(digits_workspace / "data" / next(p.name for p in (digits_workspace / "data").iterdir()
-                                                    if p.is_dir()), f"{bucket}/digits")
+    smoke = resolve_data(load_config(TrainConfig, REPO / "configs" / "digits-smoke.yaml"), digits_workspace,
+                         progress=False)
+    servers.upload(Path(smoke.data.path).parent, f"{bucket}/digits")
     ws = tmp_path / "ws"
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = dict(os.environ, DSM_WORKSPACE=str(ws), RAY_TMPDIR=str(ray_tmp), DSM_ARTIFACT_ROOT=f"{bucket}/mlflow")

@@ -31,21 +31,11 @@ def score(argv: list[str]) -> tuple[int, str, str]:
 
 
 def run(model: str, data: str, local_out: str, s3_out: str, ws: str) -> dict:
-    from ray.cluster_utils import Cluster
-
     from dsm.runtime.storage import alive_nodes
-    from tests.procs import free_ports
+    from tests.procs import simulated_cluster
 
-    dash, agent = free_ports(2)
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"  # see tests/train/multinode_driver.py
-    cluster = Cluster(initialize_head=True, connect=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                      "dashboard_port": dash, "dashboard_agent_listen_port": agent,
-                                      "object_store_memory": 100 * 1024**2})
     out: dict = {}
-    try:
-        cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2)
-        cluster.wait_for_nodes()
+    with simulated_cluster(head_cpus=1, worker_nodes=1):
         out["nodes_alive"] = alive_nodes()
         common = ["--data", data, "--t-grid", "0.1", "--noise-samples", "2", "--consistency-samples", "0",
                   "--workspace", ws]
@@ -53,11 +43,6 @@ def run(model: str, data: str, local_out: str, s3_out: str, ws: str) -> dict:
         out["local_rc"], _, out["local_err"] = score([model, *common, "--out", local_out])
         rc, stdout, err = score([model, *common, "--out", s3_out])
         out.update(s3_rc=rc, s3_err=err[-3000:], s3_last_line=(stdout.strip().splitlines() or [""])[-1])
-    finally:
-        import ray
-
-        ray.shutdown()  # the driver first: Cluster refuses to remove the node it is connected to
-        cluster.shutdown()
     return out
 
 

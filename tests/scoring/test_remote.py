@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -231,24 +230,11 @@ def test_a_killed_job_finishes_on_s3(ray_cluster, digits_model, digits_test, buc
 
 @pytest.mark.slow  # a 2-node Ray cluster of its own: 30-60 s on 2 cores
 def test_two_nodes_refuse_a_local_out_and_take_s3(digits_model, digits_test, bucket, tmp_path):
-    from tests.procs import kill_leftovers, short_tmp
+    from tests.procs import run_cluster_driver
 
-    tmp = short_tmp("dsms")
-    env = {**os.environ, "RAY_TMPDIR": str(tmp), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "DSM_WORKSPACE", "DSM_SHARED_STORAGE"):
-        env.pop(k, None)
     local_out, s3_out = tmp_path / "local-out", f"{bucket}/scores"
-    try:
-        proc = subprocess.run([sys.executable, str(REPO / "tests" / "scoring" / "multinode_score.py"),
-                               str(digits_model), str(digits_test), str(local_out), s3_out, str(tmp_path / "ws")],
-                              check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    finally:
-        kill_leftovers(str(tmp))
-        shutil.rmtree(tmp, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    res = json.loads(lines[-1][len("RESULT "):])
+    res, _ = run_cluster_driver(REPO / "tests" / "scoring" / "multinode_score.py", str(digits_model),
+                                str(digits_test), str(local_out), s3_out, str(tmp_path / "ws"), timeout=600)
     assert res["nodes_alive"] == 2
     assert res["local_rc"] == 2, res
     refusal = res["local_err"].strip().splitlines()

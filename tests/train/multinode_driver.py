@@ -5,7 +5,8 @@ A simulated 3-node cluster (``ray.cluster_utils.Cluster``): a 0-CPU head that ho
 and Ray Train's controller, and two 1-CPU nodes, one training worker each. It checks that
 ``dsm train`` refuses node-local storage there, then trains with the storage declared shared,
 removes a worker node after the first registered checkpoint, adds a fresh node, and lets the
-run finish. Prints one JSON line with what happened. Usage: multinode_driver.py WORKSPACE
+run finish. With a bucket (:func:`from_bucket`), trains from and into it instead. Prints one
+JSON line with what happened. Usage: multinode_driver.py WORKSPACE [s3://BUCKET]
 """
 
 from __future__ import annotations
@@ -21,29 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main(ws: Path) -> dict:
-    from ray.cluster_utils import Cluster
-
     from dsm.config import ConfigError, load_config
     from dsm.runtime.storage import alive_nodes
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from dsm.train.run import plan, train
-    from tests.procs import free_ports
+    from tests.procs import simulated_cluster
 
-    dash, agent = free_ports(2)
-    # Ray's State API (Train's placement-group cleaner uses it) finds "the" cluster by scanning
-    # for GCS processes when no address is set, and fails when it sees several: point it at ours.
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
-    cluster = Cluster(initialize_head=True, connect=True,
-                      head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                      "dashboard_port": dash, "dashboard_agent_listen_port": agent,
-                                      "object_store_memory": 100 * 1024**2})
     out: dict = {}
-    try:
-        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2) for _ in range(2)]
-        cluster.wait_for_nodes()
+    with simulated_cluster(head_cpus=0, worker_nodes=2) as (cluster, nodes):
         out["nodes_alive"] = alive_nodes()
-
         overrides = ["steps=400", "checkpoint.every=40", "log_every=20", "eval.enabled=false",
                      "scaling.workers=2", "scaling.cpus_per_worker=1", "scaling.max_failures=4", "name=multinode"]
         cfg = resolve_data(load_config(TrainConfig, REPO / "configs" / "digits-smoke.yaml", overrides), ws,
@@ -81,15 +69,36 @@ def main(ws: Path) -> dict:
         out["finished"] = not th.is_alive()
         out.update(box)
         out["run_dir"] = str(p.run_dir)
-    finally:
-        import ray
+    return out
 
-        ray.shutdown()  # the driver first: Cluster refuses to remove the node it is connected to
-        cluster.shutdown()
+
+def from_bucket(ws: Path, bucket: str) -> dict:
+    """Two 1-CPU worker nodes train from ``bucket/digits`` into ``bucket/runs``, with MLflow's
+    artifacts in ``bucket/mlflow`` and no shared folder declared: the bucket is the shared storage."""
+    from dsm.config import load_config
+    from dsm.runtime.storage import alive_nodes
+    from dsm.train.build import resolve_data
+    from dsm.train.config import TrainConfig
+    from dsm.train.run import plan, train
+    from tests.procs import simulated_cluster
+
+    os.environ.pop("DSM_SHARED_STORAGE", None)
+    os.environ["DSM_ARTIFACT_ROOT"] = f"{bucket}/mlflow"
+    out: dict = {}
+    with simulated_cluster(head_cpus=0, worker_nodes=2):
+        out["nodes_alive"] = alive_nodes()
+        overrides = ["steps=40", "checkpoint.every=20", "log_every=20", "eval.samples=64", "scaling.workers=2",
+                     "scaling.cpus_per_worker=1", "name=multinode-s3", "data.dataset=null",
+                     f"data.path={bucket}/digits/train", f"data.eval_path={bucket}/digits/test"]
+        cfg = resolve_data(load_config(TrainConfig, REPO / "configs" / "digits-smoke.yaml", overrides), ws,
+                           progress=False)
+        p = plan(cfg, ws, progress=False, storage=f"{bucket}/runs")
+        out["export"] = str(train(p, log_to_driver=False))
+        out["outputs"] = p.out.url
     return out
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    result = main(Path(sys.argv[1]))
+    result = from_bucket(Path(sys.argv[1]), sys.argv[2]) if len(sys.argv) > 2 else main(Path(sys.argv[1]))
     print("RESULT " + json.dumps(result), flush=True)

@@ -7,11 +7,7 @@ address file is not /tmp/ray's (where anyone's ``ray.init()`` would find it), an
 processes are killed by that temp dir afterwards.
 """
 
-import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,28 +15,19 @@ from mlflow.tracking import MlflowClient
 
 from dsm.bundle import load_model
 from dsm.runtime.tracking import tracking_uri
-from tests.procs import kill_leftovers, short_tmp
+from tests.procs import run_cluster_driver
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _drive(*args: str) -> tuple[dict, subprocess.CompletedProcess]:
+    return run_cluster_driver(REPO / "tests" / "train" / "multinode_driver.py", *args)
+
+
 @pytest.mark.slow
 def test_two_nodes_lose_one_and_finish_from_the_checkpoint(tmp_path):
-    tmp = short_tmp("dsmc")
     ws = tmp_path / "ws"
-    env = {**os.environ, "RAY_TMPDIR": str(tmp), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "DSM_WORKSPACE", "DSM_SHARED_STORAGE"):
-        env.pop(k, None)
-    try:
-        proc = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "multinode_driver.py"), str(ws)],
-                              check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    finally:
-        kill_leftovers(str(tmp))
-        shutil.rmtree(tmp, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out, proc = _drive(str(ws))
 
     assert out["nodes_alive"] == 3
     # Node-local storage on a multi-node cluster is refused before the trainer is built.
@@ -61,3 +48,24 @@ def test_two_nodes_lose_one_and_finish_from_the_checkpoint(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")]
     assert steps == list(range(20, 401, 20)), steps  # complete after the restart, no step twice
+
+
+@pytest.mark.slow
+def test_two_nodes_train_from_a_bucket_into_it(tmp_path, make_cfg, bucket):
+    """docs/cluster.md's recipe on a 2-node cluster: data, checkpoints, exports and MLflow
+    artifacts in one bucket, no shared folder declared."""
+    from dsm.store import Location
+    from tests import servers
+
+    servers.upload(Path(make_cfg().data.path).parent, f"{bucket}/digits")
+    ws = tmp_path / "ws"
+    out, _ = _drive(str(ws), bucket)
+    assert out["nodes_alive"] == 3 and out["outputs"] == f"{bucket}/runs/multinode-s3", out
+    remote = Location.of(out["outputs"])
+    assert {"model.pt", "config.yaml"} <= set(remote.listing())
+    assert sum(f.name.startswith("checkpoint_") for f in remote.subfolders()) == 2
+    assert load_model(Path(out["export"])).meta["step"] == 40
+    client = MlflowClient(tracking_uri(ws))
+    run = client.search_runs([client.get_experiment_by_name("dsm-train").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith(f"{bucket}/mlflow/")
+    assert "model.pt" in Location.of(f"{run.info.artifact_uri}/model").listing()
