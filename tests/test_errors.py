@@ -26,8 +26,10 @@ def test_every_dsm_exception_round_trips_through_pickle():
     found = _dsm_exceptions()
     assert "dsm.data.shards.ShardError" in found and len(found) >= 6
     from dsm.errors import BadInputFailure, JobFailed
+    from dsm.store import StoreError
 
     samples = {ShardError: ShardError("/data/train-000001.tar", "sha256 mismatch"),
+               StoreError: StoreError("s3://b/train-000001.tar", "no such file or object"),
                JobFailed: JobFailed("ValueError: bad", "/runs/x/error.log", bad_input=True),
                BadInputFailure: BadInputFailure("/data/train-000001.tar: truncated", "Traceback ...")}
     for qualname, cls in found.items():

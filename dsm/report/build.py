@@ -26,6 +26,7 @@ from dsm import density_stats as ds
 from dsm.report import baselines as rb
 from dsm.report import figures
 from dsm.report.scores import Scores, iter_pieces, read_scores_dir
+from dsm.store import Location
 
 if TYPE_CHECKING:
     import torch
@@ -115,6 +116,12 @@ def _check_studies(studies: Studies, top: int) -> None:
                          f"{studies.n_noise}, {studies.affine_grid}")
 
 
+def default_report_folder(scores: Path | Location) -> Path:
+    """SCORES_DIR/report; for scores at a URL, ``./report-<name>`` here (a report is read by
+    people, on this machine)."""
+    return scores / "report" if isinstance(scores, Path) else Path.cwd() / f"report-{scores.name}"
+
+
 def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: int = 8, data: str | Path | None = None,
                  shape: Sequence[int] | None = None, d: int | None = None, tail: str = "right",
                  train_scores: str | Path | None = None, studies: Studies | None = None,
@@ -130,7 +137,7 @@ def build_report(scores_dir: str | Path, out: str | Path | None = None, *, top: 
     sc = read_scores_dir(scores_dir, d)
     train = read_scores_dir(train_scores, sc.d) if train_scores else None
     fitted = rb.fit(baselines, sc.d)  # before anything is written: a bad training split fails here
-    folder = Path(out).expanduser().resolve() if out else sc.root / "report"
+    folder = Path(out).expanduser().resolve() if out else default_report_folder(sc.root)
     folder.mkdir(parents=True, exist_ok=True)
     k = min(top, sc.n)
     order = np.argsort(-sc.logp_nats, kind="stable")

@@ -205,7 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "and along the noise, and with --baselines classical Gaussian-mixture "
                                      "baselines on the same images. Logs the folder to MLflow. "
                                      "The last line printed is the report folder. Sections: docs/analysis.md.")
-    rep.add_argument("scores_dir", metavar="SCORES_DIR", help="dsm score's --out folder (or its parts/ folder)")
+    rep.add_argument("scores_dir", metavar="SCORES_DIR",
+                     help="dsm score's --out folder (or its parts/ folder), or its s3:// / gs:// URL")
     rep.add_argument("--model", default=None, help="the scored model: its shape (for vector-stored images), "
                                                    "training run (MLflow nesting), and the model-based sections "
                                                    "(affine transforms, log p along the noise, histogram markers)")
@@ -234,7 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="noise variance of the baselines' smoothed columns (default: the --model config's "
                           "noise.t_min; without either they are left out)")
     rep.add_argument("--data", default=None, help="the scored data, when it moved (default: scores.json's)")
-    rep.add_argument("--out", default=None, help="report folder (default SCORES_DIR/report)")
+    rep.add_argument("--out", default=None,
+                     help="report folder (default SCORES_DIR/report; for a URL, ./report-NAME here)")
     rep.add_argument("--top", type=int, default=8, help="images in the most/least probable grids (default 8)")
     rep.add_argument("--gumbel-tail", choices=("right", "left"), default="right",
                      help="Gumbel orientation (default right: the paper's right-skewed log p)")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dsm.store import Location, is_remote
+
 if TYPE_CHECKING:
     from dsm.data.inputs import Input
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 class Scores:
     """A scored data set: the table as numpy columns, and what scores.json says about it."""
 
-    root: Path
+    root: Path | Location  # a Location for scores at a URL
     keys: list[str]
     logp_nats: np.ndarray  # (n,)
     logp_db: np.ndarray  # (n,) dB/dim
@@ -37,8 +39,16 @@ class Scores:
         return len(self.keys)
 
 
-def resolve_scores_dir(path: str | Path) -> Path:
-    """The ``dsm score --out`` folder, given it or its ``parts`` folder (which ``dsm score`` prints)."""
+def resolve_scores_dir(path: str | Path) -> Path | Location:
+    """The ``dsm score --out`` folder, given it or its ``parts`` folder (which ``dsm score``
+    prints): a local path, or a Location for a URL (dsm.store)."""
+    if is_remote(path):
+        loc = Location.of(path)
+        if loc.name == "parts" and not any(n.endswith(".parquet") for n in (loc / "parts").listing()):
+            loc = loc.parent
+        if not any(n.startswith("part-") for n in (loc / "parts").listing()):
+            raise ValueError(f"{loc}: no parquet parts under {loc / 'parts'} (is this a `dsm score --out` URL?)")
+        return loc
     p = Path(path).expanduser().resolve()
     if not p.exists():
         raise ValueError(f"{p}: no such scores folder (give dsm score's --out folder or its parts/)")
@@ -50,9 +60,10 @@ def resolve_scores_dir(path: str | Path) -> Path:
 
 
 def read_scores_dir(path: str | Path, d: int | None = None) -> Scores:
-    """Read the parts and scores.json. d (dimensions per image): scores.json's ``summary.dim``,
-    else the argument, else recovered from log p in nats against dB/dim."""
-    import pyarrow.parquet as pq
+    """Read the parts and scores.json (a local folder or a URL). d (dimensions per image):
+    scores.json's ``summary.dim``, else the argument, else recovered from log p in nats against
+    dB/dim."""
+    from dsm.scoring.job import read_scores
 
     root = resolve_scores_dir(path)
     info: dict = {}
@@ -62,16 +73,15 @@ def read_scores_dir(path: str | Path, d: int | None = None) -> Scores:
             info = json.loads(opt_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{opt_file}: not valid JSON ({e})") from None
-    files = sorted((root / "parts").glob("part-*.parquet"))
-    table = pq.ParquetDataset([str(f) for f in files]).read().sort_by("key")
+    table = read_scores(root)
     missing = [c for c in ("key", "logp_nats", "logp_db_per_dim", "nll_bpd") if c not in table.column_names]
     if missing:
         raise ValueError(f"{root / 'parts'}: missing column(s) {', '.join(missing)} (not written by dsm score?)")
     col = lambda c: np.asarray(table.column(c).to_numpy(), dtype=np.float64)
     logp, db, nll = col("logp_nats"), col("logp_db_per_dim"), col("nll_bpd")
     t_grid = info.get("options", {}).get("t_grid")
-    if t_grid is None:
-        meta = pq.read_schema(files[0]).metadata or {}
+    if t_grid is None:  # every part records its grid (dsm.scoring.job.PieceScorer)
+        meta = table.schema.metadata or {}
         t_grid = json.loads(meta.get(b"dsm.t_grid", b"[]"))
     grids = {c: np.asarray(table.column(c).to_pylist(), dtype=np.float64).reshape(len(logp), -1)
              for c in ("mse", "deff_denoising", "deff_time", "deff_denoising_stderr", "deff_time_stderr")
@@ -83,7 +93,7 @@ def read_scores_dir(path: str | Path, d: int | None = None) -> Scores:
                   np.asarray(t_grid, dtype=np.float64), grids, d, abs(offset - 8) < 1e-3, info)
 
 
-def _dim_from_units(logp: np.ndarray, db: np.ndarray, root: Path) -> int:
+def _dim_from_units(logp: np.ndarray, db: np.ndarray, root: Path | Location) -> int:
     ok = np.abs(db) > 1e-9
     if not ok.any():
         raise ValueError(f"{root}: cannot tell the dimension d (no scores.json summary); pass --model")

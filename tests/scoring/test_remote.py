@@ -20,7 +20,7 @@ from dsm.api import load
 from dsm.cli import main
 from dsm.data.inputs import open_input
 from dsm.scoring.columns import ScoreSpec
-from dsm.scoring.job import PARTS, PieceScorer, job_options, prepare_out, read_scores
+from dsm.scoring.job import PARTS, PieceScorer, job_options, prepare_out, read_scores, write_json
 from dsm.store import Location
 from tests import servers
 
@@ -78,6 +78,7 @@ def _score(model: Path, data: str, out: str, ws: Path, *extra: str) -> int:
     return main(["score", str(model), "--data", data, "--out", out, *FAST, "--workspace", str(ws), *extra])
 
 
+@pytest.mark.slow  # a Ray Data job and two reports: 20-30 s
 def test_s3_data_and_out_equal_a_local_run(ray_cluster, digits_model, digits_test, bucket, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -89,13 +90,13 @@ def test_s3_data_and_out_equal_a_local_run(ray_cluster, digits_model, digits_tes
     stdout = capsys.readouterr().out
     assert stdout.strip().splitlines()[-1] == f"{out}/parts"
     # The same job into a local folder, each piece scored here as an actor would (no second Ray job)
-    local, spec = tmp_path / "local", ScoreSpec(t_grid=(0.1,), n_noise=2)
-    pending = prepare_out(local, job_options(digits_model, load(digits_model), open_input(digits_test), spec))
-    scorer = PieceScorer(digits_model, str(digits_test), str(local), spec)
+    folder, spec = tmp_path / "local", ScoreSpec(t_grid=(0.1,), n_noise=2)
+    pending = prepare_out(folder, job_options(digits_model, load(digits_model), open_input(digits_test), spec))
+    scorer = PieceScorer(digits_model, str(digits_test), str(folder), spec)
     for i in pending:
         scorer.score_piece(i)
 
-    remote, local = read_scores(out), read_scores(local)
+    remote, local = read_scores(out), read_scores(folder)
     keys = remote.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 359
     assert remote.column_names == local.column_names and keys == local.column("key").to_pylist()
@@ -113,6 +114,15 @@ def test_s3_data_and_out_equal_a_local_run(ray_cluster, digits_model, digits_tes
     assert run.data.params["data"] == data + "/"
     artifacts = {a.path for a in MlflowClient(tracking_uri(ws)).list_artifacts(run.info.run_id)}
     assert {"scores.json", "logp_hist.png", "d_eff.png"} <= artifacts
+
+    # dsm report reads the bucket's scores (and the bucket's images for its grids) as a folder's
+    from dsm.report.build import build_report, default_report_folder
+
+    write_json(folder / "scores.json", info)  # as dsm score's CLI would have left it
+    there, here = build_report(out, tmp_path / "report", top=3), build_report(folder, tmp_path / "rep-local", top=3)
+    assert there["n"] == here["n"] == 359 and there["entropy"] == here["entropy"]
+    assert (tmp_path / "report" / "report.md").read_text().count("![") >= 2
+    assert default_report_folder(Location.of(out)) == Path.cwd() / "report-scores"
 
 
 @pytest.mark.slow  # two Ray Data jobs: 20-30 s on a busy 2-core machine
