@@ -255,3 +255,19 @@ def test_two_nodes_refuse_a_local_out_and_take_s3(digits_model, digits_test, buc
     assert res["s3_last_line"] == f"{s3_out}/parts"
     keys = read_scores(s3_out).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 359
+
+
+def test_normalize_reads_held_out_shards_from_a_bucket(digits_model, digits_test, bucket, tmp_path):
+    """dsm normalize on a bucket's split gives the local split's log Z (noise is seeded by key)."""
+    import shutil
+
+    from dsm.scoring.normalization import normalize_model
+
+    servers.upload(digits_test, f"{bucket}/digits/test")
+    here, there = tmp_path / "here.pt", tmp_path / "there.pt"
+    shutil.copy(digits_model, here)
+    shutil.copy(digits_model, there)
+    local = normalize_model(here, digits_test, samples=64)
+    remote = normalize_model(there, f"{bucket}/digits/test", samples=64)
+    assert remote["value"] == local["value"] and remote["stderr"] == local["stderr"]
+    assert remote["data"] == f"{bucket}/digits/test" and load(there).log_z == pytest.approx(remote["value"])
