@@ -352,7 +352,7 @@ def print_summary(p: Plan, export: Path) -> None:
               f"(t = {b.normalization['t']:g}, n = {b.normalization['n']})")
     print(f"MLflow: {tracking_uri(p.workspace)} (experiment {p.cfg.tracking.experiment!r}, run {p.name!r}); "
           f"browse with `dsm ui --workspace {shlex.quote(str(p.workspace))}`")
-    print(f"checkpoints: {p.run_dir}")
+    print(f"checkpoints: {p.out}")  # the run folder, or <storage>/<name> in a bucket
     best = export.parent / BEST_FILE
     if best.is_file():
         m = load_model(best).meta
