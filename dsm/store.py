@@ -180,13 +180,6 @@ class Location:
     def read_text(self) -> str:
         return self.read_bytes().decode()
 
-    def exists(self) -> bool:
-        """True if a file (or, on a file system with folders, a folder) is here."""
-        def probe(fs, p):
-            fs.invalidate_cache(p)
-            return fs.exists(p)
-        return self._call("looking up", probe)
-
     def is_file(self) -> bool:
         if self.is_local:
             return self.path.is_file()

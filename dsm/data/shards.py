@@ -501,7 +501,7 @@ class ShardSource:
             raise ShardError(self._shard(MANIFEST), "lists no samples")
 
     def _shard(self, file: str) -> str:
-        return str(self.location / file) if not self.location.is_local else str(self.location.path / file)
+        return str(self.location / file)
 
     def _sizes(self) -> dict[str, int]:
         """{shard file: size in bytes} of the listed shards that exist."""

@@ -83,10 +83,10 @@ def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> None:
     in every worker with pages of size mismatches."""
     from dsm.runtime.tracking import flatten
 
-    stored, where = _last_checkpoint_config(Location.of(run_dir))
+    run_dir = Location.of(run_dir)
+    stored, where = _last_checkpoint_config(run_dir)
     if where is None:
         return
-    run_dir = Location.of(run_dir)
     try:
         stored = TrainConfig.model_validate(stored).model_dump(mode="json")  # fields added since get defaults
     except ValueError as e:
