@@ -18,6 +18,15 @@ def add_address(parser: argparse.ArgumentParser, help: str = ADDRESS_HELP) -> No
     parser.add_argument("--address", default=None, help=help)
 
 
+STORAGE_HELP = ("where runs keep checkpoints and exports, e.g. s3://bucket/runs (default $DSM_STORAGE, else "
+                "<workspace>/runs); on a multi-node cluster a bucket, or a shared folder")
+
+
+def add_storage(parser: argparse.ArgumentParser, help: str = STORAGE_HELP) -> None:
+    """``--storage``: where Ray Train / Tune keep checkpoints and exports (dsm.runtime.storage.storage_root)."""
+    parser.add_argument("--storage", metavar="URL", default=None, help=help)
+
+
 def csv_list(text: str) -> list[str]:
     """An argparse ``type``: ``"a, b,"`` -> ``["a", "b"]``."""
     return [t.strip() for t in text.split(",") if t.strip()]

@@ -85,6 +85,16 @@ def is_remote(where: str | Path | Location) -> bool:
     return scheme_of(str(where)) not in ("", "file")
 
 
+def writable_location(where: str | Path | Location, what: str) -> Location:
+    """``where`` as a Location to write outputs to. An HTTP URL is refused in one line naming
+    ``what`` (the option that gave it), before anything starts."""
+    loc = Location.of(where)
+    if scheme_of(loc.url) in READ_ONLY:
+        raise StoreError(str(loc), f"{what} cannot be an HTTP URL (read-only); "
+                         "give a local folder or an s3:// or gs:// URL")
+    return loc
+
+
 @dataclass(frozen=True)
 class Location:
     """A file or folder: ``url`` is an absolute local path, or a URL (no trailing slash).

@@ -114,13 +114,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "to WebDataset shards with a manifest, and verify shards. See docs/data.md.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--size", type=int, help="output side in pixels (box down-sampling)")
-        p.add_argument("--gray", action="store_true", default=None, help="convert to grayscale (BT.601 luma)")
-        p.add_argument("--shard-size", type=int, help="samples per shard (default: up to 2000, at least 16 shards)")
-        p.add_argument("--force", action="store_true", help="replace existing shards of the same split")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-
     lst = dsub.add_parser("list", help="list the built-in data sets and what the workspace holds")
     add_workspace(lst)
     lst.set_defaults(func=_list)
@@ -136,6 +129,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--quiet", action="store_true", help="no progress bars")
     prep.set_defaults(func=_prepare)
 
+    _register_convert(dsub)
+
+    ver = dsub.add_parser("verify", help="check shards against their manifest; list every problem",
+                          description="Check a split folder (or every split folder under DIR) against its "
+                                      "manifest: hashes, sizes, counts, image shapes, keys. Exit 1 on problems.")
+    ver.add_argument("dir", help="split folder, or a folder of split folders; or a URL (an http(s) one: the split)")
+    ver.add_argument("--quick", action="store_true", help="sizes and hashes only, no decoding")
+    ver.add_argument("--quiet", action="store_true", help="no progress bar")
+    ver.set_defaults(func=_verify)
+
+
+def _register_convert(dsub) -> None:
+    """``dsm data convert imagenet64|folder``."""
     conv = dsub.add_parser("convert", help="convert ImageNet64 batches or an image folder to shards")
     csub = conv.add_subparsers(dest="kind", required=True, metavar="KIND")
     inet = csub.add_parser("imagenet64", help="the official downsampled ImageNet (pickled or .npz batches)",
@@ -145,7 +151,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     inet.add_argument("src", help="folder holding the batch files")
     inet.add_argument("out", help="output folder or URL (s3://, gs://, file://)")
     inet.add_argument("--splits", type=csv_list, help="comma-separated: train,val (default both)")
-    common(inet)
+    _conversion_options(inet)
     inet.set_defaults(func=_convert)
     fold = csub.add_parser("folder", help="an ImageNet-style folder of JPEG/PNG images, class = sub-folder",
                            description="Convert SRC/<class>/*.{jpg,jpeg,png} to OUT/<split>, each image "
@@ -158,13 +164,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     fold.add_argument("--seed", type=int, default=0, help="file order shuffle seed")
     fold.add_argument("--workers", type=int, help="decoding processes (default min(8, CPUs))")
     fold.add_argument("--skip-bad", action="store_true", help="warn about unreadable images instead of stopping")
-    common(fold)
+    _conversion_options(fold)
     fold.set_defaults(func=_convert)
 
-    ver = dsub.add_parser("verify", help="check shards against their manifest; list every problem",
-                          description="Check a split folder (or every split folder under DIR) against its "
-                                      "manifest: hashes, sizes, counts, image shapes, keys. Exit 1 on problems.")
-    ver.add_argument("dir", help="split folder, or a folder of split folders; or a URL (an http(s) one: the split)")
-    ver.add_argument("--quick", action="store_true", help="sizes and hashes only, no decoding")
-    ver.add_argument("--quiet", action="store_true", help="no progress bar")
-    ver.set_defaults(func=_verify)
+
+def _conversion_options(p: argparse.ArgumentParser) -> None:
+    """The output options every ``dsm data convert`` kind takes."""
+    p.add_argument("--size", type=int, help="output side in pixels (box down-sampling)")
+    p.add_argument("--gray", action="store_true", default=None, help="convert to grayscale (BT.601 luma)")
+    p.add_argument("--shard-size", type=int, help="samples per shard (default: up to 2000, at least 16 shards)")
+    p.add_argument("--force", action="store_true", help="replace existing shards of the same split")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -242,7 +242,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="Gumbel orientation (default right: the paper's right-skewed log p)")
     add_workspace(rep)
     rep.set_defaults(func=_report)
+    _register_sample(sub)
+    _register_compare(sub)
 
+
+def _register_sample(sub: argparse._SubParsersAction) -> None:
     smp = sub.add_parser("sample", help="draw samples from an energy model by reverse diffusion",
                          description="Reverse diffusion (DDIM in noise variance; eta=0 probability flow, 1 "
                                      "ancestral) from t_max to t_min on a geometric schedule. The start noise "
@@ -261,7 +265,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--out", default=None, help="output folder (default MODEL_DIR/samples/seed..-n..-steps..)")
     smp.add_argument("--quiet", action="store_true", help="no progress bar")
     smp.set_defaults(func=_sample)
-    _register_compare(sub)
 
 
 def _register_compare(sub: argparse._SubParsersAction) -> None:

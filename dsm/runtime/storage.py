@@ -27,7 +27,7 @@ from pathlib import Path
 from dsm.config import ConfigError
 
 SHARED_ENV = "DSM_SHARED_STORAGE"
-STORAGE_ENV = "DSM_STORAGE"  # default of `dsm train --storage`: where runs keep checkpoints and exports
+STORAGE_ENV = "DSM_STORAGE"  # default of `dsm train|tune --storage`: where runs keep checkpoints and exports
 # URI schemes whose storage every node reaches the same way (pyarrow.fs / fsspec names).
 SHARED_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az", "hdfs", "viewfs")
 _TRUE = {"1", "true", "yes", "on"}
@@ -63,6 +63,16 @@ def check_shared_storage(storage_path: str | Path, nodes_alive: int, declared_sh
         "run would lose them. Put the workspace (--workspace / $DSM_WORKSPACE) on a file system mounted at "
         "the same path on every node (NFS, EFS, Filestore, a ReadWriteMany volume) and declare it with "
         f"{SHARED_ENV}=1; s3:// and gs:// storage paths pass as they are.")
+
+
+def storage_root(given: str | None = None) -> str | None:
+    """Where runs and sweeps keep their checkpoints and exports: ``given`` (``--storage``), else
+    ``$DSM_STORAGE``, as an absolute path or a URL; None: under the workspace. An HTTP URL is
+    refused (dsm.store.StoreError, one line) before anything starts."""
+    from dsm.store import writable_location
+
+    root = given or os.environ.get(STORAGE_ENV) or None
+    return writable_location(root, "--storage" if given else f"${STORAGE_ENV}").url if root else None
 
 
 def alive_nodes() -> int:

@@ -104,14 +104,13 @@ def _normalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score_files(out: Location, t_grid: tuple[float, ...], local_dir: Path) -> tuple[list[Path], Path]:
-    """The figures (PNGs) and scores.json as local files, for MLflow. For a local ``out`` they
-    are OUT/figures/*.png and OUT/scores.json themselves; for a URL they are drawn in (and
-    copied to) ``local_dir``, and the figures uploaded to OUT/figures/."""
-    from dsm.scoring.job import OPTIONS_FILE, read_scores
+def _score_files(out: Location, table, t_grid: tuple[float, ...], local_dir: Path) -> tuple[list[Path], Path]:
+    """The figures (PNGs) of the scores ``table`` and scores.json as local files, for MLflow. For a
+    local ``out`` they are OUT/figures/*.png and OUT/scores.json themselves; for a URL they are
+    drawn in (and copied to) ``local_dir``, and the figures uploaded to OUT/figures/."""
+    from dsm.scoring.job import OPTIONS_FILE
     from dsm.scoring.summary import figures
 
-    table = read_scores(out)
     if out.is_local:
         return figures(table, t_grid, out.path / "figures"), out.path / OPTIONS_FILE
     figs = figures(table, t_grid, local_dir / "figures")
@@ -136,7 +135,7 @@ def _score(args: argparse.Namespace) -> int:
     from dsm.consistency import Options as ConsistencyOptions
     from dsm.data.inputs import open_input
     from dsm.scoring.columns import ScoreSpec, parse_t_grid
-    from dsm.scoring.job import OPTIONS_FILE, PARTS, out_location, score, write_json
+    from dsm.scoring.job import OPTIONS_FILE, PARTS, out_location, score_table, write_json
     from dsm.scoring.summary import format_summary
     from dsm.store import redact
 
@@ -150,15 +149,16 @@ def _score(args: argparse.Namespace) -> int:
     out = out_location(args.out)  # an HTTP --out is refused here, before a model is fetched
     model, lineage = _model_file(args.model, args.workspace)
     # failures (bad input, a failed job, Ctrl-C) become exit codes in dsm.errors.exit_code
-    summary = score(model, args.data, out, spec, actors=args.actors, gpu=args.gpu,
-                    model_label=lineage.model_uri, consistency=consistency,
-                    consistency_samples=args.consistency_samples, restart=args.restart, address=args.address)
+    summary, table = score_table(model, args.data, out, spec, actors=args.actors, gpu=args.gpu,
+                                 model_label=lineage.model_uri, consistency=consistency,
+                                 consistency_samples=args.consistency_samples, restart=args.restart,
+                                 address=args.address)
     print(format_summary(summary))
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
     flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
     with tempfile.TemporaryDirectory(prefix="dsm-score-") as tmp:  # a URL --out's files, for MLflow
-        figs, record = _score_files(out, spec.t_grid, Path(tmp))
+        figs, record = _score_files(out, table, spec.t_grid, Path(tmp))
         info = json.loads(record.read_text())
         lineage.model_run_id = lineage.model_run_id or summary.get("model_mlflow_run_id")
         lineage.model_sha256, lineage.data = info["options"]["model_sha256"], open_input(args.data)

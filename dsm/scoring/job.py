@@ -29,7 +29,7 @@ from dsm.api import ModelRef, resolve
 from dsm.data.inputs import Input, iter_examples, open_input
 from dsm.data.shards import sha256_file
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
-from dsm.store import READ_ONLY, Location, StoreError, scheme_of
+from dsm.store import Location, StoreError, writable_location
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
 
@@ -45,10 +45,7 @@ def part_path(out: Path | Location, index: int) -> Path | Location:
 
 def out_location(out: str | Path | Location) -> Location:
     """``--out`` as a Location; an HTTP URL is refused here, in one line, before anything starts."""
-    if scheme_of(str(out)) in READ_ONLY:
-        raise StoreError(str(Location.of(out)), "--out cannot be an HTTP URL (read-only); "
-                         "give a local folder or an s3:// or gs:// URL")
-    return Location.of(out)
+    return writable_location(out, "--out")
 
 
 class PieceScorer:
@@ -243,6 +240,19 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path | Location, spe
           consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False,
           address: str | None = None) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
+    The arguments are :func:`score_table`'s."""
+    return score_table(model_ref, data, out, spec, actors=actors, gpu=gpu, model_label=model_label,
+                       consistency=consistency, consistency_samples=consistency_samples, restart=restart,
+                       address=address)[0]
+
+
+def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Location, spec: ScoreSpec | None = None, *,
+                actors: int = 2, gpu: bool = False, model_label: str | None = None,
+                consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False,
+                address: str | None = None):
+    """Score every example of ``data`` into ``out/parts``; returns (summary, the scores table as
+    read back from ``out``: a pyarrow Table, one row per example), so that a caller drawing
+    figures does not download the parts again.
 
     ``data``: a shard split folder (local or a URL), a .npy or an image folder. ``out``: a
     local folder or an ``s3://``/``gs://`` URL (``file://`` is local; ``http(s)://`` is refused).
@@ -285,4 +295,4 @@ def score(model_ref: ModelRef, data: str | Path, out: str | Path | Location, spe
         summary["consistency"] = _consistency(model, inp, max(2, consistency_samples), consistency)
     write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
                                      "columns": table.column_names})
-    return summary
+    return summary, table

@@ -56,10 +56,7 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
         train, held = Location.of(folder / "train"), Location.of(folder / "test")
     else:
         train, held = _given_data(data)
-    for field, loc in (("data.path", train), ("data.eval_path", held)):
-        if not _data_exists(loc):
-            raise ConfigError(f"{field}: {loc} does not exist "
-                              "(prepare shards with `dsm data prepare`, or give a .npy)")
+        _require_data("data.eval_path", held)  # data.path was checked by _given_data (once: a URL costs a request)
     update = {"path": train.url, "eval_path": held.url}
     if data.dataset is not None:  # the prepared folders now stand for the data set
         update["dataset"] = None
@@ -70,15 +67,20 @@ def _given_data(data) -> tuple[Location, Location]:
     """(training, held-out) locations of a config's data.path / data.eval_path: local paths made
     absolute, URLs kept (dsm.store); the held-out split defaults to the 'test' split beside."""
     train = Location.of(data.path)
-    if not _data_exists(train):  # before the eval_path rules below, which assume the training data is there
-        raise ConfigError(f"data.path: {train} does not exist "
-                          "(prepare shards with `dsm data prepare`, or give a .npy)")
+    _require_data("data.path", train)  # before the eval_path rules below, which assume the training data is there
     if data.eval_path is not None:
         return train, Location.of(data.eval_path)
     if train.suffix == ".npy":
         raise ConfigError("data.eval_path: a .npy training set needs a held-out .npy (data.eval_path=FILE.npy)")
     split_dir = train.parent if train.name == "manifest.json" else train
     return train, split_dir.parent / "test"
+
+
+def _require_data(field: str, loc: Location) -> None:
+    """ConfigError naming ``field`` unless ``loc`` holds data (_data_exists)."""
+    if not _data_exists(loc):
+        raise ConfigError(f"{field}: {loc} does not exist "
+                          "(prepare shards with `dsm data prepare`, or give a .npy)")
 
 
 def _data_exists(loc: Location) -> bool:

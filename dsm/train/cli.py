@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dsm.cliopts import add_address, add_workspace
+from dsm.cliopts import add_address, add_storage, add_workspace
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -29,8 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="register the exported model in MLflow's model registry as a new version of NAME "
                             "(then `dsm score models:/NAME/VERSION ...`)")
     add_workspace(train)
-    train.add_argument("--storage", metavar="URL", default=None,
-                       help="where runs keep checkpoints and exports, e.g. s3://bucket/runs (default $DSM_STORAGE, "
-                            "else <workspace>/runs); on a multi-node cluster a bucket, or a shared folder")
+    add_storage(train)
     train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
     train.set_defaults(func=_train)

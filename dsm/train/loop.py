@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -172,6 +173,20 @@ class Worker:
         if not self.out.is_local:
             (self.out / path.name).upload(path)
 
+    def staged(self, name: str) -> Path:
+        """``run_dir / name``, fetched from remote storage when this node has no copy (a run
+        resumed on another node published it from there), so that MLflow gets it too."""
+        path = self.run_dir / name
+        if not path.is_file() and not self.out.is_local and name in self.out.listing():
+            path.write_bytes((self.out / name).read_bytes())
+        return path
+
+    def discard_staging(self) -> None:
+        """Remove the local staging folder (remote storage) once the run has ended: what it held
+        is published or logged to MLflow, and a later run of the same name starts it afresh."""
+        if not self.out.is_local:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
     def flush(self) -> None:
         """Write the metric rows kept since the last flush to MLflow (rank 0)."""
         self.log.flush(self.state.pending)
@@ -229,6 +244,8 @@ def _start(config: dict) -> Worker:
     w.eight_bit = is_eight_bit(open_source(cfg.data.eval_path))
     w.per_epoch = stream.batches_per_epoch(cfg.data.loader_workers)
     if rank == 0:
+        if w.state.step == 0:  # a fresh run: nothing of an earlier run of this name (model-best.pt) is its own
+            w.discard_staging()
         _open_log(w)
         if cfg.eval.enabled or isinstance(model, Energy):
             w.held = _held_out(cfg, device)
@@ -412,6 +429,7 @@ def _stop(w: Worker, reason: str) -> None:
     w.flush()
     w.log.tags({"dsm.status": "non_finite", "dsm.stop_reason": reason})
     w.log.finish("FAILED")
+    w.discard_staging()
     _say(f"dsm train: {reason}", err=True)
 
 
@@ -459,12 +477,13 @@ def _finalize(w: Worker) -> None:
     cfg_path.write_text(yaml.safe_dump(config["cfg"], sort_keys=False))
     w.publish(cfg_path)
     w.publish(export)  # last: a published model.pt means the run finished
-    best = export.parent / BEST_FILE
+    best = w.staged(BEST_FILE)
     if log.enabled:
         log.artifact(cfg_path)
         log.artifact(export, "model")
         if best.is_file():
             log.artifact(best, "model")
             log.tags({"dsm.best_step": str(state.best_step), "dsm.best_nll_bpd": f"{state.best_nll_bpd:.6g}"})
-        log.tags({"dsm.status": "finished", "dsm.export": str(export)})
+        log.tags({"dsm.status": "finished", "dsm.export": str(w.out / export.name)})
         log.finish()
+    w.discard_staging()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dsm.config import ConfigError
 from dsm.fileio import exclusive
-from dsm.runtime.storage import STORAGE_ENV
+from dsm.runtime.storage import storage_root
 from dsm.step import NonFiniteTraining
 from dsm.store import Location
 from dsm.train.config import TrainConfig
@@ -51,6 +51,7 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
     from dsm.runtime.tracking import workspace_dir
     from dsm.train.build import check_buildable, resolve_data
 
+    storage = storage_root(storage)  # before the data is prepared: a bad --storage fails at once
     ws = workspace_dir(workspace)
     cfg = resolve_data(cfg, ws, progress=progress)
     shape = check_buildable(cfg)
@@ -61,8 +62,7 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
             raise ConfigError("scaling.gpu: no CUDA device here; drop --gpu or give --address of a GPU cluster")
     name = cfg.run_name(stem)
     run_dir = ws / "runs" / name
-    storage = storage or os.environ.get(STORAGE_ENV) or None  # dsm.runtime.storage
-    outputs = str(Location.of(storage) / name) if storage else None
+    outputs = (Location.of(storage) / name).url if storage else None
     if outputs and Location.of(outputs) == Location.of(run_dir):
         outputs = None
     p = Plan(cfg, name, ws, run_dir, run_dir / "model.pt", shape.shape, outputs)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from dsm.cliopts import add_address, add_workspace
+from dsm.cliopts import add_address, add_storage, add_workspace
 
 
 def _tune(args: argparse.Namespace) -> int:
     from dsm.tune.run import main
 
     return main(args.spec, args.overrides, workspace=args.workspace, address=args.address,
-                dry_run=args.dry_run, verbose=args.verbose)
+                dry_run=args.dry_run, verbose=args.verbose, storage=args.storage)
 
 
 def register(sub) -> None:
@@ -26,5 +26,7 @@ def register(sub) -> None:
     add_address(p)
     p.add_argument("--dry-run", action="store_true", help="print the trials and their resources; start nothing")
     add_workspace(p)
+    add_storage(p, "where the sweep keeps its trials' checkpoints and exports, e.g. s3://bucket/runs (default "
+                   "$DSM_STORAGE, else <workspace>/sweeps); on a multi-node cluster a bucket, or a shared folder")
     p.add_argument("--verbose", action="store_true", help="show the training workers' output")
     p.set_defaults(func=_tune)

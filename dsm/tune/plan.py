@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dsm.config import ConfigError, flatten_keys, load_config
+from dsm.store import Location
 from dsm.train.config import TrainConfig
 from dsm.tune.spec import Param, SweepSpec, field_exists, nice, sweep_name
 
@@ -47,11 +48,20 @@ class SweepPlan:
     trials: list[Trial] | None
     max_steps: int
     notes: list[str] = field(default_factory=list)
+    # Where Tune keeps the sweep and its trials' training runs (checkpoints, exports):
+    # ``<storage>/<name>`` (a URL with --storage s3://...); None: ``folder`` itself.
+    storage: str | None = None
 
     @property
     def folder(self) -> Path:
-        """Tune's experiment folder; the trials' training runs live in its ``runs/``."""
+        """The sweep's local folder: the results table, figure and best config (``results/``),
+        the error log, and (without ``storage``) Tune's experiment itself."""
         return self.workspace / "sweeps" / self.name
+
+    @property
+    def experiment(self) -> Location:
+        """Tune's experiment folder; the trials' training runs live in its ``runs/``."""
+        return Location.of(self.storage) / self.name if self.storage else Location.of(self.folder)
 
     def trial_cpus(self, cfg: TrainConfig | None = None) -> float:
         cfg = cfg or self.base
@@ -131,8 +141,11 @@ def _check_trial(plan_spec: SweepSpec, cfg: TrainConfig, what: str) -> None:
 
 
 def make_plan(spec_path: str | Path, overrides: list[str] = (), workspace: str | Path | None = None,
-              prepare_data: bool = True, progress: bool = True) -> SweepPlan:
-    """Load and validate a spec and expand its trials. Raises ConfigError naming the field."""
+              prepare_data: bool = True, progress: bool = True, storage: str | None = None) -> SweepPlan:
+    """Load and validate a spec and expand its trials. storage: where the sweep's trials keep
+    checkpoints and exports (a folder or URL; default ``$DSM_STORAGE``, else the sweep's folder
+    in the workspace). Raises ConfigError naming the field."""
+    from dsm.runtime.storage import storage_root
     from dsm.runtime.tracking import workspace_dir
     from dsm.train.build import check_buildable
 
@@ -154,7 +167,7 @@ def make_plan(spec_path: str | Path, overrides: list[str] = (), workspace: str |
     fixed = {**spec.overrides, **spec.resource_overrides(), "tracking.experiment": spec.tracking.experiment,
              "tracking.enabled": spec.tracking.enabled}
     ws = workspace_dir(workspace)
-    plan = SweepPlan(spec, "", spec_path, ws, None, fixed, None, 0)  # type: ignore[arg-type]
+    plan = SweepPlan(spec, "", spec_path, ws, None, fixed, None, 0, storage=storage_root(storage))  # type: ignore[arg-type]
     try:
         plan.base = plan.trial_config({}, prepare=prepare_data)
     except ConfigError as e:
@@ -215,7 +228,8 @@ def describe(plan: SweepPlan) -> str:
     lines = [f"sweep {plan.name!r}: {s.search} search, metric {s.metric} ({s.mode}), scheduler {s.scheduler.kind}"
              + (f" (grace {s.scheduler.grace_period} steps, reduction x{s.scheduler.reduction_factor}, "
                 f"max {plan.max_steps} steps)" if s.scheduler.kind == "asha" else ""),
-             f"base config: {(plan.spec_path.parent / s.base).resolve()}; outputs in {plan.folder}"]
+             f"base config: {(plan.spec_path.parent / s.base).resolve()}; outputs in {plan.folder}"
+             + (f"; checkpoints in {plan.experiment}" if plan.storage else "")]
     b = plan.base
     per = (f"{b.scaling.workers} worker(s) x {b.scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if b.scaling.gpu else "")
            + (f" + {s.resources.trial_cpu:g} CPU for the trial function" if s.resources.trial_cpu else ""))

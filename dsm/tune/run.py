@@ -21,6 +21,7 @@ from dsm.tune.spec import nice
 def _info(plan: SweepPlan, parent_run_id: str | None) -> dict:
     """What every trial needs from the driver (sent once through the object store)."""
     return {"sweep": plan.name, "folder": str(plan.folder), "workspace": str(plan.workspace),
+            "runs": (plan.experiment / "runs").url,
             "base_path": str(plan.spec_path.resolve().parent / plan.spec.base), "fixed": plan.fixed,
             "configs": [t.cfg.model_dump(mode="json") for t in plan.trials] if plan.trials else None,
             "parent_run_id": parent_run_id}
@@ -46,9 +47,9 @@ def _tuner(plan: SweepPlan, info: dict, concurrent: int):
                 "loguniform": lambda p: tune.loguniform(*p.loguniform), "randint": lambda p: tune.randint(*p.randint)}
         space = {"params": {k: dist[p.kind](p) for k, p in spec.space.items()}}
         search_alg, num_samples = OptunaSearch(seed=spec.seed), spec.samples
-    if tune.Tuner.can_restore(str(plan.folder)):
-        print(f"dsm tune: resuming sweep {plan.name!r} from {plan.folder}", flush=True)
-        return tune.Tuner.restore(str(plan.folder), trainable=trainable, resume_unfinished=True,
+    if tune.Tuner.can_restore(plan.experiment.url):  # unpickles Tune's state: the storage must be trusted
+        print(f"dsm tune: resuming sweep {plan.name!r} from {plan.experiment}", flush=True)
+        return tune.Tuner.restore(plan.experiment.url, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True, param_space=space)
     if spec.scheduler.kind == "asha":
         # time_attr "step": ASHA compares trials at equal training steps (reports come at checkpoints)
@@ -63,7 +64,7 @@ def _tuner(plan: SweepPlan, info: dict, concurrent: int):
                                     scheduler=scheduler, search_alg=search_alg,
                                     max_concurrent_trials=concurrent,
                                     trial_name_creator=namer, trial_dirname_creator=namer),
-        run_config=tune.RunConfig(name=plan.name, storage_path=str(plan.folder.parent),
+        run_config=tune.RunConfig(name=plan.name, storage_path=plan.experiment.parent.url,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
@@ -104,7 +105,7 @@ def _open_parent(plan: SweepPlan) -> str | None:
     if not plan.spec.tracking.enabled:
         return None
     params = flatten({"spec": plan.spec.model_dump(mode="json")})
-    tags = {"dsm.kind": "sweep", "dsm.sweep_folder": str(plan.folder)}
+    tags = {"dsm.kind": "sweep", "dsm.sweep_folder": str(plan.folder), "dsm.sweep_storage": str(plan.experiment)}
     return open_run(plan.spec.tracking.experiment, plan.name, tracking_uri(plan.workspace), plan.workspace,
                     params, tags, command="tune")
 
@@ -163,12 +164,12 @@ def concurrency(plan: SweepPlan) -> int:
 
 def run(plan: SweepPlan, address: str | None = None, verbose: bool = False) -> Path:
     """Run or resume the sweep (dsm.runtime.driver's sequence); returns the best config's path
-    (or the results table's). Trials checkpoint under the sweep's folder, so that is the storage
-    every node must see."""
+    (or the results table's). Trials checkpoint under ``plan.experiment`` (the sweep's folder,
+    or ``<storage>/<sweep>``), so that is the storage every node must see."""
     from dsm.runtime.driver import Job, Tracking, drive
     from dsm.runtime.tracking import tracking_uri
 
-    job = Job("tune", address, storage=plan.folder.parent, error_log=plan.folder / "error.log",
+    job = Job("tune", address, storage=plan.experiment.parent.url, error_log=plan.folder / "error.log",
               resume_hint=f"re-run the same command to resume sweep {plan.name!r}",
               check_local=lambda: check_local_cpus(plan), check_cluster=lambda: check_local_cpus(plan, _cluster_cpus()),
               log_to_driver=verbose)
@@ -215,9 +216,9 @@ def _print_summary(plan: SweepPlan, results: list[TrialResult], top: TrialResult
 
 
 def main(spec: str, overrides: list[str], *, workspace: str | None, address: str | None, dry_run: bool,
-         verbose: bool = False) -> int:
+         verbose: bool = False, storage: str | None = None) -> int:
     """``dsm tune``: returns the exit code."""
-    plan = make_plan(spec, overrides, workspace, prepare_data=not dry_run)
+    plan = make_plan(spec, overrides, workspace, prepare_data=not dry_run, storage=storage)
     if dry_run:
         print(describe(plan))
         print("dry run: nothing started")

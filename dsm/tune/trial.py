@@ -34,6 +34,7 @@ def run_trial(config: dict, info: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from dsm.config import load_config
+    from dsm.store import Location
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from dsm.train.run import NonFiniteTraining, Plan, make_trainer, open_tracking, outcome
@@ -50,8 +51,10 @@ def run_trial(config: dict, info: dict) -> None:
         cfg = resolve_data(cfg, Path(info["workspace"]), prepare=False, progress=False)
     name = trial_name(info["sweep"], index, ctx.get_trial_id())
     cfg = cfg.model_copy(update={"name": name})
-    run_dir = Path(info["folder"]) / "runs" / name
-    p = Plan(cfg, name, Path(info["workspace"]), run_dir, run_dir / "model.pt", ())
+    run_dir = Path(info["folder"]) / "runs" / name  # with remote storage: the exports' copy on this node
+    runs = Location.of(info["runs"])
+    p = Plan(cfg, name, Path(info["workspace"]), run_dir, run_dir / "model.pt", (),
+             outputs=None if runs.is_local else (runs / name).url)
 
     tags = {"dsm.sweep": info["sweep"], "dsm.sweep_params": json.dumps(params, default=str)[:5000]}
     if info.get("parent_run_id"):

@@ -51,6 +51,8 @@ CASES = [
     (["noise.t_min=1", "noise.t_max=1"], "t_min"),
     (["data.dataset=null", "data.path=/nonexistent/shards"], "data.path"),
     (["data.dataset=null", "data.path=/nonexistent/train.npy"], "data.path: /nonexistent/train.npy does not exist"),
+    (["data.dataset=null", "data.path=/", "data.eval_path=/nonexistent/test"],
+     "data.eval_path: /nonexistent/test does not exist"),
     (["scaling.workers=0"], "scaling.workers"),
     (["model.unet.scales=4"], "model.unet"),  # 8x8 digits cannot take 4 scales
 ]

@@ -3,6 +3,7 @@ artifacts in the bucket (issue #19). Real servers on 127.0.0.1 (tests/servers.py
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,11 @@ def test_train_from_a_bucket_into_a_bucket(ray_cluster, make_cfg, bucket, tmp_pa
     assert cfg.data.path == f"{bucket}/digits/train" and cfg.data.eval_path == f"{bucket}/digits/test"
     p = plan(cfg, ws, progress=False, storage=f"{bucket}/runs")
     assert p.out.url == f"{bucket}/runs/from-s3" and cfg.scaling.workers == 2
+    staging = Path(tempfile.gettempdir()) / "dsm-run-from-s3"  # rank 0's (Worker.run_dir), left by an old run
+    staging.mkdir(exist_ok=True)
+    (staging / "model-best.pt").write_bytes(b"stale")
     export = train(p, log_to_driver=False)
+    assert not staging.exists()  # removed once its files were published
 
     # checkpoints and the published outputs are in the bucket; the driver has a local copy
     remote = Location.of(f"{bucket}/runs/from-s3")
@@ -49,6 +54,7 @@ def test_train_from_a_bucket_into_a_bucket(ray_cluster, make_cfg, bucket, tmp_pa
     client = MlflowClient(tracking_uri(ws))
     run = client.search_runs([client.get_experiment_by_name("dsm-train").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith(f"{bucket}/mlflow/dsm-train/")
+    assert run.data.tags["dsm.export"] == f"{bucket}/runs/from-s3/model.pt"
     sources = {d.dataset.source for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
     assert any(f"{bucket}/digits/train" in s for s in sources), sources
     assert {"config.yaml", "model", "figures"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
