@@ -28,9 +28,10 @@ def _spec(write_spec, bucket: str):
 
 
 @pytest.mark.slow  # about 90 s: two short trials, then the same command again
-def test_a_sweep_reads_and_keeps_its_runs_in_a_bucket(ray_cluster, digits_workspace, write_spec, bucket, capsys):
-    ws = digits_workspace
-    (digits,) = (ws / "data").glob("digits-*")
+def test_a_sweep_reads_and_keeps_its_runs_in_a_bucket(ray_cluster, digits_workspace, write_spec, bucket, tmp_path,
+                                                       capsys):
+    (digits,) = (digits_workspace / "data").glob("digits-*")
+    ws = tmp_path / "ws"  # its own MLflow store: test_sweep counts the sweeps in the shared one
     servers.upload(digits, f"{bucket}/digits")
     spec = _spec(write_spec, bucket)
     args = ["tune", str(spec), "--workspace", str(ws), "--storage", f"{bucket}/sweeps"]
