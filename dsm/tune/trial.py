@@ -51,10 +51,10 @@ def run_trial(config: dict, info: dict) -> None:
         cfg = resolve_data(cfg, Path(info["workspace"]), prepare=False, progress=False)
     name = trial_name(info["sweep"], index, ctx.get_trial_id())
     cfg = cfg.model_copy(update={"name": name})
-    run_dir = Path(info["folder"]) / "runs" / name  # with remote storage: the exports' copy on this node
-    runs = Location.of(info["runs"])
+    run_dir = Path(info["folder"]) / "runs" / name
+    out = Location.of(info["runs"]) / name  # the trial's Ray Train run: in the sweep's folder, or under --storage
     p = Plan(cfg, name, Path(info["workspace"]), run_dir, run_dir / "model.pt", (),
-             outputs=None if runs.is_local else (runs / name).url)
+             outputs=None if out == Location.of(run_dir) else out.url)  # elsewhere: exports copied to run_dir
 
     tags = {"dsm.sweep": info["sweep"], "dsm.sweep_params": json.dumps(params, default=str)[:5000]}
     if info.get("parent_run_id"):

@@ -63,6 +63,28 @@ def test_a_sweep_reads_and_keeps_its_runs_in_a_bucket(ray_cluster, digits_worksp
     assert parent.data.tags["dsm.sweep_storage"] == f"{bucket}/sweeps/in-bucket"
 
 
+@pytest.mark.slow  # about a minute: one short trial
+def test_a_local_storage_folder_holds_the_trials_runs(ray_cluster, digits_workspace, write_spec, tmp_path):
+    """--storage a folder (a shared mount, say) outside the workspace: Tune's experiment and the
+    trial's Ray Train run both go there, and the exports are copied back beside the results."""
+    (digits,) = (digits_workspace / "data").glob("digits-*")
+    spec = write_spec({"name": "elsewhere",
+                       "overrides": {"steps": 10, "log_every": 10, "checkpoint": {"every": 10, "num_to_keep": 1},
+                                     "eval": {"samples": 64, "psnrs": [10], "grid": False, "consistency": False},
+                                     "data": {"dataset": None, "path": str(digits / "train"),
+                                              "eval_path": str(digits / "test")}},
+                       "space": {"optim.lr": {"grid": [1e-3]}}, "search": "grid", "scheduler": {"kind": "fifo"},
+                       "resources": {"workers": 1, "cpus_per_worker": 1.0}})
+    ws, storage = tmp_path / "ws", tmp_path / "shared"
+    assert cli(["tune", str(spec), "--workspace", str(ws), "--storage", str(storage)]) == 0
+    trial = storage / "elsewhere" / "runs" / "elsewhere-t000"
+    assert list(trial.glob("checkpoint_*")) and (trial / "model.pt").is_file()
+    assert list((storage / "elsewhere").glob("experiment_state-*.json"))
+    local = ws / "sweeps" / "elsewhere"
+    assert not list(local.glob("runs/*/checkpoint_*"))
+    assert (local / "runs" / "elsewhere-t000" / "model.pt").read_bytes() == (trial / "model.pt").read_bytes()
+
+
 @pytest.mark.parametrize("command", ["tune", "train"])
 def test_an_http_storage_is_refused_before_ray(command, write_spec, tmp_path, capsys, monkeypatch):
     import dsm.runtime.cluster
