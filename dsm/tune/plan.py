@@ -142,9 +142,8 @@ def _check_trial(plan_spec: SweepSpec, cfg: TrainConfig, what: str) -> None:
 
 def make_plan(spec_path: str | Path, overrides: list[str] = (), workspace: str | Path | None = None,
               prepare_data: bool = True, progress: bool = True, storage: str | None = None) -> SweepPlan:
-    """Load and validate a spec and expand its trials. storage: where the sweep's trials keep
-    checkpoints and exports (a folder or URL; default ``$DSM_STORAGE``, else the sweep's folder
-    in the workspace). Raises ConfigError naming the field."""
+    """Load and validate a spec and expand its trials; ``storage``: see SweepPlan.storage and
+    dsm.runtime.storage.storage_root. Raises ConfigError naming the field."""
     from dsm.runtime.storage import storage_root
     from dsm.runtime.tracking import workspace_dir
     from dsm.train.build import check_buildable
