@@ -46,7 +46,7 @@ def _cfg(ws: Path, steps: int, workers: int, cpus: float, batch: int, name: str,
 def plain_loop(cfg, threads: int) -> tuple[float, list[float]]:
     """(wall seconds, seconds per step in each log window) for cfg.steps steps in-process,
     built and timed exactly as a worker does (batch fetch + train_step)."""
-    from dsm.data.stream import TrainStream
+    from dsm.data.stream import TrainStream, to_unit_float
     from dsm.seeding import key_seed
     from dsm.step import train_step
     from dsm.train import build
@@ -65,7 +65,7 @@ def plain_loop(cfg, threads: int) -> tuple[float, list[float]]:
     windows, busy = [], 0.0
     for step in range(cfg.steps):
         ts = time.perf_counter()
-        x = next(batches)["x"]
+        x = to_unit_float(next(batches)["x"])
         gen = torch.Generator().manual_seed(key_seed(step, f"train/{cfg.seed}/0"))
         train_step(model, opt, loss_fn, x, sampler, generator=gen, scheduler=sched)
         busy += time.perf_counter() - ts

@@ -139,7 +139,7 @@ def consistency_rows(m, x: torch.Tensor, keys: list[str], t_min: float, t_max: f
                   "log_z": {e.t: e.value for e in z.estimates}}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="the model file (not needed with --baselines-only)")
     p.add_argument("--train", required=True, help="training shard folder (the baselines are fitted on it)")
@@ -156,7 +156,11 @@ def main() -> None:
     p.add_argument("--json", help="also write the numbers here")
     p.add_argument("--cache", help="file prefix for the fitted baselines (PREFIX-K10.npz, ...): fit once per data set")
     p.add_argument("--baselines-only", action="store_true", help="fit (and cache) the baselines; no model needed")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     if args.baselines_only:
         d = math.prod(open_input(args.train).shape)

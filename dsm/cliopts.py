@@ -18,6 +18,17 @@ def add_address(parser: argparse.ArgumentParser, help: str = ADDRESS_HELP) -> No
     parser.add_argument("--address", default=None, help=help)
 
 
+def add_gpu_options(parser: argparse.ArgumentParser, gpu_help: str) -> None:
+    """``--gpu`` and ``--resource-timeout``: GPUs are asked of the cluster (dsm.runtime.resources),
+    which may take a while to provide them when it grows on demand."""
+    from dsm.runtime.resources import DEFAULT_TIMEOUT_S
+
+    parser.add_argument("--gpu", action="store_true", help=gpu_help)
+    parser.add_argument("--resource-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                        help="seconds to wait for a cluster that can grow to provide the workers, then fail "
+                             f"naming what never came (default {DEFAULT_TIMEOUT_S:g})")
+
+
 STORAGE_HELP = ("where runs keep checkpoints and exports, e.g. s3://bucket/runs (default $DSM_STORAGE, else "
                 "<workspace>/runs); on a multi-node cluster a bucket, or a shared folder")
 

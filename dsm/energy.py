@@ -29,6 +29,9 @@ Scalings (``scaling=``), with c_in, c_out per example and ``U_inner = c_out/2 <y
 All three are linear in y, so a homogeneous backbone gives a degree-2 homogeneous U. The
 scalar form's Gaussian reference is ``c_in c_out / 2 ||y||^2``. Scalar outputs are multiplied
 by d so that the network predicts nats per dimension.
+
+Under ``bf16`` (:mod:`dsm.precision`) only the backbone runs in bfloat16: U, its reductions
+and the c(t) head are computed in the input's dtype (float32) with autocast off.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch
 from torch import nn
 
 from dsm.noise import bcast, check_t
+from dsm.precision import as_dtype, full_precision
 from dsm.validate import check_batch, check_finite
 
 EnergyForm = Literal["inner", "inner+c", "scalar"]
@@ -183,14 +187,18 @@ class EnergyModel(Energy):
         d = self.dim
         yt = y * bcast(c_in, y)
         yy = y.flatten(1)
-        if self.form == "scalar":
-            h = self.backbone(yt, t).reshape(y.shape[0])
-            return self._additive(0.5 * c_in * c_out * yy.square().sum(1) + d * h, t)
-        f = self.backbone(yt, t)
-        u = 0.5 * c_out * (yy * f.flatten(1)).sum(1)
-        if self.form == "inner+c":
-            u = u + d * self.c_net(t).reshape(y.shape[0])
-        return self._additive(u, t)
+        # Only the backbone runs under autocast (bf16): its output goes back to y's dtype and the
+        # reductions over d pixels, the c(t) head and the log-t term are done with autocast off,
+        # since a bf16 sum over d terms would carry an error of order sqrt(d) * 2^-8 relative.
+        out = as_dtype(self.backbone(yt, t), y)
+        with full_precision(y.device):
+            if self.form == "scalar":
+                h = out.reshape(y.shape[0])
+                return self._additive(0.5 * c_in * c_out * yy.square().sum(1) + d * h, t)
+            u = 0.5 * c_out * (yy * out.flatten(1)).sum(1)
+            if self.form == "inner+c":
+                u = u + d * as_dtype(self.c_net(t), u).reshape(y.shape[0])
+            return self._additive(u, t)
 
     def _additive(self, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not self.additive_normalization:

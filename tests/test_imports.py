@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dsm"
 CORE = ["dsm.noise", "dsm.energy", "dsm.nets", "dsm.models", "dsm.losses", "dsm.step", "dsm.normalize", "dsm.deff",
-        "dsm.ode", "dsm.units", "dsm.toy", "dsm.seeding", "dsm.bundle", "dsm.api"]
+        "dsm.ode", "dsm.units", "dsm.toy", "dsm.seeding", "dsm.bundle", "dsm.api", "dsm.precision"]
 ORCHESTRATION = ("dsm.train", "dsm.tune", "dsm.scoring", "dsm.submit", "dsm.report", "dsm.runtime", "dsm.cli")
 FRAMEWORKS = ("ray", "mlflow")
 

@@ -12,3 +12,23 @@ def test_ruff_finds_nothing():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+MAX_FUNCTION_LINES = 60
+LINE_LIMITED = ("dsm", "benchmarks")
+
+
+def test_functions_stay_under_60_lines():
+    """Every function and method of the package and the benchmarks, decorators excluded, from
+    its ``def`` line to its last line (docstring included)."""
+    import ast
+
+    long = []
+    for folder in LINE_LIMITED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 60 lines: " + "; ".join(long)

@@ -4,8 +4,9 @@ No Ray inside: a Ray Train worker (or any DDP process) makes its own :class:`Tra
 Rank and world size are arguments, else ``RANK``/``WORLD_SIZE`` from the environment, else
 ``torch.distributed`` when initialised, else 0 and 1. The loader-worker id comes from
 ``torch.utils.data.get_worker_info()``. Wrap a stream in :func:`make_loader` (a DataLoader
-with ``batch_size=None``: batches are made inside the pipeline) and call
-:meth:`TrainStream.set_epoch` before each epoch, as with a DistributedSampler.
+with ``batch_size=None``: batches are made inside the pipeline; loader workers persist across
+epochs) and call :meth:`TrainStream.set_epoch` before each epoch, as with a DistributedSampler:
+the epoch lives in shared memory, so it reaches workers started in an earlier epoch.
 
 Guarantees (tested in tests/data/test_stream.py):
 
@@ -17,8 +18,11 @@ Guarantees (tested in tests/data/test_stream.py):
 - In ``exact`` mode every sample is seen exactly once per epoch across all ranks and workers.
 - The batches are a function of (source, seed, epoch, rank, world size, loader workers): the
   same inputs give the same keys, pixels and flips.
-- Batches are dicts: ``x`` float32 (B, C, H, W) in [0, 1] (k/255 for 8-bit data; vectors and
-  float .npy data as stored), ``label`` int64 (B,) (-1 unlabeled), ``key`` list of B str.
+- Batches are dicts: ``x`` (B, C, H, W) uint8 pixel values k for 8-bit data, float32 for
+  vectors (B, D) and float .npy data (as stored); ``label`` int64 (B,) (-1 unlabeled); ``key``
+  list of B str. 8-bit data crosses the loader's shared memory and the host-to-device copy as
+  bytes (a quarter of float32's); every consumer turns ``x`` into the model's float32 in [0, 1]
+  with :func:`to_unit_float` on its own device (k/255, bit-identical on every device).
 
 :class:`EvalStream` reads a held-out split in manifest order (split by rank and loader worker
 when there are several), with no shuffling and no flips.
@@ -155,8 +159,35 @@ def _flip(src: Iterator[tuple], seed: int, enabled: bool) -> Iterator[tuple]:
         yield key, x, label
 
 
+# k/255 for k = 0..255, computed once on the CPU with the division the loader used to do, so that
+# a lookup on any other device gives the same bits (CUDA divides by a scalar as a multiplication
+# by its reciprocal, which can differ from k/255 in the last bit).
+_UNIT = torch.arange(256, dtype=torch.float32).div_(255.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_table(device: torch.device) -> torch.Tensor:
+    return _UNIT.to(device)
+
+
+def to_unit_float(x: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
+    """A stream batch's ``x`` as the model's input, on ``device`` (default: where ``x`` is).
+
+    uint8 pixel values k (any shape) become float32 k/255 in [0, 1], converted after the copy to
+    ``device`` (a quarter of the bytes of float32 cross to it; non-blocking from pinned memory);
+    float32 data (vectors, float .npy) passes through unchanged. The one place the 8-bit
+    conversion is done, for training, held-out evaluation and benchmarks."""
+    device = torch.device(device) if device is not None else x.device
+    x = x.to(device, non_blocking=True)
+    if x.dtype != torch.uint8:
+        return x.float()
+    if device.type == "cpu":
+        return x.float().div_(255.0)  # the table's own computation, and faster than a lookup on a CPU
+    return _unit_table(device).index_select(0, x.flatten().int()).view(x.shape)
+
+
 def _batches(src: Iterator[tuple], batch_size: int) -> Iterator[dict[str, Any]]:
-    """Stack samples into batches (the last one may be partial) and convert once per batch."""
+    """Stack samples into batches (the last one may be partial); 8-bit pixels stay uint8."""
     while True:
         chunk = list(islice(src, batch_size))
         if not chunk:
@@ -168,7 +199,8 @@ def _batches(src: Iterator[tuple], batch_size: int) -> Iterator[dict[str, Any]]:
         for i, x in enumerate(xs):
             arr[i] = x
         x = torch.from_numpy(arr)
-        x = x.float().div_(255.0) if arr.dtype == np.uint8 else x.float()
+        if arr.dtype != np.uint8:  # 8-bit pixels stay bytes until the consumer's device: to_unit_float
+            x = x.float()
         yield {"x": x, "label": torch.tensor(labels, dtype=torch.int64), "key": list(keys)}
 
 
@@ -215,7 +247,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.flips, self.on_error = shuffle_buffer, flips, on_error
         self._batches_per_epoch = batches_per_epoch
         self.loader_workers = loader_workers
-        self.epoch = 0
+        # In shared memory: persistent loader workers hold copies of the stream made when they
+        # started, and read the epoch from here each time the loader is iterated again.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.skipped: dict[str, int] = {}
         if loader_workers is not None:
             self.batches_per_epoch(loader_workers)  # checks exact mode now
@@ -224,9 +258,15 @@ class TrainStream(torch.utils.data.IterableDataset):
     def num_samples(self) -> int:
         return sum(p.count for p in self.source.pieces)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads (0 until :meth:`set_epoch`)."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (call before iterating; the DataLoader copies the stream to its workers)."""
-        self.epoch = int(epoch)
+        """Select the epoch of the next iteration, also in loader workers already started
+        (call it between epochs, not while a loader is iterating)."""
+        self._epoch.fill_(int(epoch))
 
     def _worker_quota(self, worker: int, workers: int) -> int:
         total = self.batches_per_epoch(workers)
@@ -267,7 +307,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         if self.loader_workers is not None and max(1, self.loader_workers) != workers:
             raise RuntimeError(f"stream was built for {self.loader_workers} loader workers but runs in {workers}")
         where = f"rank {self.rank} worker {worker}"
-        seed = functools.partial(derive_seed, self.seed, self.epoch, self.rank, self.world_size, worker, workers)
+        epoch = self.epoch  # read once: the whole epoch's pipeline uses the same seeds
+        seed = functools.partial(derive_seed, self.seed, epoch, self.rank, self.world_size, worker, workers)
         names = [p.name for p in self.source.pieces]
         if self.mode == "resampled":
             quota = self._worker_quota(worker, workers)
@@ -333,12 +374,17 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(stream: TrainStream | EvalStream, num_workers: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
+def make_loader(stream: TrainStream | EvalStream, num_workers: int = 0, *, pin_memory: bool = False,
+                **kwargs: Any) -> torch.utils.data.DataLoader:
     """A DataLoader over a stream: batch_size=None (the stream batches), one torch thread per
-    worker, workers not persistent (so that :meth:`TrainStream.set_epoch` reaches them)."""
+    worker. Workers are started at the first iteration and kept for the next ones (each
+    iteration is one epoch, the one :meth:`TrainStream.set_epoch` selected before it).
+
+    pin_memory: page-locked batches, for a consumer on CUDA (non-blocking host-to-device
+    copies in :func:`to_unit_float`)."""
     if isinstance(stream, TrainStream):
         stream.loader_workers = num_workers
         stream.batches_per_epoch(num_workers)  # exact mode: fail here, in the main process
     kwargs.setdefault("worker_init_fn", _one_thread)
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
-                                       persistent_workers=False, **kwargs)
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                       persistent_workers=num_workers > 0, **kwargs)

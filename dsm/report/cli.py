@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from dsm.cliopts import add_workspace
+from dsm.scoring.cli import add_precision
 
 
 def _numeric_metrics(metrics: dict) -> dict[str, float]:
@@ -150,6 +151,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     from dsm.api import from_bundle
     from dsm.bundle import load_model
+    from dsm.precision import precision_scope
     from dsm.report import figures
     from dsm.sample import sample
 
@@ -168,8 +170,10 @@ def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.model).resolve().parent / "samples" /
                f"seed{args.seed}-n{args.n}-steps{args.steps}-eta{args.eta:g}").expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    x = sample(model, args.n, seed=args.seed, steps=args.steps, t_max=t_max, t_min=t_min, mean=mean, eta=args.eta,
-               batch_size=args.batch_size, device=device, progress=not args.quiet).cpu().numpy().astype(np.float32)
+    with precision_scope(args.precision, device):
+        x = sample(model, args.n, seed=args.seed, steps=args.steps, t_max=t_max, t_min=t_min, mean=mean,
+                   eta=args.eta, batch_size=args.batch_size, device=device,
+                   progress=not args.quiet).cpu().float().numpy()
     np.save(out / "samples.npy", x)
     title = f"{args.n} samples, seed {args.seed}, {args.steps} steps"
     if figures.is_image_shape(x.shape[1:]):
@@ -179,6 +183,7 @@ def _sample(args: argparse.Namespace) -> int:
     (out / "sample.json").write_text(json.dumps(
         {"model": str(Path(args.model).resolve()), "n": args.n, "seed": args.seed, "steps": args.steps,
          "eta": args.eta, "t_max": t_max, "t_min": t_min, "mean": mean, "shape": list(x.shape[1:]),
+         "precision": args.precision, "device": device,
          "scheme": "DDIM in noise variance (dsm.sample), geometric t schedule, returns D(y, t_min)"}, indent=1))
     print(f"{args.n} samples of shape {tuple(x.shape[1:])}: pixel mean {x.mean():.4f}, "
           f"{float((x < 0).mean() + (x > 1).mean()) * 100:.2f} % of values outside [0, 1]")
@@ -262,6 +267,7 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--mean", type=float, default=None, help="centre of the start noise (default 0.5 for images, 0)")
     smp.add_argument("--batch-size", type=int, default=64)
     smp.add_argument("--gpu", action="store_true", help="run on cuda")
+    add_precision(smp, "the denoiser evaluations")
     smp.add_argument("--out", default=None, help="output folder (default MODEL_DIR/samples/seed..-n..-steps..)")
     smp.add_argument("--quiet", action="store_true", help="no progress bar")
     smp.set_defaults(func=_sample)

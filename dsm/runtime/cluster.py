@@ -55,6 +55,22 @@ def connect(address: str | None = None, *, log_to_driver: bool = True, check_loc
     start_reaper()
 
 
+def check_local_gpus(needed: int, field: str) -> None:
+    """Before a local Ray starts for a job that asks for ``needed`` GPUs: this machine must have
+    them (a local Ray offers exactly its own CUDA devices). With a cluster the check is the
+    cluster's (dsm.runtime.resources), and the driver's own CUDA does not matter."""
+    from dsm.config import ConfigError
+
+    if os.environ.get("RAY_ADDRESS"):
+        return  # joining a cluster after all: connect() does not start a local Ray
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < needed:
+        raise ConfigError(f"{field}: {needed} GPU(s) asked, but this machine has {have} usable CUDA device(s) "
+                          f"and no --address was given; drop --gpu, or give --address of a GPU cluster")
+
+
 def free_port() -> int:
     import socket
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dsm.cliopts import add_address, add_workspace
+from dsm.cliopts import add_address, add_gpu_options, add_workspace
 
 if TYPE_CHECKING:
     from dsm.store import Location
@@ -79,7 +79,9 @@ def _model_file(model: str, workspace: str | None) -> tuple[str, Lineage]:
 def _normalize(args: argparse.Namespace) -> int:
     from dsm.scoring.normalization import normalize_model
 
-    rec = normalize_model(args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size)
+    rec = normalize_model(args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size,
+                          precision=args.precision, gpu=args.gpu, address=args.address,
+                          resource_timeout_s=args.resource_timeout)
     ag = rec["agreement"]
     print(f"log Z = {rec['value']:.4f} +- {rec['stderr']:.4f} nats at t = {rec['t']:g} ({rec['n']} examples, "
           f"{rec['method']} estimator)")
@@ -96,7 +98,8 @@ def _normalize(args: argparse.Namespace) -> int:
 
     meta = load_model(args.model).meta
     _tracking("normalize", args.workspace, f"normalize-{Path(args.model).parent.name}",
-              {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"]},
+              {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"],
+               "precision": rec["precision"], "device": rec["device"]},
               {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"],
                "log_z_spread_nats": ag["max_abs_diff"]},
               [], Lineage(model_run_id=meta.get("mlflow_run_id"), data=open_input(rec["data"])))
@@ -140,7 +143,7 @@ def _score(args: argparse.Namespace) -> int:
     from dsm.store import redact
 
     spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
-                     batch_size=args.batch_size)
+                     batch_size=args.batch_size, precision=args.precision)
     if args.actors < 1:
         raise ValueError(f"--actors must be >= 1, got {args.actors}")
     if args.consistency_samples == 1 or args.consistency_samples < 0:
@@ -152,7 +155,7 @@ def _score(args: argparse.Namespace) -> int:
     summary, table = score_table(model, args.data, out, spec, actors=args.actors, gpu=args.gpu,
                                  model_label=lineage.model_uri, consistency=consistency,
                                  consistency_samples=args.consistency_samples, restart=args.restart,
-                                 address=args.address)
+                                 address=args.address, resource_timeout_s=args.resource_timeout)
     print(format_summary(summary))
     flat = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     flat.update({f"logp_db_per_dim_q{k}": v for k, v in summary["logp_db_per_dim_quantiles"].items()})
@@ -166,13 +169,26 @@ def _score(args: argparse.Namespace) -> int:
                   if lineage.model_uri else Path(model).parent.name)
         rid = _tracking("score", args.workspace, f"score-{source}-{_data_name(args.data)}",
                         {"model": args.model, "data": redact(args.data), "t_grid": list(spec.t_grid),
-                         "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors},
+                         "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors,
+                         "precision": spec.precision, "device": info["options"]["device"]},
                         flat, [record, *figs], lineage)
     if rid:
         info["mlflow_run_id"] = rid
         write_json(out / OPTIONS_FILE, info)
     print(out / PARTS)
     return 0
+
+
+# dsm.precision.PRECISIONS spelled out (a test keeps them equal): importing that module would
+# import torch into the parser of every dsm command.
+PRECISION_CHOICES = ("fp32", "tf32", "bf16")
+
+
+def add_precision(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--precision``: the arithmetic of the command's network evaluations (dsm.precision)."""
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                        help=f"arithmetic of {what}: fp32 (TF32 off), tf32 (TF32 matmuls and convolutions on "
+                             "GPUs) or bf16 (the network body in bfloat16, U's sums in float32) (default fp32)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -184,6 +200,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     norm.add_argument("--samples", type=int, default=2000, help="held-out examples used (default 2000)")
     norm.add_argument("--t", type=float, default=None, help="noise variance (default: the model's t_max)")
     norm.add_argument("--batch-size", type=int, default=256)
+    add_precision(norm, "log Z")
+    add_gpu_options(norm, "estimate in a Ray task holding one GPU (of --address's cluster, or a local Ray)")
+    add_address(norm)
     add_workspace(norm)
     norm.set_defaults(func=_normalize)
 
@@ -211,7 +230,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="examples for the self-consistency checks (log Z spread, PF-ODE gap, heat residual), "
                          "run after the job; 0 skips them (default 256; docs/scoring.md)")
     sc.add_argument("--actors", type=int, default=2, help="scoring actors (default 2)")
-    sc.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    add_gpu_options(sc, "one GPU per actor (at most as many actors as the cluster has GPUs); the "
+                        "consistency checks then run in a GPU task too")
+    add_precision(sc, "scoring; part of the job's identity")
     add_address(sc)
     add_workspace(sc)
     sc.set_defaults(func=_score)

@@ -34,6 +34,7 @@ import torch
 from dsm import units
 from dsm.deff import d_eff
 from dsm.energy import Energy
+from dsm.precision import check_precision, precision_scope
 from dsm.seeding import keyed_uniform
 
 SCALAR_COLUMNS = ("energy_t0", "logp_nats", "nll_bpd", "logp_db_per_dim")
@@ -70,8 +71,10 @@ class ScoreSpec:
     n_noise: int = 4
     dequantize: bool = False
     batch_size: int = 64
+    precision: str = "fp32"  # one of dsm.precision.PRECISIONS; part of a job's identity
 
     def __post_init__(self):
+        check_precision(self.precision)
         if self.n_noise < 2:
             raise ValueError(f"noise samples K must be >= 2 (a standard error needs two), got {self.n_noise}")
         if self.batch_size < 1:
@@ -80,10 +83,17 @@ class ScoreSpec:
 
 def score_batch(model: Energy, x: torch.Tensor, keys: Sequence[str], spec: ScoreSpec, *,
                 eight_bit: bool) -> dict[str, np.ndarray]:
-    """The score columns (see the module docstring) for clean x (B, *event_shape).
+    """The score columns (see the module docstring) for clean x (B, *event_shape), computed at
+    ``spec.precision`` (:func:`dsm.precision.precision_scope`) on x's device.
 
     eight_bit: x holds k/255 pixel values (the 8-bit NLL convention; dequantization allowed).
     """
+    with precision_scope(spec.precision, x.device):
+        return _score_batch(model, x, keys, spec, eight_bit=eight_bit)
+
+
+def _score_batch(model: Energy, x: torch.Tensor, keys: Sequence[str], spec: ScoreSpec, *,
+                 eight_bit: bool) -> dict[str, np.ndarray]:
     n, d = x.shape[0], model.dim
     t0 = torch.zeros(n, dtype=x.dtype, device=x.device)
     with torch.no_grad():

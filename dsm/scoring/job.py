@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
 from dsm.data.inputs import Input, iter_examples, open_input
 from dsm.data.shards import sha256_file
+from dsm.runtime.resources import DEFAULT_TIMEOUT_S
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
 from dsm.store import Location, StoreError, writable_location
 
@@ -93,17 +95,20 @@ class PieceScorer:
 NOT_IDENTITY = {"model", "data", "batch_size"}
 
 
-def job_options(model_ref: ModelRef, model, inp: Input, spec: ScoreSpec, model_label: str | None = None) -> dict:
+def job_options(model_ref: ModelRef, model, inp: Input, spec: ScoreSpec, model_label: str | None = None, *,
+                device: str = "cpu") -> dict:
     """What makes two runs the same job: a resumed run must match, or parts would mix. The model
     and the data count by content (the model file's sha256 and its log Z, the data's
     :meth:`Input.digest`), not by path: re-normalizing the model or rewriting the data in place
-    makes a new job. model: the loaded ``model_ref`` (a :class:`dsm.api.Model`)."""
+    makes a new job. model: the loaded ``model_ref`` (a :class:`dsm.api.Model`). The spec's
+    precision and ``device`` ("cpu" or "cuda", where the actors score) count too: parts computed
+    in other arithmetic differ in the last digits, and one table must not mix them."""
     is_file = isinstance(model_ref, (str, Path))
     label = model_label or (str(Path(model_ref).resolve()) if is_file else model.source)
     return {"model": label, "data": str(inp.path),
             "model_sha256": sha256_file(model_ref) if is_file else f"in-memory:{label}",
             "model_log_z": model.log_z if model.normalized else None, "data_sha256": inp.digest(),
-            "pieces": len(inp.pieces), **asdict(spec), "t_grid": list(spec.t_grid)}
+            "pieces": len(inp.pieces), **asdict(spec), "t_grid": list(spec.t_grid), "device": device}
 
 
 def prepare_out(out: str | Path | Location, options: dict, restart: bool = False) -> list[int]:
@@ -141,6 +146,34 @@ def write_json(path: str | Path | Location, obj: dict) -> None:
     Location.of(path).write_text(json.dumps(obj, indent=1))
 
 
+def actor_demand(actors: int, gpu: bool, pending: int, cpus_per_actor: float = 0.5):
+    """The scoring actors as a dsm.runtime.resources Demand: one to start, up to ``actors``."""
+    from dsm.runtime.resources import Demand
+
+    per = {"CPU": cpus_per_actor, "GPU": 1.0 if gpu else 0.0}
+    return Demand(per, max(1, min(actors, pending)), unit="actor", at_least=1, timeout_field="--resource-timeout")
+
+
+def actor_pool(demand):
+    """Ray Data's actor pool for ``demand``: as many actors as the cluster can ever hold (at most
+    the count asked, said once when fewer), a fixed pool when they fit now, else one that starts
+    with those that fit and grows as the autoscaler adds nodes: a pool sized beyond the cluster
+    would wait forever for its last actor."""
+    import ray.data
+
+    from dsm.runtime.resources import capacity, describe, how_many_fit
+
+    cap = capacity()
+    most = max(1, how_many_fit(demand, cap.ceiling))
+    if most < demand.count:
+        print(f"dsm score: {demand.count} actors asked, but the cluster can hold {most} of "
+              f"{describe(demand.per)}; scoring with {most}", file=sys.stderr, flush=True)
+    now = how_many_fit(demand, cap.now)
+    if now >= most:
+        return ray.data.ActorPoolStrategy(size=most)
+    return ray.data.ActorPoolStrategy(min_size=max(1, now), max_size=most)
+
+
 def run_pieces(model_ref: ModelRef, data: str | Path | Location, out: str | Path | Location, spec: ScoreSpec,
                pending: list[int], *, actors: int, gpu: bool, cpus_per_actor: float = 0.5) -> int:
     """Score ``pending`` pieces on a Ray Data actor pool; returns the rows written."""
@@ -154,8 +187,7 @@ def run_pieces(model_ref: ModelRef, data: str | Path | Location, out: str | Path
     # The actors get full URLs (Location.url): str() of a Location hides a URL's user:password.
     where = {k: v.url if isinstance(v, Location) else str(v) for k, v in (("data", data), ("out", out))}
     ds = ds.map_batches(
-        PieceScorer, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
+        PieceScorer, batch_size=1, compute=actor_pool(actor_demand(actors, gpu, len(pending), cpus_per_actor)),
         fn_constructor_kwargs={"model_ref": model_ref, **where, "spec": spec,
                                "threads": max(1, int(cpus_per_actor)), "device": "cuda" if gpu else "cpu"},
         # Actors must leave CPU for Ray Data's own read and write tasks (docs/design.md section 8).
@@ -184,18 +216,31 @@ def read_scores(out: str | Path | Location):
     return table.sort_by("key")
 
 
-def _consistency(model, inp, samples: int, options: cons.Options) -> dict:
-    """The consistency summary on the first ``samples`` examples of the input (on this process's CPU)."""
+def consistency_of(model_ref: ModelRef, inp: Input, samples: int, options: cons.Options, *, gpu: bool,
+                   job) -> dict:
+    """The consistency summary on the first ``samples`` examples of the input: in this process
+    on its CPU, or with ``gpu`` in a Ray task on a GPU (``job``: the dsm.runtime.driver Job the
+    task runs under), so that a GPU job never ends with a long CPU computation on the driver."""
+    from dsm.runtime.driver import gpu_task
+
+    data = inp.path.url if isinstance(inp.path, Location) else str(inp.path)
+    if not gpu:
+        return consistency_on(model_ref, data, samples, options, "cpu")
+    return gpu_task(job, consistency_on, model_ref, data, samples, options, "cuda")
+
+
+def consistency_on(model_ref: ModelRef, data: str, samples: int, options: cons.Options, device: str) -> dict:
+    """:func:`consistency_of`'s computation, on ``device``."""
     import torch
 
     from dsm.scoring.summary import consistency_summary
     from dsm.train.evaluate import band_edges
 
-    keys, xs = [], []
-    for k, x, _ in iter_examples(inp, samples):
+    model, keys, xs = resolve(model_ref, device), [], []
+    for k, x, _ in iter_examples(open_input(data), samples):
         keys += k
         xs.append(torch.from_numpy(x))
-    x = model.to_model(torch.cat(xs))
+    x = model.to_model(torch.cat(xs).to(device))
     return consistency_summary(model.energy_model, x, keys, band_edges=band_edges(*model.t_range),
                                options=options)
 
@@ -212,18 +257,30 @@ def error_log_path(out: Location) -> Path:
     return Path(tempfile.gettempdir()) / f"dsm-score-{digest}" / "error.log"
 
 
-def _run_job(model_ref: ModelRef, inp: Input, out: Location, spec: ScoreSpec, pending: list[int], *,
-             actors: int, gpu: bool, address: str | None) -> None:
-    """The Ray job over ``pending`` pieces, through dsm.runtime.driver. Its shared-storage check
+def score_job(out: Location, address: str | None, resource_timeout_s: float):
+    """The dsm.runtime.driver Job of a scoring run writing to ``out``. Its shared-storage check
     sees ``out`` as given: a URL as its URL string (s3:// and gs:// pass on any cluster), a
     local folder as its path (refused on more than one node unless declared shared), so the
     parts are written where every node sees them."""
-    from dsm.errors import JobFailed
-    from dsm.runtime.driver import Job, drive
+    from dsm.runtime.driver import Job
 
-    job = Job("score", address, storage=out.path if out.is_local else out.url, error_log=error_log_path(out),
-              resume_hint="re-run the same command to score the rest; finished parts are kept",
-              log_to_driver=False)
+    return Job("score", address, storage=out.path if out.is_local else out.url, error_log=error_log_path(out),
+               resume_hint="re-run the same command to score the rest; finished parts are kept",
+               log_to_driver=False, resource_timeout_s=resource_timeout_s)
+
+
+def _run_job(model_ref: ModelRef, inp: Input, out: Location, spec: ScoreSpec, pending: list[int], *,
+             actors: int, gpu: bool, job) -> None:
+    """The Ray job over ``pending`` pieces, through dsm.runtime.driver (``job``: :func:`score_job`),
+    its actors secured first (at least one must fit; the pool takes as many as the cluster holds)."""
+    import dataclasses
+
+    from dsm.errors import JobFailed
+    from dsm.runtime.cluster import check_local_gpus
+    from dsm.runtime.driver import drive
+
+    job = dataclasses.replace(job, demand=actor_demand(actors, gpu, len(pending)),
+                              check_local=(lambda: check_local_gpus(1, "--gpu")) if gpu else None)
     try:
         drive(job, lambda _: run_pieces(model_ref, inp.path, out, spec, pending, actors=actors, gpu=gpu))
     except JobFailed as e:
@@ -238,18 +295,18 @@ def _run_job(model_ref: ModelRef, inp: Input, out: Location, spec: ScoreSpec, pe
 def score(model_ref: ModelRef, data: str | Path, out: str | Path | Location, spec: ScoreSpec | None = None, *,
           actors: int = 2, gpu: bool = False, model_label: str | None = None,
           consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False,
-          address: str | None = None) -> dict:
+          address: str | None = None, resource_timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Score every example of ``data`` into ``out/parts``; returns the summary (also in scores.json).
     The arguments are :func:`score_table`'s."""
     return score_table(model_ref, data, out, spec, actors=actors, gpu=gpu, model_label=model_label,
                        consistency=consistency, consistency_samples=consistency_samples, restart=restart,
-                       address=address)[0]
+                       address=address, resource_timeout_s=resource_timeout_s)[0]
 
 
 def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Location, spec: ScoreSpec | None = None, *,
                 actors: int = 2, gpu: bool = False, model_label: str | None = None,
                 consistency: cons.Options | None = None, consistency_samples: int = 256, restart: bool = False,
-                address: str | None = None):
+                address: str | None = None, resource_timeout_s: float = DEFAULT_TIMEOUT_S):
     """Score every example of ``data`` into ``out/parts``; returns (summary, the scores table as
     read back from ``out``: a pyarrow Table, one row per example), so that a caller drawing
     figures does not download the parts again.
@@ -264,7 +321,9 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     runs them unless ``--consistency-samples 0``) skips them. restart: discard the scores ``out``
     holds, even of another job, and start afresh. address: the Ray cluster to join (default
     $RAY_ADDRESS, else a local Ray); on more than one node ``out`` must be shared storage
-    (dsm.runtime.storage), or the parts would be scattered over the nodes' disks. A failure of
+    (dsm.runtime.storage), or the parts would be scattered over the nodes' disks.
+    resource_timeout_s: how long to wait for a cluster that can grow to provide one actor (and
+    with ``gpu``, the consistency checks' GPU task, which runs on a GPU too). A failure of
     the Ray job raises dsm.errors.JobFailed, its traceback in the local file
     :func:`error_log_path` names (``out/error.log`` for a local ``out``).
     """
@@ -281,10 +340,11 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     model.to_model(torch.zeros(1, *inp.shape))  # shape check: raises naming both shapes
     if spec.dequantize and not inp.eight_bit:
         raise ValueError(f"--dequantize needs 8-bit images; {inp.path} is not 8-bit")
-    options = job_options(model_ref, model, inp, spec, model_label)
+    options = job_options(model_ref, model, inp, spec, model_label, device="cuda" if gpu else "cpu")
     pending = prepare_out(out, options, restart)
+    job = score_job(out, address, resource_timeout_s)
     if pending:
-        _run_job(model_ref, inp, out, spec, pending, actors=actors, gpu=gpu, address=address)
+        _run_job(model_ref, inp, out, spec, pending, actors=actors, gpu=gpu, job=job)
     table = read_scores(out)
     keys = table.column("key").to_pylist()
     if len(keys) != inp.num_samples or len(set(keys)) != len(keys):
@@ -292,7 +352,8 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     summary = summarize(table, spec.t_grid, model.dim)
     summary["model_mlflow_run_id"] = model.meta.get("mlflow_run_id")  # the training run, for lineage
     if consistency is not None and inp.num_samples >= 2:
-        summary["consistency"] = _consistency(model, inp, max(2, consistency_samples), consistency)
+        summary["consistency"] = consistency_of(model_ref, inp, max(2, consistency_samples), consistency,
+                                                gpu=gpu, job=job)
     write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
                                      "columns": table.column_names})
     return summary, table

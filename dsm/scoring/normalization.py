@@ -18,11 +18,21 @@ from dsm.consistency import log_z_ts
 from dsm.data.inputs import iter_examples, open_input
 from dsm.energy import Energy
 from dsm.normalize import estimate_log_z, log_z_agreement
+from dsm.precision import check_precision, device_kind, precision_scope
 
 
 def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, t: float | None = None,
-                    batch_size: int = 256) -> dict:
-    """Estimate and store log Z; returns the normalization record saved in the bundle."""
+                    batch_size: int = 256, precision: str = "fp32", gpu: bool = False, address: str | None = None,
+                    resource_timeout_s: float | None = None) -> dict:
+    """Estimate and store log Z (nats); returns the normalization record saved in the bundle.
+
+    precision: one of :data:`dsm.precision.PRECISIONS`, the arithmetic of the energy evaluations
+    (U's reductions stay float32 under bf16); recorded with the device in the record.
+    gpu: run the estimate in a Ray task holding one GPU (of the cluster at ``address``, default
+    $RAY_ADDRESS, else a local Ray), waiting at most ``resource_timeout_s`` for it; the held-out
+    examples are read here and sent with the task, so no node needs to see the data.
+    """
+    check_precision(precision)
     b = load_model(path)
     if not isinstance(b.model, Energy):
         raise ValueError(f"{path}: a score-network baseline has no energy to normalize")
@@ -38,13 +48,43 @@ def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, 
     x = torch.cat(xs)
     if b.model_config.arch == "mlp":
         x = x.flatten(1)
-    t = float(t or b.t_range[1])
-    est = estimate_log_z(b.model, x, t, keys=keys, batch_size=batch_size)
-    agree = log_z_agreement(b.model, x, log_z_ts(t), keys=keys, batch_size=batch_size)
-    b.model.log_z.fill_(est.value)
-    record = {**est.as_dict(), "data": str(inp.path),
-              "agreement": {"t": [e.t for e in agree.estimates], "log_z": [e.value for e in agree.estimates],
-                            "stderr": [e.stderr for e in agree.estimates], "chi2": agree.chi2,
-                            "max_abs_diff": agree.max_abs_diff, "consistent": agree.consistent}}
+    args = (b.model, x, keys, float(t or b.t_range[1]), batch_size, precision)
+    if gpu:
+        record = _on_gpu(path, args, address, resource_timeout_s)
+    else:
+        record = log_z_record(*args, device="cpu")
+    b.model.log_z.fill_(record["value"])
+    record = {**record, "data": str(inp.path)}
     save_bundle(path, b.model, b.config, b.shape, b.is_image, normalization=record, meta=b.meta)
     return record
+
+
+def _on_gpu(path: str | Path, args: tuple, address: str | None, resource_timeout_s: float | None) -> dict:
+    """:func:`log_z_record` in a GPU task, through dsm.runtime.driver (failures as one line, the
+    traceback in ``normalize-error.log`` beside the model)."""
+    from dsm.runtime.driver import Job, gpu_task
+    from dsm.runtime.resources import DEFAULT_TIMEOUT_S
+
+    job = Job("normalize", address, storage=None, error_log=Path(path).resolve().parent / "normalize-error.log",
+              resume_hint="re-run the same command", log_to_driver=False,
+              resource_timeout_s=resource_timeout_s or DEFAULT_TIMEOUT_S)
+    return gpu_task(job, _log_z_record_on, args, "cuda")
+
+
+def _log_z_record_on(args: tuple, device: str) -> dict:
+    return log_z_record(*args, device=device)
+
+
+def log_z_record(model: Energy, x: torch.Tensor, keys: list, t: float, batch_size: int, precision: str, *,
+                 device: str) -> dict:
+    """log Z of ``model`` at noise variance ``t`` on held-out ``x`` (B, *event_shape), and the
+    several-t agreement, computed on ``device``: the record :func:`normalize_model` stores
+    (without its data path). The model is moved to ``device``."""
+    model, x = model.to(device), x.to(device)
+    with precision_scope(precision, x.device):
+        est = estimate_log_z(model, x, t, keys=keys, batch_size=batch_size)
+        agree = log_z_agreement(model, x, log_z_ts(t), keys=keys, batch_size=batch_size)
+    return {**est.as_dict(), "precision": precision, "device": device_kind(x.device),
+            "agreement": {"t": [e.t for e in agree.estimates], "log_z": [e.value for e in agree.estimates],
+                          "stderr": [e.stderr for e in agree.estimates], "chi2": agree.chi2,
+                          "max_abs_diff": agree.max_abs_diff, "consistent": agree.consistent}}

@@ -158,10 +158,27 @@ class CheckpointConfig(StrictModel):
 
 
 class ScalingConfig(StrictModel):
-    workers: int = Field(2, ge=1)
-    gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    """The Ray Train workers of a run, checked against the cluster (not this machine) before they start."""
+
+    workers: int = Field(2, ge=1, description="Ray Train workers (ranks); data.batch_size is split across them")
+    gpu: bool = Field(False, description="one GPU per worker (NCCL); a node that gives a GPU without "
+                                         "usable CUDA fails the run in one line")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (also its torch threads)")
+    memory_per_worker_gb: float | None = Field(None, gt=0, description="memory reserved per worker in GiB "
+                                                                       "(none: no reservation)")
     max_failures: int = Field(3, ge=0, description="worker failures survived by restarting from a checkpoint")
+    resource_timeout_s: float = Field(900.0, gt=0, description="seconds to wait for a cluster that can grow "
+                                                               "(an autoscaler) to provide the workers, then fail "
+                                                               "naming what never came")
+
+    def worker_resources(self) -> dict[str, float]:
+        """One worker's Ray resources (``memory`` in bytes), as Ray Train reserves them."""
+        out = {"CPU": self.cpus_per_worker}
+        if self.gpu:
+            out["GPU"] = 1.0
+        if self.memory_per_worker_gb:
+            out["memory"] = self.memory_per_worker_gb * 1024**3
+        return out
 
 
 class TrackingConfig(StrictModel):
@@ -177,6 +194,11 @@ class TrainConfig(StrictModel):
     seed: int = 0
     steps: int = Field(2000, ge=1)
     log_every: int = Field(50, ge=1, description="steps between training-metric rows")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="arithmetic of the training steps: fp32 (float32, TF32 off), tf32 (TF32 matmuls and "
+                            "cuDNN convolutions on GPUs; the same as fp32 on CPU) or bf16 (the network body under "
+                            "bfloat16 autocast; U and its reductions stay float32). Evaluation, log Z and the "
+                            "export always run in fp32; a run may be resumed at another precision")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)

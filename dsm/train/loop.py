@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 from dsm.bundle import save_bundle
-from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source
+from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source, to_unit_float
 from dsm.energy import Energy, unwrap
 from dsm.losses import loss_by_band
+from dsm.precision import precision_scope
 from dsm.seeding import key_seed
 from dsm.step import Collectives, NonFinitePolicy, train_step
 from dsm.store import Location
@@ -46,14 +47,18 @@ from dsm.train.runlog import RunLog
 from dsm.train.state import TrainState, load_state, save_state
 
 
-def _batches(stream: TrainStream, loader_workers: int, start_step: int) -> Iterator[dict]:
-    """Batches forever from the data position of ``start_step`` (epoch, offset within it)."""
+def _batches(stream: TrainStream, loader_workers: int, start_step: int,
+             device: torch.device | None = None) -> Iterator[dict]:
+    """Batches forever from the data position of ``start_step`` (epoch, offset within it).
+
+    One loader for all epochs: its workers start once (set_epoch reaches them through shared
+    memory). device: the consumer's; on CUDA the batches come in pinned memory."""
     per_epoch = stream.batches_per_epoch(loader_workers)
     epoch, offset = divmod(start_step, per_epoch)
+    loader = make_loader(stream, loader_workers, pin_memory=device is not None and device.type == "cuda")
     while True:
         stream.set_epoch(epoch)
-        it = iter(make_loader(stream, loader_workers))
-        yield from islice(it, offset, None)
+        yield from islice(loader, offset, None)
         offset, epoch = 0, epoch + 1
 
 
@@ -66,7 +71,7 @@ def _held_out(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, lis
         if len(keys) >= cfg.eval.samples:
             break
     x = torch.cat(xs)[:cfg.eval.samples]
-    return build.model_input(cfg, x).to(device), keys[:cfg.eval.samples]
+    return build.model_input(cfg, to_unit_float(x, device)), keys[:cfg.eval.samples]
 
 
 def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[str, float]:
@@ -224,6 +229,10 @@ def _start(config: dict) -> Worker:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
+    if cfg.scaling.gpu and device.type != "cuda":  # never train on the CPU of a worker that was given a GPU
+        from dsm.runtime.resources import WorkerDeviceError, cuda_problem, device_report
+
+        raise WorkerDeviceError(f"scaling.gpu: rank {rank}: {cuda_problem(device_report()) or f'device {device}'}")
     shape = build.data_shape(open_source(cfg.data.path))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every repeat of the run
     model = build.build_model(cfg, shape).to(device)
@@ -257,7 +266,9 @@ def _resume(w: Worker, ckpt) -> None:
     if ckpt is None:
         return
     with ckpt.as_directory() as folder:
-        w.state, _ = load_state(folder, model=w.model, optimizer=w.opt, scheduler=w.sched, map_location=w.device,
+        # Read on the CPU: load_state_dict then puts each tensor where a fresh run has it (Adam's
+        # step counters stay on the CPU, the RNG and sampler state too).
+        w.state, _ = load_state(folder, model=w.model, optimizer=w.opt, scheduler=w.sched,
                                 sampler=w.sampler, ema=w.ema, nonfinite=w.state.nonfinite)
     if w.rank == 0:
         _say(f"dsm train: resumed {w.config['run_name']} at step {w.state.step}/{w.cfg.steps}")
@@ -271,7 +282,7 @@ def _open_log(w: Worker) -> None:
     w.log.resume()
     w.flush()  # rows a crash may have kept from MLflow
     w.log.tags({"dsm.device": torch.cuda.get_device_name(w.device) if w.device.type == "cuda" else
-                f"cpu x {w.comm.world} worker(s)"})
+                f"cpu x {w.comm.world} worker(s)", "dsm.precision": w.cfg.precision})
 
 
 def is_progress_step(cfg: TrainConfig, step: int) -> bool:
@@ -289,7 +300,7 @@ def _train(w: Worker) -> str | None:
     """Steps from the state's step to ``cfg.steps``, with progress lines and reports; returns
     why training stopped early (non-finite steps), else None."""
     cfg = w.cfg
-    batches = _batches(w.stream, cfg.data.loader_workers, w.state.step)
+    batches = _batches(w.stream, cfg.data.loader_workers, w.state.step, w.device)
     window, clock = Window(), (time.time(), w.state.step)
     while w.state.step < cfg.steps:
         stopped = _step(w, next(batches), window)
@@ -309,16 +320,18 @@ def _step(w: Worker, batch: dict, window: Window) -> str | None:
     update vetoed on every rank (each rank must still take part in the step's collectives).
     Returns the non-finite policy's reason to stop, or None."""
     t0 = time.perf_counter()
-    x = build.model_input(w.cfg, batch["x"]).to(w.device, non_blocking=True)
-    input_ok = bool(torch.isfinite(x).all())
+    x = build.model_input(w.cfg, to_unit_float(batch["x"], w.device))
+    # 8-bit pixels are finite by construction: no device-to-host sync to check them
+    input_ok = batch["x"].dtype == torch.uint8 or bool(torch.isfinite(x).all())
     if not input_ok:
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         _say(f"dsm train: rank {w.rank}: non-finite values in the input batch at step {w.state.step + 1} "
              f"(keys {batch['key'][:3]}...)", err=True)
     gen = torch.Generator(device=w.device).manual_seed(key_seed(w.state.step, f"train/{w.cfg.seed}/{w.rank}"))
-    res = train_step(w.net, w.opt, w.loss_fn, x, w.sampler, generator=gen, scheduler=w.sched,
-                     max_grad_norm=w.cfg.optim.max_grad_norm, ema=w.ema,
-                     all_finite=lambda ok: w.comm.all_finite(ok and input_ok), all_reduce_sum=w.comm.sum_tensor)
+    with precision_scope(w.cfg.precision, w.device):
+        res = train_step(w.net, w.opt, w.loss_fn, x, w.sampler, generator=gen, scheduler=w.sched,
+                         max_grad_norm=w.cfg.optim.max_grad_norm, ema=w.ema,
+                         all_finite=lambda ok: w.comm.all_finite(ok and input_ok), all_reduce_sum=w.comm.sum_tensor)
     w.state.step += 1
     count = w.state.nonfinite
     stopped = count.after_step(res.finite, w.state.step)
@@ -411,11 +424,12 @@ def _evaluate(w: Worker, step: int) -> dict[str, float]:
     """Rank 0: the held-out evaluation of the final model; the denoising figure to MLflow; the
     best model so far kept as model-best.pt."""
     cfg, held = w.cfg, w.held
-    res = evaluate(w.final, held[0], held[1], loss_fn=w.loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
-                   psnrs=cfg.eval.psnrs if cfg.eval.enabled else [], log_z_t=cfg.eval.log_z_t,
-                   eight_bit=w.eight_bit, batch_size=cfg.eval.batch_size,
-                   grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
-                   consistency=consistency_options(cfg.eval))
+    with precision_scope("fp32", w.device):  # held-out numbers are comparable whatever the training precision
+        res = evaluate(w.final, held[0], held[1], loss_fn=w.loss_fn, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max,
+                       psnrs=cfg.eval.psnrs if cfg.eval.enabled else [], log_z_t=cfg.eval.log_z_t,
+                       eight_bit=w.eight_bit, batch_size=cfg.eval.batch_size,
+                       grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
+                       consistency=consistency_options(cfg.eval))
     if res.denoised:
         fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(w.run_dir / "figures" / f"denoised_{step:08d}.png"))
         w.log.artifact(fig, "figures")
@@ -468,8 +482,9 @@ def _finalize(w: Worker) -> None:
     export = w.run_dir / "model.pt"
     norm = None
     if isinstance(model, Energy):
-        norm = normalize(model, held[0], cfg.eval.log_z_t or cfg.noise.t_max, keys=held[1],
-                         batch_size=cfg.eval.batch_size).as_dict()
+        with precision_scope("fp32", w.device):  # the exported log Z is fp32 whatever the training precision
+            norm = normalize(model, held[0], cfg.eval.log_z_t or cfg.noise.t_max, keys=held[1],
+                             batch_size=cfg.eval.batch_size).as_dict()
     meta = {"run_name": config["run_name"], "step": state.step, "mlflow_run_id": state.mlflow_run_id,
             "selected_by": "last", **config.get("tags", {})}
     save_bundle(export, model, cfg, shape.shape, shape.is_image, normalization=norm, meta=meta)

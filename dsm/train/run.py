@@ -54,12 +54,7 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
     storage = storage_root(storage)  # before the data is prepared: a bad --storage fails at once
     ws = workspace_dir(workspace)
     cfg = resolve_data(cfg, ws, progress=progress)
-    shape = check_buildable(cfg)
-    if cfg.scaling.gpu:
-        import torch
-
-        if not torch.cuda.is_available() and not (os.environ.get("RAY_ADDRESS")):
-            raise ConfigError("scaling.gpu: no CUDA device here; drop --gpu or give --address of a GPU cluster")
+    shape = check_buildable(cfg)  # GPUs are the cluster's business: checked once Ray is joined
     name = cfg.run_name(stem)
     run_dir = ws / "runs" / name
     outputs = (Location.of(storage) / name).url if storage else None
@@ -70,10 +65,12 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
     return p
 
 
-# Top-level config sections a resumed run may change: how long it runs, how often it reports,
-# checkpoints and evaluates, and where it logs. Everything else shapes the weights, the optimizer
-# or the data order that the checkpoint holds.
-RESUME_MAY_CHANGE = ("name", "steps", "log_every", "checkpoint", "eval", "tracking")
+# Config sections (and single fields) a resumed run may change: how long it runs, how often it
+# reports, checkpoints and evaluates, where it logs, its arithmetic, and how it waits for and
+# survives the cluster. Everything else shapes the weights, the optimizer or the data order that
+# the checkpoint holds.
+RESUME_MAY_CHANGE = ("name", "steps", "log_every", "checkpoint", "eval", "tracking", "precision",
+                     "scaling.max_failures", "scaling.resource_timeout_s", "scaling.memory_per_worker_gb")
 
 
 def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> None:
@@ -94,7 +91,8 @@ def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> None:
                           f"give another name= or delete {run_dir}") from None
     now, then = flatten(cfg.model_dump(mode="json")), flatten(stored)
     differ = sorted(k for k in now.keys() | then.keys()
-                    if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE)
+                    if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE
+                    and k not in RESUME_MAY_CHANGE)
     if differ:
         shown = (", ".join(f"{k} ({then.get(k)} -> {now.get(k)})" for k in differ[:4])
                  + (" ..." if len(differ) > 4 else ""))
@@ -125,13 +123,18 @@ def _last_checkpoint_config(run_dir: Location) -> tuple[dict, str | None]:
 
 
 def check_local_resources(cfg: TrainConfig) -> None:
-    """On a local Ray, the workers must fit this machine (else Ray waits forever)."""
+    """Before a local Ray starts (no --address, no $RAY_ADDRESS): the workers must fit this
+    machine, CPUs and GPUs (else Ray would wait forever)."""
     need = cfg.scaling.workers * cfg.scaling.cpus_per_worker
     have = os.cpu_count() or 1
     if need > have:
         raise ConfigError(f"scaling: {cfg.scaling.workers} workers x {cfg.scaling.cpus_per_worker:g} CPUs = "
                           f"{need:g} CPUs, but this machine has {have}; lower scaling.workers or "
                           "scaling.cpus_per_worker, or give --address of a cluster")
+    if cfg.scaling.gpu:
+        from dsm.runtime.cluster import check_local_gpus
+
+        check_local_gpus(cfg.scaling.workers, "scaling.gpu")
 
 
 def open_tracking(p: Plan, extra_tags: dict[str, str] | None = None,
@@ -175,9 +178,7 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
 
     cfg = p.cfg
     p.run_dir.mkdir(parents=True, exist_ok=True)
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
-    if cfg.scaling.gpu:
-        resources["GPU"] = 1
+    resources = cfg.scaling.worker_resources()
     return TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": p.name, "tracking_uri": uri,
@@ -269,11 +270,14 @@ def train(p: Plan, address: str | None = None, log_to_driver: bool = True, regis
     the exported model's path, which is also logged as the run's MLflow model (and registered
     as a version of ``register``). Raises dsm.errors.JobFailed, Interrupted or NonFiniteTraining."""
     from dsm.runtime.driver import Job, Tracking, drive
+    from dsm.runtime.resources import Demand
     from dsm.runtime.tracking import tracking_uri
 
+    scaling = p.cfg.scaling
     job = Job("train", address, storage=p.out.parent.url, error_log=p.run_dir / ERROR_LOG,
               resume_hint=f"re-run the same command to resume {p.name!r} from its last checkpoint",
-              check_local=lambda: check_local_resources(p.cfg), log_to_driver=log_to_driver)
+              check_local=lambda: check_local_resources(p.cfg), log_to_driver=log_to_driver,
+              demand=Demand(scaling.worker_resources(), scaling.workers), resource_timeout_s=scaling.resource_timeout_s)
     opened: dict = {}
 
     def open_run() -> str | None:

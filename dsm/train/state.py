@@ -68,8 +68,7 @@ def save_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
 
 
 def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: Any, map_location: str | torch.device = "cpu", sampler: Any = None,
-               ema: torch.nn.Module | None = None,
+               scheduler: Any, sampler: Any = None, ema: torch.nn.Module | None = None,
                nonfinite: NonFinitePolicy | None = None) -> tuple[TrainState, dict]:
     """Restore model, optimizer and scheduler (and a weight EMA, and the non-finite policy's
     counts) in place from ``folder/state.pt``; returns the counters and the raw blob (for its
@@ -77,12 +76,20 @@ def load_state(folder: str | Path, *, model: torch.nn.Module, optimizer: torch.o
 
     An EMA asked for but absent from the checkpoint (``optim.ema_decay`` added on resume)
     restarts from the restored weights, with a warning.
+
+    The file is always read onto the CPU, whatever device the model is on: each
+    ``load_state_dict`` then puts its tensors where a fresh run has them. The model's and EMA's
+    copy into their parameters; the optimizer's moments go to their parameter's device, and
+    Adam's ``step`` counters stay on the CPU (torch moves them only for a fused or capturable
+    optimizer). A counter on the GPU would make foreach Adam read it back to the host for
+    every parameter at every step; the RNG state must be a CPU tensor, and the t sampler's
+    state is too.
     """
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint has no {STATE_FILE}")
     # weights_only: a state.pt handed over (or swapped into the run folder) must not run code on resume
-    blob = load_torch_file(path, "dsm training checkpoint", map_location)
+    blob = load_torch_file(path, "dsm training checkpoint", "cpu")
     model.load_state_dict(blob["model"])
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])

@@ -210,7 +210,8 @@ def _trial_cfg(plan: SweepPlan, params: dict[str, Any], what: str, prepare: bool
 
 
 def check_local_cpus(plan: SweepPlan, cpus: float | None = None) -> None:
-    """One trial must fit the CPUs (of this machine, or of the cluster when given)."""
+    """Before a local Ray starts: one trial must fit this machine's CPUs (or ``cpus``), and its
+    GPUs when the trials ask for them. (A joined cluster is checked by dsm.runtime.resources.)"""
     have = cpus if cpus is not None else float(os.cpu_count() or 1)
     cfgs = [t.cfg for t in plan.trials] if plan.trials else [plan.base]
     need = max(plan.trial_cpus(c) for c in cfgs)
@@ -219,6 +220,11 @@ def check_local_cpus(plan: SweepPlan, cpus: float | None = None) -> None:
         raise ConfigError(f"resources: one trial needs {need:g} CPUs (trial_cpu {r.trial_cpu:g} + workers x "
                           f"cpus_per_worker), but {have:g} are available; lower resources.workers or "
                           "resources.cpus_per_worker, or give --address of a larger cluster")
+    gpus = max((c.scaling.workers for c in cfgs if c.scaling.gpu), default=0)
+    if gpus:
+        from dsm.runtime.cluster import check_local_gpus
+
+        check_local_gpus(gpus, "resources.gpu")
 
 
 def describe(plan: SweepPlan) -> str:

@@ -138,27 +138,33 @@ def _log_parent(plan: SweepPlan, parent: str | None, results: list[TrialResult],
         best_effort("tune", tracking_uri(plan.workspace), log)
 
 
-def _cluster_cpus() -> float:
-    import ray
+def trial_demand(plan: SweepPlan):
+    """What one trial places (its Ray Train workers, and the function that drives them), for the
+    largest trial of the sweep: the cluster must hold at least that (dsm.runtime.resources)."""
+    from dsm.runtime.resources import Demand
 
-    return float(ray.cluster_resources().get("CPU", 0.0))
+    cfgs = [t.cfg for t in plan.trials] if plan.trials else [plan.base]
+    big = max(cfgs, key=lambda c: (c.scaling.gpu * c.scaling.workers, plan.trial_cpus(c)))
+    r = plan.spec.resources
+    return Demand(big.scaling.worker_resources(), big.scaling.workers,
+                  extra=[{"CPU": r.trial_cpu, "memory": r.trial_memory_mb * 2**20}])
 
 
 def concurrency(plan: SweepPlan) -> int:
-    """Trials training at once: ``max_concurrent``, else as many as the cluster's CPUs (and
-    GPUs) hold, at least one."""
-    import ray
+    """Trials training at once: ``max_concurrent``, else as many as the cluster's CPUs and GPUs
+    hold at their ceiling (the nodes alive, plus what an autoscaler can add when Ray tells),
+    at least one. A head with 0 CPUs counts for nothing, not against the sweep."""
+    from dsm.runtime.resources import capacity
 
     if plan.spec.max_concurrent:
         return plan.spec.max_concurrent
-    res = ray.cluster_resources()
+    ceiling = capacity().ceiling
     cfgs = [t.cfg for t in plan.trials] if plan.trials else [plan.base]
     fits = []
     for c in cfgs:
-        n = math.floor((res.get("CPU", 0.0) + 1e-9) / plan.trial_cpus(c))
-        if c.scaling.gpu:
-            n = min(n, math.floor(res.get("GPU", 0.0) / c.scaling.workers))
-        fits.append(n)
+        per = {k: v * c.scaling.workers for k, v in c.scaling.worker_resources().items()}
+        per["CPU"] = plan.trial_cpus(c)
+        fits.append(min(math.floor((ceiling.get(k, 0.0) + 1e-9) / v) for k, v in per.items() if v > 0))
     return max(1, min(fits))
 
 
@@ -171,8 +177,8 @@ def run(plan: SweepPlan, address: str | None = None, verbose: bool = False) -> P
 
     job = Job("tune", address, storage=plan.experiment.parent.url, error_log=plan.folder / "error.log",
               resume_hint=f"re-run the same command to resume sweep {plan.name!r}",
-              check_local=lambda: check_local_cpus(plan), check_cluster=lambda: check_local_cpus(plan, _cluster_cpus()),
-              log_to_driver=verbose)
+              check_local=lambda: check_local_cpus(plan), log_to_driver=verbose,
+              demand=trial_demand(plan), resource_timeout_s=plan.base.scaling.resource_timeout_s)
     return drive(job, lambda parent: _sweep(plan, parent),
                  Tracking(tracking_uri(plan.workspace), lambda: _open_parent(plan)))
 

@@ -113,7 +113,7 @@ class SweepSpec(StrictModel):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent: int = Field(0, ge=0, description="trials training at once (0: as many as the cluster's "
-                                                      "CPUs and GPUs hold)")
+                                                      "CPUs and GPUs hold, counting what its autoscaler can add)")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dsm.data.shards import Manifest, ShardError, ShardSource, write_split
-from dsm.data.stream import EvalStream, TrainStream, make_loader
+from dsm.data.stream import EvalStream, TrainStream, make_loader, to_unit_float
 from dsm.data.verify import verify
 from dsm.store import Location
 from tests import servers
@@ -110,7 +110,7 @@ def test_shards_are_written_straight_to_a_bucket_and_verified_there(bucket, tmp_
     assert sorted(Location.of(url).listing()) == ["manifest.json", *(f"train-{i:06d}.tar" for i in range(4))]
     assert Manifest.load(url).num_samples == 30 == m.num_samples
     assert verify(f"{bucket}/made") == []
-    x = torch.cat([b["x"] for b in EvalStream(url, batch_size=30)])
+    x = to_unit_float(torch.cat([b["x"] for b in EvalStream(url, batch_size=30)]))
     assert torch.equal(x, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float() / 255)
     with pytest.raises(FileExistsError, match="already holds split 'train'"):
         write_split(url, "train", iter([]), shape=(3, 8, 8), source="test", progress=False)

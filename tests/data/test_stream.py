@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+import dsm.data.stream as stream_module
 from dsm.data.npy import NpySource
 from dsm.data.shards import ShardError
-from dsm.data.stream import EvalStream, TrainStream, make_loader
+from dsm.data.stream import EvalStream, TrainStream, make_loader, to_unit_float
 from tests.data._util import write_shards
 
 
 def _as_uint8_hwc(x: torch.Tensor) -> np.ndarray:
-    return (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    if x.dtype != torch.uint8:
+        x = (x * 255).round().to(torch.uint8)
+    return x.permute(1, 2, 0).numpy()
 
 
 def test_exact_mode_two_ranks_two_workers_sees_every_sample_once(shards):
@@ -29,8 +32,7 @@ def test_exact_mode_two_ranks_two_workers_sees_every_sample_once(shards):
             batches = list(loader)
             assert len(batches) == stream.batches_per_epoch() == 10
             for b in batches:
-                assert b["x"].dtype == torch.float32 and b["x"].shape[1:] == (3, 8, 8)
-                assert 0.0 <= b["x"].min() and b["x"].max() <= 1.0
+                assert b["x"].dtype == torch.uint8 and b["x"].shape[1:] == (3, 8, 8)  # bytes through the loader
                 for key, x in zip(b["key"], b["x"]):
                     img = _as_uint8_hwc(x)
                     if np.array_equal(img, written[key]):
@@ -186,3 +188,63 @@ def test_npy_bad_input(tmp_path):
     with pytest.raises(ShardError, match="a.npy: cannot tell the channel axis"):
         NpySource(tmp_path / "a.npy")
     assert NpySource(tmp_path / "a.npy", layout="nhwc").shape == (5, 5, 5)
+
+
+def test_to_unit_float_is_k_over_255_and_passes_floats_through():
+    k = torch.arange(256, dtype=torch.uint8)
+    before = k.float().div_(255.0)  # what the loader workers computed before handing over bytes
+    got = to_unit_float(k.reshape(4, 1, 8, 8))
+    assert got.dtype == torch.float32 and got.shape == (4, 1, 8, 8)
+    assert torch.equal(got.flatten().view(torch.int32), before.view(torch.int32))  # bit for bit
+    assert got.min() == 0.0 and got.max() == 1.0
+    table = stream_module._unit_table(torch.device("cpu"))  # what other devices look k up in
+    assert torch.equal(table.view(torch.int32), before.view(torch.int32))
+    v = torch.randn(5, 3)
+    assert torch.equal(to_unit_float(v, "cpu"), v)
+    assert to_unit_float(k, "meta").device.type == "meta"  # converted on the device it is sent to
+
+
+def test_eight_bit_batches_are_bytes_and_convert_as_before(shards):
+    folder, written = shards
+    stream = TrainStream(folder, batch_size=6, seed=2, flips=True, batches_per_epoch=4, shuffle_buffer=12)
+    for b in make_loader(stream, num_workers=1):
+        assert b["x"].dtype == torch.uint8 and b["x"].shape == (6, 3, 8, 8) and b["x"].is_contiguous()
+        x = to_unit_float(b["x"])
+        for key, img, xf in zip(b["key"], b["x"], x):
+            orig = written[key]
+            assert np.array_equal(_as_uint8_hwc(img), orig) or np.array_equal(_as_uint8_hwc(img), orig[:, ::-1])
+            assert torch.equal(xf, img.float() / 255)
+
+
+def _record_start(path, worker_id: int) -> None:
+    torch.set_num_threads(1)
+    with open(path, "a") as f:
+        f.write(f"{worker_id}\n")
+
+
+def test_set_epoch_reaches_persistent_loader_workers(shards, tmp_path, monkeypatch):
+    """One loader over several epochs: its workers start once and still read each new epoch."""
+    import functools
+
+    folder, _ = shards
+    starts = tmp_path / "starts"
+    monkeypatch.setattr(stream_module, "_one_thread", functools.partial(_record_start, starts))
+
+    def keys(loader):
+        return [k for b in loader for k in b["key"]]
+
+    def fresh(epoch):  # a new stream and loader per epoch, as before workers persisted
+        s = TrainStream(folder, batch_size=4, mode="exact", seed=5, flips=True, shuffle_buffer=8)
+        s.set_epoch(epoch)
+        return keys(make_loader(s, num_workers=2))
+
+    expected = [fresh(e) for e in range(3)]
+    starts.unlink()
+    stream = TrainStream(folder, batch_size=4, mode="exact", seed=5, flips=True, shuffle_buffer=8)
+    loader = make_loader(stream, num_workers=2)
+    got = []
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        got.append(keys(loader))
+    assert got == expected and expected[0] != expected[1]
+    assert sorted(starts.read_text().split()) == ["0", "1"], "two workers, started once for three epochs"

@@ -10,23 +10,16 @@ from mlflow.tracking import MlflowClient
 import dsm.api
 from dsm.bundle import save_bundle
 from dsm.cli import main
-from dsm.config import load_config
 from dsm.data.shards import sha256_file
 from dsm.runtime import mlmodel
 from dsm.runtime.tracking import tracking_uri, use_experiment
-from dsm.train import build
-from dsm.train.config import TrainConfig
+from tests.models import perturbed_smoke_unet
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A digits-smoke UNet energy with random weights (so U is not trivially 0) and a log Z."""
-    cfg = load_config(TrainConfig, "configs/digits-smoke.yaml")
-    torch.manual_seed(0)
-    model = build.build_model(cfg, build.DataShape((1, 8, 8), True))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model, cfg = perturbed_smoke_unet()
     return save_bundle(tmp_path_factory.mktemp("model") / "model.pt", model, cfg, (1, 8, 8), True,
                        normalization={"value": 3.0, "stderr": 0.1, "t": 1e3, "n": 10})
 

@@ -181,6 +181,31 @@ def test_a_changed_model_or_data_makes_a_new_job(tmp_path, capsys):
     assert json.loads((out / "scores.json").read_text())["options"]["data_sha256"] == opts["data_sha256"]
 
 
+@pytest.mark.parametrize("spec_kw, device, differs", [
+    ({"precision": "bf16"}, "cpu", "precision"),
+    ({}, "cuda", "device"),
+])
+def test_a_resumed_job_keeps_its_precision_and_device(tmp_path, spec_kw, device, differs):
+    """Parts scored in other arithmetic differ in the last digits: one table must not mix them,
+    so a re-run at another precision or on another device is refused, naming which."""
+    from dsm.api import load
+    from dsm.data.inputs import open_input
+    from dsm.scoring.job import job_options, prepare_out
+
+    model, data, out = _vector_bundle(tmp_path), tmp_path / "data.npy", tmp_path / "out"
+    np.save(data, np.zeros((10, 4), np.float32))
+    inp, loaded = open_input(data), load(model)
+    first = job_options(model, loaded, inp, ScoreSpec(t_grid=()))
+    assert first["precision"] == "fp32" and first["device"] == "cpu"
+    assert prepare_out(out, first) == [0]
+    assert json.loads((out / "scores.json").read_text())["options"]["precision"] == "fp32"
+    again = job_options(model, loaded, inp, ScoreSpec(t_grid=(), **spec_kw), device=device)
+    with pytest.raises(ValueError, match=rf"differs in {differs}\)"):
+        prepare_out(out, again)
+    assert prepare_out(out, again, restart=True) == [0]
+    assert prepare_out(out, again) == [0]  # the new job resumes itself
+
+
 def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
     model = _vector_bundle(tmp_path)
     data, out = tmp_path / "data.npy", tmp_path / "out.txt"

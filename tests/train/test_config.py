@@ -24,10 +24,17 @@ SMOKE = str(REPO / "configs" / "digits-smoke.yaml")
     (["data.dataset=nope"], "data.dataset"),
     (["noise.sampler=cubic"], "noise.sampler"),
     (["optim.ema_decay=1.5"], "optim.ema_decay"),
+    (["precision=fp16"], "precision"),  # fp16 is not offered: the network output overflows its range
 ])
 def test_invalid_fields_are_named(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config(TrainConfig, SMOKE, overrides)
+
+
+def test_precision_defaults_to_fp32_and_takes_bf16():
+    assert load_config(TrainConfig, SMOKE).precision == "fp32"
+    cfg = load_config(TrainConfig, SMOKE, ["precision=bf16"])
+    assert cfg.precision == "bf16" and cfg.fingerprint() != load_config(TrainConfig, SMOKE).fingerprint()
 
 
 def test_shipped_configs_validate():

@@ -1,6 +1,11 @@
 """The worker loop's console hygiene (the loop itself runs in tests/train/test_run.py)."""
 
+import functools
 import logging
+from itertools import islice
+
+import pytest
+import torch
 
 from dsm.train.loop import quiet_ray_train_logs
 
@@ -56,3 +61,42 @@ def test_every_rank_reports_at_the_same_steps_and_the_last_step_always():
     cfg = load_config(TrainConfig, "configs/digits-smoke.yaml", ["steps=250", "checkpoint.every=100", "log_every=30"])
     assert [s for s in range(1, 251) if is_report_step(cfg, s)] == [100, 200, 250]
     assert [s for s in range(1, 251) if is_progress_step(cfg, s)][-2:] == [240, 250]
+
+
+def _record_start(path, worker_id: int) -> None:
+    torch.set_num_threads(1)
+    with open(path, "a") as f:
+        f.write(f"{worker_id}\n")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_training_batches_cross_epochs_and_resume_as_before_with_workers_started_once(tmp_path, monkeypatch, workers):
+    """_batches over an epoch boundary, from the start and from a resumed step, gives the
+    batches that one fresh loader per epoch gave (as before loader workers persisted), and its
+    loader workers start once. 5 batches per epoch: with 2 workers one yields 3, the other 2."""
+    import dsm.data.stream as stream_module
+    from dsm.data.stream import TrainStream, to_unit_float
+    from dsm.train.loop import _batches
+    from tests.data._util import write_shards
+
+    write_shards(tmp_path / "train", 83, shard_size=10)
+
+    def stream():
+        return TrainStream(tmp_path / "train", batch_size=6, seed=4, flips=True, batches_per_epoch=5, shuffle_buffer=16)
+
+    before = []  # per epoch a new DataLoader (workers not persistent) and the loader's old k/255
+    for epoch in range(3):
+        s = stream()
+        s.set_epoch(epoch)
+        for b in torch.utils.data.DataLoader(s, batch_size=None, num_workers=workers):
+            before.append((b["key"], b["label"], b["x"].float().div_(255.0)))
+    starts = tmp_path / "starts"
+    monkeypatch.setattr(stream_module, "_one_thread", functools.partial(_record_start, starts))
+    for start in (0, 3, 7):  # fresh, resumed mid-epoch 0, resumed mid-epoch 1
+        got = list(islice(_batches(stream(), workers, start), 15 - start))
+        assert len(got) == len(before[start:])
+        for (keys, labels, x), b in zip(before[start:], got):
+            assert b["key"] == keys and torch.equal(b["label"], labels) and b["x"].dtype == torch.uint8
+            assert torch.equal(to_unit_float(b["x"]).view(torch.int32), x.view(torch.int32))
+        assert sorted(starts.read_text().split()) == [str(i) for i in range(workers)], "once, not per epoch"
+        starts.unlink()

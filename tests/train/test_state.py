@@ -1,5 +1,7 @@
 """Checkpoint contents: resuming from a saved state continues exactly as if never stopped."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -102,3 +104,36 @@ def test_a_checkpoint_that_would_run_code_is_refused_on_resume(make_cfg, tmp_pat
     with pytest.raises(ValueError, match="not a trusted dsm training checkpoint") as e:
         load_state(tmp_path, model=model, optimizer=opt, scheduler=sched)
     assert not (tmp_path / "pwned").exists() and "weights_only" not in str(e.value)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_resume_keeps_adam_step_counters_where_torch_puts_them(tmp_path, fused):
+    """The checkpoint is read onto the CPU, whatever device the model is on, and the optimizer
+    places its state: the moments on the parameters' device, the step counters on the CPU (on
+    the parameters' device only for a fused optimizer). A model on 'meta' stands in for a GPU:
+    reading the file onto the model's device would put every counter there."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-3, fused=fused)
+    sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=2)
+    for _ in range(3):
+        opt_a.zero_grad()
+        a(torch.randn(16, 4)).square().mean().backward()
+        opt_a.step()
+        sched_a.step()
+    save_state(tmp_path, model=a, optimizer=opt_a, scheduler=sched_a, state=TrainState(step=3), config={},
+               batches_per_epoch=4, world_size=1)
+
+    b = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to("meta")
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-3, fused=fused)
+    sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")  # no weights on meta
+        state, _ = load_state(tmp_path, model=b, optimizer=opt_b, scheduler=sched_b)
+    assert state.step == 3 and len(opt_b.state) == 4
+    for p in b.parameters():
+        st = opt_b.state[p]
+        assert st["exp_avg"].device.type == st["exp_avg_sq"].device.type == "meta"
+        assert st["step"].device.type == ("meta" if fused else "cpu") and st["step"].dtype == torch.float32
+        if not fused:
+            assert float(st["step"]) == 3
