@@ -40,15 +40,18 @@ def fit(model: nn.Module, loss_fn, sample_data: Callable[[int, torch.Generator],
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the data's draws, on the CPU where sample_data's tensors are
+    # The steps' noise and t draw on the model's device; on the CPU that is the same generator, as always.
+    device = next(model.parameters()).device
+    step_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * final_lr_fraction)
     ema = weight_ema(model, ema_decay)
     losses, policy = [], NonFinitePolicy(max_bad_steps)
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
     for i in bar:
-        x = sample_data(batch_size, gen)
-        res = train_step(model, opt, loss_fn, x, sampler, generator=gen, scheduler=sched,
+        x = sample_data(batch_size, gen).to(device)
+        res = train_step(model, opt, loss_fn, x, sampler, generator=step_gen, scheduler=sched,
                          max_grad_norm=max_grad_norm, ema=ema)
         stop = policy.after_step(res.finite, i + 1)
         if stop:

@@ -68,7 +68,7 @@ def dequantize(k: torch.Tensor, generator: torch.Generator | None = None,
     if k.dtype != torch.uint8:
         raise ValueError(f"dequantize expects uint8 pixel values, got {k.dtype}")
     if u is None:
-        u = torch.rand(k.shape, generator=generator)
+        u = torch.rand(k.shape, generator=generator).to(k.device)  # a CPU generator's draws, on k's device
     return (k.float() + u) / 256.0
 
 
