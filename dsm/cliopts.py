@@ -21,10 +21,10 @@ def add_address(parser: argparse.ArgumentParser, help: str = ADDRESS_HELP) -> No
 def add_gpu_options(parser: argparse.ArgumentParser, gpu_help: str) -> None:
     """``--gpu`` and ``--resource-timeout``: GPUs are asked of the cluster (dsm.runtime.resources),
     which may take a while to provide them when it grows on demand."""
-    from dsm.runtime.resources import DEFAULT_TIMEOUT_S
+    from dsm.runtime.resources import DEFAULT_TIMEOUT_S, RESOURCE_TIMEOUT_FLAG
 
     parser.add_argument("--gpu", action="store_true", help=gpu_help)
-    parser.add_argument("--resource-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+    parser.add_argument(RESOURCE_TIMEOUT_FLAG, type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                         help="seconds to wait for a cluster that can grow to provide the workers, then fail "
                              f"naming what never came (default {DEFAULT_TIMEOUT_S:g})")
 

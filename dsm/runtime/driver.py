@@ -111,9 +111,9 @@ def gpu_task(job: Job, fn: Callable[..., T], *args, cpus: float = 1.0) -> T:
     import ray
 
     from dsm.runtime.cluster import check_local_gpus
-    from dsm.runtime.resources import Demand
+    from dsm.runtime.resources import RESOURCE_TIMEOUT_FLAG, Demand
 
     per = {"CPU": cpus, "GPU": 1.0}
-    job = dataclasses.replace(job, demand=Demand(per, 1, unit="GPU task", timeout_field="--resource-timeout"),
+    job = dataclasses.replace(job, demand=Demand(per, 1, unit="GPU task", timeout_field=RESOURCE_TIMEOUT_FLAG),
                               check_local=job.check_local or (lambda: check_local_gpus(1, "--gpu")))
     return drive(job, lambda _: ray.get(ray.remote(fn).options(num_cpus=cpus, num_gpus=1).remote(*args)))

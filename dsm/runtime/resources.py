@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from dsm.config import ConfigError
 
 DEFAULT_TIMEOUT_S = 900.0  # a cloud GPU node takes minutes to boot and pull its image
+RESOURCE_TIMEOUT_FLAG = "--resource-timeout"  # the timeout's option on commands without a training config
 QUIET_WAIT_S = 2.0  # placement that takes longer than this is announced
 GIB = 1024**3
 

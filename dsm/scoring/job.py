@@ -29,7 +29,7 @@ from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
 from dsm.data.inputs import Input, iter_examples, open_input
 from dsm.data.shards import sha256_file
-from dsm.runtime.resources import DEFAULT_TIMEOUT_S
+from dsm.runtime.resources import DEFAULT_TIMEOUT_S, RESOURCE_TIMEOUT_FLAG
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
 from dsm.store import Location, StoreError, writable_location
 
@@ -151,7 +151,7 @@ def actor_demand(actors: int, gpu: bool, pending: int, cpus_per_actor: float = 0
     from dsm.runtime.resources import Demand
 
     per = {"CPU": cpus_per_actor, "GPU": 1.0 if gpu else 0.0}
-    return Demand(per, max(1, min(actors, pending)), unit="actor", at_least=1, timeout_field="--resource-timeout")
+    return Demand(per, max(1, min(actors, pending)), unit="actor", at_least=1, timeout_field=RESOURCE_TIMEOUT_FLAG)
 
 
 def actor_pool(demand):
@@ -216,16 +216,17 @@ def read_scores(out: str | Path | Location):
     return table.sort_by("key")
 
 
-def consistency_of(model_ref: ModelRef, inp: Input, samples: int, options: cons.Options, *, gpu: bool,
+def consistency_of(model_ref: ModelRef, model, inp: Input, samples: int, options: cons.Options, *, gpu: bool,
                    job) -> dict:
     """The consistency summary on the first ``samples`` examples of the input: in this process
-    on its CPU, or with ``gpu`` in a Ray task on a GPU (``job``: the dsm.runtime.driver Job the
-    task runs under), so that a GPU job never ends with a long CPU computation on the driver."""
+    on its CPU with ``model`` (``model_ref`` already loaded), or with ``gpu`` in a Ray task that
+    loads ``model_ref`` on a GPU (``job``: the dsm.runtime.driver Job the task runs under), so
+    that a GPU job never ends with a long CPU computation on the driver."""
     from dsm.runtime.driver import gpu_task
 
     data = inp.path.url if isinstance(inp.path, Location) else str(inp.path)
     if not gpu:
-        return consistency_on(model_ref, data, samples, options, "cpu")
+        return consistency_on(lambda: model, data, samples, options, "cpu")
     return gpu_task(job, consistency_on, model_ref, data, samples, options, "cuda")
 
 
@@ -352,7 +353,7 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     summary = summarize(table, spec.t_grid, model.dim)
     summary["model_mlflow_run_id"] = model.meta.get("mlflow_run_id")  # the training run, for lineage
     if consistency is not None and inp.num_samples >= 2:
-        summary["consistency"] = consistency_of(model_ref, inp, max(2, consistency_samples), consistency,
+        summary["consistency"] = consistency_of(model_ref, model, inp, max(2, consistency_samples), consistency,
                                                 gpu=gpu, job=job)
     write_json(out / OPTIONS_FILE, {"options": options, "status": "finished", "summary": summary,
                                      "columns": table.column_names})
