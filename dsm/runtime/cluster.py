@@ -112,10 +112,11 @@ def start_reaper() -> None:
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def reap_after(driver_pid: int, poll_s: float = 1.0, grace_s: float = REAPER_GRACE_S) -> list[int]:
+def reap_after(driver_pid: int, poll_s: float = 1.0, grace_s: float = REAPER_GRACE_S,
+               term_s: float = 2.0) -> list[int]:
     """Wait for ``driver_pid`` to exit, remembering its descendants meanwhile (Ray starts
-    workers as it goes); then, after ``grace_s``, SIGTERM and at last SIGKILL those still
-    running. Returns the pids it had to stop."""
+    workers as it goes); then, after ``grace_s``, SIGTERM and, ``term_s`` later, SIGKILL those
+    still running. Returns the pids it had to stop."""
     import time
 
     import psutil
@@ -132,7 +133,7 @@ def reap_after(driver_pid: int, poll_s: float = 1.0, grace_s: float = REAPER_GRA
     left = [p for p in seen.values() if p.is_running()]  # is_running also checks the start time (pid reuse)
     for p in left:
         _signal(p, "terminate")
-    _, alive = psutil.wait_procs(left, timeout=2)  # the hung agents ignore SIGTERM
+    _, alive = psutil.wait_procs(left, timeout=term_s)  # the hung agents ignore SIGTERM
     for p in alive:
         _signal(p, "kill")
     psutil.wait_procs(alive, timeout=2)

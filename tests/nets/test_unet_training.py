@@ -1,4 +1,4 @@
-"""A small UNet energy trained on 8x8 digits on the CPU (slow: about two minutes)."""
+"""A small UNet energy trained on 8x8 digits on the CPU (slow: about a minute)."""
 
 import pytest
 import torch
@@ -35,8 +35,10 @@ def test_unet_energy_learns_digits(digits):
         return float(loss(m, test, t_eval, z_eval).dsm.mean().detach())
 
     before = denoising_loss(model)
+    # 1000 steps (was 1500): held-out NLL -1.436 bits/dim against the Gaussian's -1.264 (seed 1: -1.472),
+    # denoising loss x0.28 (bound x0.8); at 600 steps the NLL (-0.99) does not beat the Gaussian.
     res = fit(model, loss, lambda n, gen: train[torch.randint(0, len(train), (n,), generator=gen)],
-              noise.make_t_sampler("log_uniform", T_MIN, T_MAX), steps=1500, batch_size=128, lr=1e-3,
+              noise.make_t_sampler("log_uniform", T_MIN, T_MAX), steps=1000, batch_size=128, lr=1e-3,
               progress=False)
     after = denoising_loss(res.model)
     assert res.skipped == 0

@@ -23,8 +23,11 @@ def _log(client, run_id: str, nll: list[float], log_z: float, step_s: list[float
     client.log_batch(run_id, metrics=rows)
 
 
-@pytest.fixture
-def workspace(tmp_path):
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """One store for the module (its SQLite schema is made once): the tests only read the runs;
+    `dsm compare` adds its own run under dsm-compare, which only a successful compare makes."""
+    tmp_path = tmp_path_factory.mktemp("compare-ws")
     uri = tracking_uri(tmp_path)
     client = MlflowClient(uri)
     a = open_run("dsm-train", "run-a", uri, tmp_path, {}, {})

@@ -1,6 +1,8 @@
 """The local Ray that dsm starts: who can reach it, and what is left of it after a killed driver
-(issue #17). Each slow test starts its own Ray in a child process, with RAY_AUTH_MODE unset as
-a user's shell has it (the test session disables it for its own cluster)."""
+(issue #17). The slow tests' Ray is started in a child process, with RAY_AUTH_MODE unset as
+a user's shell has it (the test session disables it for its own cluster). One child serves both
+(a local Ray's start is 5-10 s): the probe only asks and is refused, which leaves the child as it
+was; the kill test, which ends it, comes last, and a test that finds it ended starts another."""
 
 from __future__ import annotations
 
@@ -43,6 +45,22 @@ def _start_child(tmp_path) -> tuple[subprocess.Popen, str]:
     line = proc.stdout.readline()
     assert line, "the child did not start Ray"
     return proc, json.loads(line)["gcs"]
+
+
+@pytest.fixture(scope="module")
+def live_child(tmp_path_factory):
+    """``live_child()``: (the module's child process, its GCS address), started on first use and
+    again when a test has ended it; whatever is left is stopped after the module."""
+    started: list[tuple[subprocess.Popen, str]] = []
+
+    def live() -> tuple[subprocess.Popen, str]:
+        if not started or started[-1][0].poll() is not None:
+            started.append(_start_child(tmp_path_factory.mktemp("ray-home")))
+        return started[-1]
+
+    yield live
+    for proc, _ in started:
+        _stop(proc, _descendants(proc.pid) if proc.poll() is None else [])
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -131,34 +149,31 @@ def _probe(host: str, port: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_local_ray_refuses_unauthenticated_clients(tmp_path):
+def test_a_local_ray_refuses_unauthenticated_clients(live_child):
     """Issue #17 item 3. Ray 2.60 cannot bind a local Ray to loopback (it maps 127.0.0.1 to the
     host's address), so its GCS, raylet and worker ports listen on the host's address; what must
     hold is that none of them serves a client without the cluster's token. The only answers to
     an unauthenticated client may be refusals, errors, or Prometheus's read-only metrics text."""
-    proc, gcs = _start_child(tmp_path)
+    proc, gcs = live_child()
     procs = _descendants(proc.pid)
-    try:
-        host, gcs_port = gcs.rsplit(":", 1)
-        ports = _listeners(procs)
-        assert int(gcs_port) in ports, ports
-        outcomes = {port: _probe(host, port) for port in ports}
-        assert outcomes[int(gcs_port)][0] == "denied", outcomes[int(gcs_port)]
-        served = {port: (ports[port], o) for port, o in outcomes.items() if "ok" in o}
-        assert not served, f"ports that served an unauthenticated client: {served}"
-        denied = [port for port, o in outcomes.items() if "denied" in o]
-        assert len(denied) >= 3, outcomes  # the GCS, the raylet and the actor's worker at least
-    finally:
-        _stop(proc, procs)
+    host, gcs_port = gcs.rsplit(":", 1)
+    ports = _listeners(procs)
+    assert int(gcs_port) in ports, ports
+    outcomes = {port: _probe(host, port) for port in ports}
+    assert outcomes[int(gcs_port)][0] == "denied", outcomes[int(gcs_port)]
+    served = {port: (ports[port], o) for port, o in outcomes.items() if "ok" in o}
+    assert not served, f"ports that served an unauthenticated client: {served}"
+    denied = [port for port, o in outcomes.items() if "denied" in o]
+    assert len(denied) >= 3, outcomes  # the GCS, the raylet and the actor's worker at least
 
 
 @pytest.mark.slow
-def test_a_killed_driver_leaves_no_ray_process(tmp_path):
+def test_a_killed_driver_leaves_no_ray_process(live_child):
     """Issue #17 item 15a: SIGKILL the process that started a local Ray (as a killed `dsm train`
     or `dsm score`; Ctrl-C of `dsm train` also skips Ray's shutdown). Ray stops its GCS, raylet
     and workers itself, but its dashboard and runtime-env agents hang after saying they exit
     (over a minute here); dsm's watchdog stops them."""
-    proc, _ = _start_child(tmp_path)
+    proc, _ = live_child()
     procs = _descendants(proc.pid)
     assert any(p.name() == "raylet" for p in procs), [p.name() for p in procs]
     proc.send_signal(signal.SIGKILL)
@@ -180,7 +195,9 @@ def test_the_watchdog_stops_what_the_driver_left(tmp_path):
               "time.sleep(600)\n")
     driver = subprocess.Popen([sys.executable, "-c", script])
     box = {}
-    watcher = threading.Thread(target=lambda: box.update(stopped=reap_after(driver.pid, poll_s=0.1, grace_s=0.2)))
+    # term_s 0.2 (2 s in dsm): the orphan ignores SIGTERM, so it is SIGKILLed either way
+    watcher = threading.Thread(target=lambda: box.update(stopped=reap_after(driver.pid, poll_s=0.1, grace_s=0.2,
+                                                                            term_s=0.2)))
     watcher.start()
     deadline = time.time() + 20
     while not psutil.Process(driver.pid).children() and time.time() < deadline:

@@ -11,13 +11,22 @@ from dsm.runtime.tracking import open_run, tracking_uri
 from dsm.step import NonFiniteTraining
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One SQLite MLflow store for the module: creating one (its schema migrations) costs seconds."""
+    ws = tmp_path_factory.mktemp("driver-mlflow")
+    return tracking_uri(ws), ws
+
+
 @pytest.fixture
-def store(tmp_path):
-    uri = tracking_uri(tmp_path)
+def store(shared_store, tmp_path):
+    """The shared store, with run names of this test's own (open_run resumes a run of the same
+    name), so each test sees only the runs it opened."""
+    uri, ws = shared_store
     opened = []
 
     def open_() -> str:
-        opened.append(open_run("driver-test", f"run-{len(opened)}", uri, tmp_path, {}, {}))
+        opened.append(open_run("driver-test", f"{tmp_path.name}-run-{len(opened)}", uri, ws, {}, {}))
         return opened[-1]
 
     return uri, opened, open_

@@ -24,8 +24,20 @@ def bundle(tmp_path_factory):
                        normalization={"value": 3.0, "stderr": 0.1, "t": 1e3, "n": 10})
 
 
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """An empty MLflow SQLite store, its schema made once for the module (the migrations are most
+    of a new store's cost); each test gets a copy of it."""
+    folder = tmp_path_factory.mktemp("empty-store")
+    MlflowClient(tracking_uri(folder)).search_experiments()  # creates and migrates mlflow.db
+    return folder / "mlflow.db"
+
+
 @pytest.fixture
-def store(tmp_path):
+def store(empty_store, tmp_path):
+    import shutil
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")  # a store of its own: the tests stay independent
     client = MlflowClient(tracking_uri(tmp_path))
     run_id = client.create_run(use_experiment("dsm-train", tmp_path, client), run_name="r").info.run_id
     return client, run_id

@@ -221,7 +221,9 @@ def test_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
 def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):
     model = _vector_bundle(tmp_path, width=256)
     data = tmp_path / "data.npy"
-    np.save(data, np.random.default_rng(0).normal(size=(8000, 4)).astype(np.float32))  # 8 pieces
+    # 4 pieces of 1000 (was 8): a kill after the first part still leaves pieces to resume, and the
+    # re-run scores half as many rows
+    np.save(data, np.random.default_rng(0).normal(size=(4000, 4)).astype(np.float32))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "dsm.cli", "score", str(model), "--data", str(data), "--out", str(out),
            "--t-grid", "1e-3:1e2:12", "--noise-samples", "8", "--consistency-samples", "0",
@@ -234,14 +236,14 @@ def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):
     done_before = len(list((out / "parts").glob("part-*.parquet")))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 1 <= done_before < 8, f"{done_before} parts before the kill; {proc.stdout.read()[-2000:]}"
+    assert 1 <= done_before < 4, f"{done_before} parts before the kill; {proc.stdout.read()[-2000:]}"
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     assert second.stdout.strip().splitlines()[-1] == str(out.resolve() / "parts")
     table = read_scores(out)
     keys = table.column("key").to_pylist()
-    assert len(keys) == len(set(keys)) == 8000
+    assert len(keys) == len(set(keys)) == 4000
     assert json.loads((out / "scores.json").read_text())["status"] == "finished"
 
 

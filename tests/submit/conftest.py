@@ -63,7 +63,7 @@ class LocalHead:
                         return
             except OSError:
                 pass
-            time.sleep(1)
+            time.sleep(0.25)
         raise RuntimeError(f"job server not up in {timeout} s: {(self.tmp / 'head.log').read_text()[-3000:]}")
 
     def stop(self) -> None:
@@ -72,9 +72,10 @@ class LocalHead:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # `ray start --block` outlives SIGTERM at times
+        try:  # the dashboard, raylet and workers go within half a second; `ray start --block` and
+            # one more often outlive SIGTERM for good (waiting 5 s here only delayed the SIGKILL)
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
             pass
         self.leftovers = kill_leftovers(str(self.tmp), pgid=self.proc.pid)
         self.proc.wait(timeout=10)

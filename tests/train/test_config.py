@@ -1,5 +1,6 @@
 """Bad configs fail before anything starts, with the offending field named."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,29 +66,67 @@ CASES = [
 ]
 
 
+def _no_ray_start(monkeypatch):
+    """In-process CLI checks: fail the test if dsm would start or join Ray."""
+    import dsm.runtime.cluster
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(dsm.runtime.cluster, "connect", no_ray)
+
+
 @pytest.mark.parametrize("overrides, field", CASES)
-def test_cli_fails_before_ray_or_mlflow(tmp_path, overrides, field):
-    """`dsm train` exits 2 naming the field, without importing Ray or creating an MLflow store."""
+def test_cli_fails_before_ray_or_mlflow(tmp_path, overrides, field, capsys, monkeypatch):
+    """`dsm train` exits 2 naming the field, without starting Ray or creating an MLflow store
+    (in this process; that Ray is not even imported is checked in a fresh interpreter below)."""
+    import ray
+
+    from dsm.cli import main
+
+    _no_ray_start(monkeypatch)
     ws = tmp_path / "ws"
-    code = ("import sys; from dsm.cli import main; rc = main(sys.argv[1:]); "
-            "assert 'ray' not in sys.modules, 'Ray was imported'; sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, "train", SMOKE, *overrides, "--workspace", str(ws), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
-    assert field in r.stderr, r.stderr
+    ray_was_up = ray.is_initialized()
+    assert main(["train", SMOKE, *overrides, "--workspace", str(ws), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert field in err, err
     assert not (ws / "mlflow.db").exists()
+    assert ray.is_initialized() == ray_was_up
+
+
+def test_cli_failures_do_not_import_ray(tmp_path):
+    """Each of CASES in one fresh interpreter (the session's Ray must not be seen): exit code 2
+    naming the field, and Ray still not imported after it, so a bad config fails fast."""
+    code = ("import json, sys; from dsm.cli import main\n"
+            "for i, (overrides, field) in enumerate(json.loads(sys.argv[1])):\n"
+            "    ws = f'{sys.argv[2]}/ws{i}'\n"
+            "    rc = main(['train', sys.argv[3], *overrides, '--workspace', ws, '--quiet'])\n"
+            "    assert rc == 2, (overrides, rc)\n"
+            "    assert 'ray' not in sys.modules, ('Ray was imported', overrides)\n"
+            "    print(json.dumps([i, field]), flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(CASES), str(tmp_path), SMOKE],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [json.loads(ln) for ln in r.stdout.splitlines()] == [[i, f] for i, (_, f) in enumerate(CASES)]
+    for _, field in CASES:
+        assert field in r.stderr, (field, r.stderr)
+    assert not list(tmp_path.glob("ws*/mlflow.db"))
 
 
 @pytest.mark.parametrize("tail", [["--quiet", "steps=abc"], ["seed=1", "--quiet", "steps=abc"]])
-def test_overrides_are_taken_after_options(tmp_path, tail):
+def test_overrides_are_taken_after_options(tmp_path, tail, capsys, monkeypatch):
     """`dsm train CONFIG --workspace W steps=...` (issue #17): the override after an option is
     applied (here refused, naming its field), not rejected as an unrecognized argument."""
-    r = subprocess.run([sys.executable, "-m", "dsm.cli", "train", SMOKE, "--workspace", str(tmp_path / "ws"), *tail],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "steps" in r.stderr and "unrecognized" not in r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "dsm.cli", "train", SMOKE, "--quiet", "--bogus-flag", "steps=1"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "unrecognized arguments: --bogus-flag" in r.stderr, r.stderr
+    from dsm.cli import main
+
+    _no_ray_start(monkeypatch)
+    assert main(["train", SMOKE, "--workspace", str(tmp_path / "ws"), *tail]) == 2
+    err = capsys.readouterr().err
+    assert "steps" in err and "unrecognized" not in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["train", SMOKE, "--quiet", "--bogus-flag", "steps=1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --bogus-flag" in err, err
 
 
 def test_a_fixed_name_refuses_another_config_before_ray(make_cfg, digits_workspace):

@@ -1,9 +1,5 @@
 """Spec validation and trial expansion: everything that must fail before a trial starts."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from dsm.cli import main as cli
@@ -82,20 +78,28 @@ def test_trial_too_big_for_the_machine(write_spec, digits_workspace):
     check_local_cpus(plan, cpus=4.0)
 
 
-def test_dry_run_prints_trials_and_claims_nothing(write_spec, tmp_path):
+def test_dry_run_prints_trials_and_claims_nothing(write_spec, tmp_path, capsys, monkeypatch):
+    import ray
+
+    import dsm.runtime.cluster
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray was joined")
+
     ws = tmp_path / "ws"
     spec = write_spec({"overrides": SMALL, "scheduler": {"grace_period": 20},
                        "resources": {"workers": 2, "cpus_per_worker": 0.9},
                        "space": {"optim.lr": {"grid": [1e-3, 2e-3]}, "loss.tsm_weight": {"choice": [0, 1]}}})
-    # An unreachable cluster address: a dry run that tried to join Ray would fail or hang.
-    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
-    res = subprocess.run([sys.executable, "-m", "dsm.cli", "tune", str(spec), "--dry-run", "--workspace", str(ws)],
-                         capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert res.returncode == 0, res.stderr
-    out = res.stdout
+    # An unreachable cluster address, and no way to join one: a dry run that tried would fail.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    monkeypatch.setattr(dsm.runtime.cluster, "connect", no_ray)
+    ray_was_up = ray.is_initialized()
+    assert cli(["tune", str(spec), "--dry-run", "--workspace", str(ws)]) == 0
+    out = capsys.readouterr().out
     assert "2 trial(s)" in out and "-t000" in out and "-t001" in out and "each: 2 worker(s) x 0.9 CPU;" in out
     assert "nothing started" in out and "prepared on the first real run" in out
     assert not (ws / "mlflow.db").exists() and not (ws / "data").exists() and not (ws / "sweeps").exists()
+    assert ray.is_initialized() == ray_was_up
 
 
 def test_cli_bad_spec_exits_2_naming_the_field(write_spec, tmp_path, capsys):

@@ -36,13 +36,13 @@ def test_smoke_sweep_stops_the_bad_trial_and_logs_parent_and_children(ray_cluste
     assert best_path.name == "best_config.yaml"
     best = load_config(TrainConfig, best_path)  # a valid training config, ready for dsm train
     rows = list(csv.DictReader(open(best_path.parent / "results.csv")))
-    assert len(rows) == 4
+    assert len(rows) == 3
     by_lr = {float(r["optim.lr"]): r for r in rows}
     bad = by_lr[1e-9]
     # ASHA (trials one at a time, so no timing dependence) stops the absurd lr at its first rung
     assert bad["status"] == "stopped_early" and int(bad["step"]) == 40, bad
     done = [r for r in rows if r["status"] == "completed"]
-    assert done and all(int(r["step"]) == 120 for r in done)
+    assert done and all(int(r["step"]) == 80 for r in done)
     assert best.optim.lr == float(min(done, key=lambda r: float(r["eval/nll_bpd"]))["optim.lr"]) > 1e-6
     assert (best_path.parent / "metric_vs_params.png").stat().st_size > 5000
 
@@ -55,7 +55,7 @@ def test_smoke_sweep_stops_the_bad_trial_and_logs_parent_and_children(ray_cluste
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "results.csv", "metric_vs_params.png", "best_config.yaml"}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4
+    assert len(children) == 3
     for c in children:
         assert "optim.lr" in c.data.params and "eval/nll_bpd" in c.data.metrics
         status = c.data.tags["dsm.tune_status"]
