@@ -228,7 +228,7 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
     import subprocess
     import sys
 
-    common = ["steps=80", "checkpoint.every=40", "log_every=10", "eval.enabled=false"]
+    common = ["steps=120", "checkpoint.every=40", "log_every=10", "eval.enabled=false"]
     ref = plan(make_cfg(*common, "name=reference"), digits_workspace, progress=False)
     train(ref, log_to_driver=False)
 
@@ -263,7 +263,7 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
     assert run_int.info.status == "FINISHED"
     h_ref = client.get_metric_history(run_ref.info.run_id, "train/loss")
     h_int = client.get_metric_history(run_int.info.run_id, "train/loss")
-    assert [m.step for m in h_int] == [m.step for m in h_ref] == list(range(10, 81, 10))
+    assert [m.step for m in h_int] == [m.step for m in h_ref] == list(range(10, 121, 10))
     np.testing.assert_allclose([m.value for m in h_int], [m.value for m in h_ref], rtol=1e-5)
 
 
