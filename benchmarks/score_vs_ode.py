@@ -9,7 +9,7 @@ dU/dt through training (TSM), the ODE only the spatial score, so the gap measure
 consistent the learned energy is across noise levels.
 
     .venv/bin/python benchmarks/score_vs_ode.py [--steps 1200] [--images 6] [--heat-weight 1.0] [--form inner]
-        [--ema-decay 0.999] [--batch-size 128] [--lr 1e-3]
+        [--ema-decay 0.999] [--batch-size 128] [--lr 1e-3] [--threads 1]
 
 ``--heat-weight`` trains with the heat-equation residual regularizer (dsm.losses), which asks
 exactly for the consistency between dU/dt and the spatial score that this gap measures.
@@ -37,7 +37,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema-decay", type=float, default=None, help="evaluate an EMA of the weights (fit's ema_decay)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); each image's gap depends on the float rounding")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from dsm.config import load_config
     from dsm.data.inputs import iter_examples, open_input
     from dsm.fit import fit
