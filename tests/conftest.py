@@ -1,11 +1,14 @@
 """Shared fixtures. Torch threads are capped: the CI machine has 2 cores (docs/design.md section 8)."""
 
+import os
+
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# The cores are shared by pytest-xdist's workers (pyproject.toml's addopts): one worker's second
+# thread would only spin against the other worker on a 2-core machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads(), (os.cpu_count() or 1) // _WORKERS)))
 
-
-import os  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -15,6 +18,21 @@ for _k, _v in {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30",
                "RAY_USAGE_STATS_ENABLED": "0"}.items():
     os.environ.setdefault(_k, _v)
+
+
+# pytest-xdist hands whole modules to its workers in collection order (pyproject.toml's addopts).
+# The longest modules, as measured with --durations (docs/testing.md), go first, so that the
+# workers finish together rather than one of them starting a long module when the other is done.
+LONGEST_FIRST = ("tests/train/test_run.py", "tests/scoring/test_trained_digits.py", "tests/test_trained_toys.py",
+                 "tests/tune/test_sweep.py", "tests/submit/test_submit.py", "tests/train/test_multinode.py",
+                 "tests/tune/test_remote.py", "tests/runtime/test_gpu_cluster.py", "tests/scoring/test_remote.py",
+                 "tests/scoring/test_job.py", "tests/test_ui_browser.py", "tests/train/test_remote.py",
+                 "tests/nets/test_unet_training.py", "tests/test_secrets.py", "tests/runtime/test_mlmodel.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
