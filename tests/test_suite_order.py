@@ -1,4 +1,4 @@
-"""The module order that tests/conftest.py gives pytest-xdist names modules that exist."""
+"""The module groups and order that tests/conftest.py gives pytest-xdist name modules that exist."""
 
 from pathlib import Path
 
