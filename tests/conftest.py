@@ -20,39 +20,6 @@ for _k, _v in {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
     os.environ.setdefault(_k, _v)
 
 
-# pytest-xdist's workers (pyproject.toml's addopts) take the tests group by group, in collection
-# order. A group is a module, except for the modules that run Ray Train worker groups: on 2 cores,
-# two of those at once starve each other's ranks and health checks (a whole-suite run saw Ray's
-# controller time out inside), so they form one group that one worker runs in turn. It goes
-# first, then the longest modules as measured with --durations (docs/testing.md), so that the
-# other worker is done about when it is.
-RAY_TRAIN_MODULES = ("tests/train/test_run.py", "tests/tune/test_sweep.py", "tests/submit/test_submit.py",
-                     "tests/train/test_multinode.py", "tests/runtime/test_gpu_cluster.py", "tests/tune/test_remote.py",
-                     "tests/test_secrets.py", "tests/train/test_remote.py",
-                     # these two read the session's registered run, which `dsm train` trains
-                     "tests/runtime/test_mlmodel.py", "tests/test_ui_browser.py")
-LONGEST_FIRST = (*RAY_TRAIN_MODULES, "tests/scoring/test_trained_digits.py", "tests/test_trained_toys.py",
-                 "tests/scoring/test_remote.py", "tests/scoring/test_job.py", "tests/nets/test_unet_training.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
-
-
-def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist's by-module scheduling, with the Ray Train modules as one group. (Its own
-    xdist_group marks are lost on pytest 9.2, which no longer reads the node id they rewrite.)"""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleGroups(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "ray-train" if module in RAY_TRAIN_MODULES else module
-
-    return ModuleGroups(config, log)
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_tracking_uri():
     """A test that leaves $MLFLOW_TRACKING_URI behind (mlflow.set_tracking_uri writes it) would

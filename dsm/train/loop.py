@@ -83,10 +83,17 @@ def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> di
 # line (and keeps whole in the run's error.log): each rank's "Error in training function" (the
 # surviving rank's, when another was killed), and the controller's teardown of a dead group.
 RAY_TRAIN_TRACEBACKS = ("Error in training function", "Graceful shutdown of backend failed")
+# Warnings that Ray Train's controller logs with a traceback when its autoscaling coordinator
+# answers late (in Ray's own words, safe to ignore when the CPU is overloaded, as on a busy head
+# node while a worker group restarts): kept as the one line they say, without the traceback.
+RAY_TRAIN_TRANSIENT = ("Failed to send resource request", "Failed to cancel resource request")
 
 
 def _not_a_ray_train_traceback(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(RAY_TRAIN_TRACEBACKS)
+    msg = str(record.msg)
+    if msg.startswith(RAY_TRAIN_TRANSIENT):
+        record.exc_info, record.exc_text = None, None
+    return not msg.startswith(RAY_TRAIN_TRACEBACKS)
 
 
 def quiet_ray_train_logs() -> None:

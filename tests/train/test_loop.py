@@ -51,6 +51,33 @@ def test_ray_train_tracebacks_are_dropped_other_errors_kept():
     assert seen == ["something else broke"]
 
 
+def test_ray_trains_transient_overload_warning_is_one_line():
+    """Ray Train's controller logs "Failed to send resource request" with the traceback of a
+    timed-out ray.get when the CPU is overloaded: the line stays, the traceback goes."""
+    from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client as client
+
+    quiet_ray_train_logs()
+    log = logging.getLogger(client.__name__)
+    lines = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Keep()
+    log.addHandler(handler)
+    try:
+        try:
+            raise TimeoutError("Get timed out: some object(s) not ready.")
+        except TimeoutError:
+            log.warning("Failed to send resource request for train-x. It's safe to ignore this error.", exc_info=True)
+            log.warning("the coordinator is gone", exc_info=True)
+    finally:
+        log.removeHandler(handler)
+    assert lines[0] == "Failed to send resource request for train-x. It's safe to ignore this error."
+    assert "Traceback" in lines[1]  # other warnings keep theirs
+
+
 def test_every_rank_reports_at_the_same_steps_and_the_last_step_always():
     """The report steps are a function of the config alone (so equal on every rank), and
     include the last step even when it is not a multiple of checkpoint.every."""
