@@ -1,14 +1,11 @@
 """Shared fixtures. Torch threads are capped: the CI machine has 2 cores (docs/design.md section 8)."""
 
-import os
-
 import torch
 
-# The cores are shared by pytest-xdist's workers (pyproject.toml's addopts): one worker's second
-# thread would only spin against the other worker on a 2-core machine.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads(), (os.cpu_count() or 1) // _WORKERS)))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+
+import os  # noqa: E402
 
 import pytest  # noqa: E402
 
