@@ -85,11 +85,13 @@ def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> di
 RAY_TRAIN_TRACEBACKS = ("Error in training function", "Graceful shutdown of backend failed")
 # Warnings that Ray Train's controller logs with a traceback when its autoscaling coordinator
 # answers late (in Ray's own words, safe to ignore when the CPU is overloaded, as on a busy head
-# node while a worker group restarts): kept as the one line they say, without the traceback.
+# node): kept as the one line they say, without the traceback. The filter reaches the controller
+# at its first worker failure (train.run.failure_callback), so a first start can still show one.
 RAY_TRAIN_TRANSIENT = ("Failed to send resource request", "Failed to cancel resource request")
 
 
-def _not_a_ray_train_traceback(record: logging.LogRecord) -> bool:
+def _ray_train_console_filter(record: logging.LogRecord) -> bool:
+    """False for the tracebacks above; strips the traceback off the transient warnings."""
     msg = str(record.msg)
     if msg.startswith(RAY_TRAIN_TRANSIENT):
         record.exc_info, record.exc_text = None, None
@@ -106,8 +108,8 @@ def quiet_ray_train_logs() -> None:
                                 if n.startswith("ray.train") or path_part in n]]:
         log = logging.getLogger(name)
         log.setLevel(logging.WARNING)
-        if _not_a_ray_train_traceback not in log.filters:
-            log.addFilter(_not_a_ray_train_traceback)
+        if _ray_train_console_filter not in log.filters:
+            log.addFilter(_ray_train_console_filter)
 
 
 def _say(line: str, err: bool = False) -> None:

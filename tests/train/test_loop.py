@@ -10,6 +10,17 @@ import torch
 from dsm.train.loop import quiet_ray_train_logs
 
 
+class Lines(logging.Handler):
+    """Collects each record as the console would print it (message, and traceback if any)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
 def test_ray_train_report_lines_are_silenced():
     """Train V2 logs each report at INFO through a logger named by its file path."""
     from ray.train.v2._internal.execution import context
@@ -31,14 +42,8 @@ def test_ray_train_tracebacks_are_dropped_other_errors_kept():
     for module in (util, backend_setup):
         log = logging.getLogger(module.__name__)
         assert log.filters, module.__name__
-    seen = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            seen.append(record.getMessage())
-
     log, teardown = logging.getLogger(util.__name__), logging.getLogger(backend_setup.__name__)
-    handler = Keep()
+    handler = Lines()
     for lg in (log, teardown):
         lg.addHandler(handler)
     try:
@@ -48,7 +53,7 @@ def test_ray_train_tracebacks_are_dropped_other_errors_kept():
     finally:
         for lg in (log, teardown):
             lg.removeHandler(handler)
-    assert seen == ["something else broke"]
+    assert handler.lines == ["something else broke"]
 
 
 def test_ray_trains_transient_overload_warning_is_one_line():
@@ -58,13 +63,7 @@ def test_ray_trains_transient_overload_warning_is_one_line():
 
     quiet_ray_train_logs()
     log = logging.getLogger(client.__name__)
-    lines = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            lines.append(self.format(record))
-
-    handler = Keep()
+    handler = Lines()
     log.addHandler(handler)
     try:
         try:
@@ -74,8 +73,8 @@ def test_ray_trains_transient_overload_warning_is_one_line():
             log.warning("the coordinator is gone", exc_info=True)
     finally:
         log.removeHandler(handler)
-    assert lines[0] == "Failed to send resource request for train-x. It's safe to ignore this error."
-    assert "Traceback" in lines[1]  # other warnings keep theirs
+    assert handler.lines[0] == "Failed to send resource request for train-x. It's safe to ignore this error."
+    assert "Traceback" in handler.lines[1]  # other warnings keep theirs
 
 
 def test_every_rank_reports_at_the_same_steps_and_the_last_step_always():
