@@ -3,8 +3,9 @@
 The PF-ODE cross-check needs a model trained long enough for its dU/dt to agree with its
 spatial score: after 1200 steps (batch 128, lr 1e-3) the two disagree by 0.6 nats/dim, after
 8000 such steps with a weight EMA 0.999 by about 0.05, and as well after 4000 steps at lr 3e-3
-with EMA 0.998, the recipe here, in half the time (benchmarks/score_vs_ode.py; docs/scoring.md;
-docs/testing.md).
+with EMA 0.998 (benchmarks/score_vs_ode.py; docs/scoring.md; docs/testing.md). That model is
+committed with the script that trains it (tests/fixtures/digits_unet.py); the first test here
+checks that the script still trains what was committed.
 """
 
 import math
@@ -16,52 +17,49 @@ import pytest
 import torch
 
 import dsm.api
-from dsm.bundle import save_bundle
+from dsm.bundle import load_model
 from dsm.cli import main
 from dsm.config import load_config
 from dsm.data.inputs import iter_examples, open_input
-from dsm.fit import fit
 from dsm.normalize import DataMoments
 from dsm.ode import ode_log_prob
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.job import read_scores, score
-from dsm.train import build
 from dsm.train.config import TrainConfig
+from tests.fixtures import digits_unet
 
 pytestmark = pytest.mark.slow
 
 
-# One model for both tests (they only read it; each normalizes its own copy). Against the
-# earlier 8000 steps at lr 1e-3 with EMA 0.999, a larger learning rate and a shorter EMA reach
-# the same consistency in half the steps (docs/testing.md has the search).
-RECIPE = dict(steps=4000, batch_size=128, lr=3e-3, ema_decay=0.998)
-
-
 @pytest.fixture(scope="module")
 def trained_digits(tmp_path_factory):
-    """The digits-smoke UNet energy trained in-process once (seeded): (cfg, bundle, not normalized)."""
-    tmp = tmp_path_factory.mktemp("trained-digits")
-    cfg = build.resolve_data(load_config(TrainConfig, "configs/digits-smoke.yaml"), tmp / "ws", progress=False)
-    train = torch.cat([torch.from_numpy(x) for _, x, _ in iter_examples(open_input(cfg.data.path))])
-    # One thread, as in the recipe search: the float rounding, and with it each image's gap (by
-    # up to 0.3 nats/dim), depends on the thread count; this way the test trains the model that
-    # the search measured on this kind of machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = build.build_model(cfg, build.DataShape((1, 8, 8), True))
-        model = fit(model, build.build_loss(cfg),
-                    lambda n, g: train[torch.randint(0, len(train), (n,), generator=g)],
-                    build.build_sampler(cfg), progress=False, **RECIPE).model
-    finally:
-        torch.set_num_threads(threads)
-    return cfg, save_bundle(tmp / "model.pt", model, cfg, (1, 8, 8), True)
+    """(cfg with its digits prepared, the committed trained bundle's path, the training images)."""
+    cfg, images = digits_unet.digits(load_config(TrainConfig, digits_unet.CONFIG), tmp_path_factory.mktemp("ws"))
+    return cfg, digits_unet.PATH, images
+
+
+def test_the_committed_model_is_what_its_script_trains(trained_digits):
+    """The committed bundle's fingerprint, a short run of its recipe, comes out again today.
+
+    A change to anything the recipe goes through (data preparation, the UNet, its
+    initialisation, the loss, the t sampler, Adam with its schedule, the EMA) changes these
+    numbers far beyond float rounding; then the file must be made again
+    (`python -m tests.fixtures.digits_unet`) and the tests below must pass on it.
+    """
+    _, path, images = trained_digits
+    meta = load_model(path).meta
+    assert meta["recipe"] == digits_unet.RECIPE
+    recorded = meta["fingerprint"]
+    today = digits_unet.fingerprint(images)
+    assert today["steps"] == recorded["steps"] == len(today["losses"])
+    # rounding differs between CPUs' kernels; a changed recipe moves these by percents
+    np.testing.assert_allclose(today["losses"], recorded["losses"], rtol=2e-3)
+    np.testing.assert_allclose(today["energies"], recorded["energies"], rtol=2e-3, atol=1e-3)
 
 
 def _own_copy(trained_digits, tmp_path):
     """(cfg, path) of this test's copy of the shared bundle, which the test may normalize."""
-    cfg, bundle = trained_digits
+    cfg, bundle, _ = trained_digits
     return cfg, Path(shutil.copy(bundle, tmp_path / "model.pt"))
 
 
