@@ -52,7 +52,7 @@ def dsm(*args: str, log: str | Path | None = None, workspace: Path | None = WORK
 def finished_model(config: str | Path, *overrides: str) -> Path | None:
     """The exported model of this config's run if that run finished, else None. Starts nothing
     (the run name is the config's stem and fingerprint, exactly as ``dsm train`` derives it)."""
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.train.config import TrainConfig
     from dsm.train.run import plan
 

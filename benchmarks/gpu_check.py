@@ -3,8 +3,8 @@
 Eight sections, each with stated tolerances; every section runs even when an earlier one
 fails, and the exit status is 1 when any assertion failed (the failures are printed):
 
-1. dsm's ops (dsm.nets.conv, FastGELU, HomogeneousNorm) against the stock torch twins
-   (dsm.nets.stock) on the device: U, dU/dy and dU/dt on the same weights, float64 and fp32.
+1. dsm's ops (dsm.core.nets.conv, FastGELU, HomogeneousNorm) against the stock torch twins
+   (dsm.core.nets.stock) on the device: U, dU/dy and dU/dt on the same weights, float64 and fp32.
 2. CPU against the device in float64 on the same weights: U, log Z and d_eff.
 3. Precision on a model trained for ``--warm-steps`` fp32 steps (at initialisation the output
    layer is zero and U = 0): fp32 (TF32 off), torch's defaults left alone, TF32, bf16 autocast;
@@ -18,7 +18,7 @@ fails, and the exit status is 1 when any assertion failed (the failures are prin
 7. Adam's ``step`` after a save/load resume (dsm.train.state) stays on the CPU.
 8. One scoring batch (dsm.scoring.columns.score_batch): the share of CPU keyed-noise generation.
 
-It needs torch and dsm's core only (pydantic too: dsm.nets.unet imports it), no Ray or MLflow.
+It needs torch and dsm's core only (pydantic too: dsm.core.nets.unet imports it), no Ray or MLflow.
 Full size (``paper`` preset, 3x64x64) is sized for at most 8 minutes on one H100 (section 4's
 batch grid stops at ``--budget-s``); ``--quick`` (``tiny`` at 16x16) is the CPU self-check
 that the test suite runs.
@@ -53,13 +53,13 @@ if importlib.util.find_spec("dsm") is None:  # a bare GPU machine runs the check
 
 from _common import machine  # noqa: E402
 
-from dsm import losses, models, noise  # noqa: E402
-from dsm.deff import d_eff  # noqa: E402
-from dsm.nets.stock import with_stock_ops  # noqa: E402
-from dsm.normalize import estimate_log_z  # noqa: E402
-from dsm.precision import precision_scope  # noqa: E402
-from dsm.seeding import keyed_normal  # noqa: E402
-from dsm.step import Collectives, train_step  # noqa: E402
+from dsm.core import losses, models, noise  # noqa: E402
+from dsm.core.deff import d_eff  # noqa: E402
+from dsm.core.nets.stock import with_stock_ops  # noqa: E402
+from dsm.core.normalize import estimate_log_z  # noqa: E402
+from dsm.core.precision import precision_scope  # noqa: E402
+from dsm.core.seeding import keyed_normal  # noqa: E402
+from dsm.core.step import Collectives, train_step  # noqa: E402
 
 GOAL_IMAGES_PER_S = 1500.0  # energy training, paper preset at 64x64, per H100
 PAPER_FP32_IMAGES_PER_S = 307.0  # the paper's code in fp32 on one H100
@@ -600,7 +600,7 @@ def section_resume(ctx: Ctx, sec: Section) -> None:
 
 # ------------------------------------------------------------------------------- 8. scoring
 def score_noise(keys: list[str], x: torch.Tensor, spec) -> None:
-    """The keyed normal draws of one score_batch call, as dsm.deff.d_eff makes them: per t of the
+    """The keyed normal draws of one score_batch call, as dsm.core.deff.d_eff makes them: per t of the
     grid, chunks of keys, K draws per key, salted ``d_eff:<t>``, moved to x's device."""
     chunk = spec.batch_size  # d_eff's chunk: score_batch passes it batch_size * n_noise, split by n_noise
     for t in spec.t_grid:

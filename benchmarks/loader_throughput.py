@@ -7,8 +7,8 @@ dsm.data.stream.TrainStream (resampled, shuffle buffer 1000, flips) and make_loa
 and 2 loader workers. A loader worker is one core (one torch thread each); 0 workers means
 the main process does everything, also one core.
 
-When ``dsm.models.unet_energy`` exists it also times the energy training step
-(``dsm.step.train_step``, DualScoreMatching, log-uniform t on [1e-9, 1e3], batch 16 of 3x64x64,
+When ``dsm.core.models.unet_energy`` exists it also times the energy training step
+(``dsm.core.step.train_step``, DualScoreMatching, log-uniform t on [1e-9, 1e3], batch 16 of 3x64x64,
 preset "paper") and prints loader images/s per core / training images/s: above 1, one loader
 core keeps up with one trainer.
 
@@ -67,11 +67,11 @@ def loader_rate(split: Path, workers: int, batch: int, seconds: float, warmup: i
 def train_rate(batch: int = 16, repeats: int = 3) -> tuple[float, int] | None:
     """(training images/s, parameter count) of the paper UNet energy, or None if it does not exist yet."""
     try:
-        from dsm.models import unet_energy
+        from dsm.core.models import unet_energy
     except ImportError:
         return None
-    from dsm import losses, noise
-    from dsm.step import train_step
+    from dsm.core import losses, noise
+    from dsm.core.step import train_step
 
     torch.manual_seed(0)
     model = unet_energy(3, 64, preset="paper")
@@ -121,7 +121,7 @@ def main() -> None:
     tr = train_rate()
     if tr is None:
         print(f"loader: {best:.0f} images/s per core. Energy training step: pending "
-              "(dsm.models.unet_energy not available); ratio pending.")
+              "(dsm.core.models.unet_energy not available); ratio pending.")
         return
     rate, n_params = tr
     print(f"energy training step (UNet 'paper', {n_params / 1e6:.2f}M parameters, batch 16 of 3x64x64, "

@@ -17,8 +17,8 @@ import time
 import torch
 from _common import machine
 
-from dsm import losses, models, noise, normalize, ode, toy
-from dsm.fit import fit
+from dsm.core import losses, models, noise, normalize, ode, toy
+from dsm.core.fit import fit
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Training-step cost of the sweepable loss variants against the paper's loss.
 
 The digits-smoke UNet energy (tiny preset, 8x8), one batch, Adam; every step goes through
-dsm.step.train_step. Variants: importance sampling of t (noise.sampler: importance) and the
+dsm.core.step.train_step. Variants: importance sampling of t (noise.sampler: importance) and the
 heat-equation regularizer (loss.heat_weight > 0: two Hutchinson probes, a third derivative).
 Reports ms/step and the ratio to the paper's loss, measured interleaved in one run.
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from _common import machine, time_interleaved
 
-from dsm.config import load_config
-from dsm.step import train_step
+from dsm.core.step import train_step
+from dsm.plumbing.config import load_config
 from dsm.train import build
 from dsm.train.config import TrainConfig
 

@@ -28,8 +28,8 @@ from _common import machine
 
 from dsm import api
 from dsm.cli import main as dsm_main
-from dsm.config import load_config
 from dsm.official import ARGS_FILE, WEIGHTS_FILE, export_official, key_map
+from dsm.plumbing.config import load_config
 from dsm.train import build
 from dsm.train.config import TrainConfig
 

@@ -2,7 +2,7 @@
 
 Scores the held-out data with ``dsm.scoring.columns.score_batch`` (log p only: an empty t
 grid) at each precision, and estimates log Z at ``--t`` (default: the model's t_max) with the
-paired estimator as ``dsm normalize`` does, each under ``dsm.precision.precision_scope``. The
+paired estimator as ``dsm normalize`` does, each under ``dsm.core.precision.precision_scope``. The
 stored log Z is the same for all three scorings, so the log p differences are those of
 U(x, 0) alone. Prints mean and max |delta log p| in bits/dim against fp32, |delta log Z| in
 nats (with the fp32 estimate's standard error for scale) and the wall time of each scoring.
@@ -21,9 +21,9 @@ import torch
 from _common import machine
 
 from dsm.api import load
+from dsm.core.normalize import estimate_log_z
+from dsm.core.precision import PRECISIONS, precision_scope
 from dsm.data.inputs import iter_examples, open_input
-from dsm.normalize import estimate_log_z
-from dsm.precision import PRECISIONS, precision_scope
 from dsm.scoring.columns import ScoreSpec, score_batch
 
 

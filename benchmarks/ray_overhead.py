@@ -1,7 +1,7 @@
 """Ray Train overhead and 1 -> 2 worker scaling for `dsm train`, as ratios measured in one run.
 
 Same data (8x8 digits shards), model (the digits-smoke config: tiny UNet energy), per-worker
-batch, per-step seeding and training step (dsm.step.train_step) in every arm:
+batch, per-step seeding and training step (dsm.core.step.train_step) in every arm:
 
 - ``plain``: an in-process loop over TrainStream + train_step, with ``--cpus`` torch threads;
 - ``ray1``: `dsm.train.run.train` with 1 worker of ``--cpus`` CPUs on a local Ray;
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cfg(ws: Path, steps: int, workers: int, cpus: float, batch: int, name: str, log_every: int):
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
 
@@ -46,11 +46,11 @@ def _cfg(ws: Path, steps: int, workers: int, cpus: float, batch: int, name: str,
 def plain_loop(cfg, threads: int) -> tuple[float, list[float]]:
     """(wall seconds, seconds per step in each log window) for cfg.steps steps in-process,
     built and timed exactly as a worker does (batch fetch + train_step)."""
+    from dsm.core.seeding import key_seed
+    from dsm.core.step import train_step
     from dsm.data.stream import TrainStream, to_unit_float
-    from dsm.seeding import key_seed
-    from dsm.step import train_step
     from dsm.train import build
-    from dsm.train.loop import _batches
+    from dsm.train.loop import train_batches
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def plain_loop(cfg, threads: int) -> tuple[float, list[float]]:
     opt, sched = build.build_optimizer(cfg, model)
     stream = TrainStream(cfg.data.path, batch_size=cfg.per_worker_batch, seed=cfg.seed, rank=0, world_size=1,
                          loader_workers=0, shuffle_buffer=cfg.data.shuffle_buffer)
-    batches = _batches(stream, 0, 0)
+    batches = train_batches(stream, 0, 0)
     loss_fn, sampler = build.build_loss(cfg), build.build_sampler(cfg)
     windows, busy = [], 0.0
     for step in range(cfg.steps):

@@ -6,7 +6,7 @@ folders, prints a markdown table of
 
 - held-out log p (nats/dim; NLL in bits/dim in the 8-bit convention) of the model, of the
   full-covariance Gaussian and of Gaussian mixtures with K components (scikit-learn, full
-  covariances, ``dsm.baselines``' reg_covar), each baseline as fitted and smoothed to the model's
+  covariances, ``dsm.stats.baselines``' reg_covar), each baseline as fitted and smoothed to the model's
   t_min, with the paired difference model - baseline and its standard error;
 - the energy - PF-ODE log p gap, mean |gap| over the first ``--ode-images`` held-out images
   (target <= 0.05 nats/dim), and log Z at t = 100, 333, 1000 (target: spread <= 0.1 nats).
@@ -14,7 +14,7 @@ folders, prints a markdown table of
     .venv/bin/python benchmarks/recipes.py RUN/model-best.pt --train WS/data/patches-*/train \
         --test WS/data/patches-*/test --ks 1,10,50,100
 
-Everything here is dsm's library code (dsm.api, dsm.baselines, dsm.consistency); the script only
+Everything here is dsm's library code (dsm.api, dsm.stats.baselines, dsm.core.consistency); the script only
 arranges it. Units: nats/dim unless a column says bits/dim.
 """
 
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from _common import machine
 
-from dsm import baselines as bl
-from dsm import consistency as cons
 from dsm.api import load
-from dsm.bundle import load_model
+from dsm.core import consistency as cons
+from dsm.core.bundle import load_model
 from dsm.data.inputs import open_input
 from dsm.report.baselines import read_training
 from dsm.report.scores import iter_pieces
+from dsm.stats import baselines as bl
 
 LOG_Z_TS = (100.0, 333.0, 1000.0)
 
@@ -79,7 +79,7 @@ def max_iter_of(args, k: int) -> int:
 def fitted_baseline(args, train: np.ndarray, k: int) -> tuple[bl.Baseline, float]:
     """The K-component baseline and its fit time (s), from ``--cache`` when it holds this fit
     (an .npz of arrays: no pickle), else fitted and stored there."""
-    from dsm.toy import GaussianMixture
+    from dsm.core.toy import GaussianMixture
 
     reg = "" if args.reg_covar == bl.REG_COVAR else f"-reg{args.reg_covar:g}"
     path = f"{args.cache}-K{k}{reg}.npz" if args.cache else None

@@ -28,8 +28,8 @@ from _common import machine
 
 
 def _bundle(folder: Path, preset: str, size: int) -> Path:
-    from dsm.bundle import save_bundle
-    from dsm.config import load_config
+    from dsm.core.bundle import save_bundle
+    from dsm.plumbing.config import load_config
     from dsm.train import build
     from dsm.train.config import TrainConfig
 
@@ -42,7 +42,7 @@ def _bundle(folder: Path, preset: str, size: int) -> Path:
     return save_bundle(folder / "model.pt", model, cfg, (1, size, size), True, normalization={"value": 0.0})
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--size", type=int, default=16)
@@ -52,7 +52,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
@@ -86,6 +90,11 @@ def main() -> None:
     via_ray = time.perf_counter() - t0
     ray.shutdown()
 
+    _report(args, plain, via_ray, logp_only)
+
+
+def _report(args: argparse.Namespace, plain: float, via_ray: float, logp_only: float) -> None:
+    """The table of images/s per arm (seconds for all images in), and the two ratios."""
     n = args.images
     print(f"machine: {machine()}")
     print(f"{args.preset} UNet energy at 1x{args.size}x{args.size}, {n} images, batch {args.batch}, "

@@ -11,7 +11,7 @@ consistent the learned energy is across noise levels.
     .venv/bin/python benchmarks/score_vs_ode.py [--steps 1200] [--images 6] [--heat-weight 1.0] [--form inner]
         [--ema-decay 0.999] [--batch-size 128] [--lr 1e-3] [--threads 1]
 
-``--heat-weight`` trains with the heat-equation residual regularizer (dsm.losses), which asks
+``--heat-weight`` trains with the heat-equation residual regularizer (dsm.core.losses), which asks
 exactly for the consistency between dU/dt and the spatial score that this gap measures.
 """
 
@@ -42,11 +42,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dsm.config import load_config
+    from dsm.core.fit import fit
+    from dsm.core.normalize import DataMoments, normalize
+    from dsm.core.ode import ode_log_prob
     from dsm.data.inputs import iter_examples, open_input
-    from dsm.fit import fit
-    from dsm.normalize import DataMoments, normalize
-    from dsm.ode import ode_log_prob
+    from dsm.plumbing.config import load_config
     from dsm.train import build
     from dsm.train.config import TrainConfig
 

@@ -1,6 +1,6 @@
 """Training-step cost: dual score matching (energy, double backprop) vs a plain score model.
 
-Same MLP backbone, same batch, same optimizer; both steps go through dsm.step.train_step.
+Same MLP backbone, same batch, same optimizer; both steps go through dsm.core.step.train_step.
 Reports ms/step and the ratio energy/score, for a few sizes.
 
     .venv/bin/python benchmarks/step_cost.py
@@ -13,8 +13,8 @@ import argparse
 import torch
 from _common import machine, time_interleaved
 
-from dsm import losses, models, noise
-from dsm.step import train_step
+from dsm.core import losses, models, noise
+from dsm.core.step import train_step
 
 
 def bench(dim: int, width: int, depth: int, batch: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ moto runs on the same cores as the loader: this measures the client's and the pr
 CPU cost, not network bandwidth.
 
 The S3 rate is then set against what a training step consumes per worker on this CPU: for
-digits, the digits-smoke tiny UNet energy step (batch 64, 1 torch thread, dsm.step.train_step),
+digits, the digits-smoke tiny UNet energy step (batch 64, 1 torch thread, dsm.core.step.train_step),
 timed here between the loader runs (so under the same load); for 64x64, the ``paper`` UNet
 energy step measured by loader_throughput.py (``--train-64``, images/s; timing it here would
 take minutes).
@@ -84,7 +84,7 @@ def digits_split(folder: Path) -> Path:
 def shard_fetch_ms(local_split: Path, url: str, repeats: int = 5) -> tuple[float, float, int]:
     """(ms per local read, ms per S3 GET, bytes) of the split's first shard, read whole."""
     from dsm.data.shards import Manifest
-    from dsm.store import Location
+    from dsm.plumbing.store import Location
 
     name = Manifest.load(Location.of(local_split)).shards[0].file
     remote = Location.of(f"{url}/{name}")
@@ -96,9 +96,9 @@ def shard_fetch_ms(local_split: Path, url: str, repeats: int = 5) -> tuple[float
 
 def digits_train_step(batch: int = 64):
     """A function that times the digits-smoke tiny UNet energy's training step (1 torch thread,
-    dsm.step.train_step) and returns its images/s."""
-    from dsm.config import load_config
-    from dsm.step import train_step
+    dsm.core.step.train_step) and returns its images/s."""
+    from dsm.core.step import train_step
+    from dsm.plumbing.config import load_config
     from dsm.train import build
     from dsm.train.config import TrainConfig
 
@@ -147,7 +147,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         for name, split in layouts.items():
             from dsm.data.shards import Manifest
-            from dsm.store import Location
+            from dsm.plumbing.store import Location
 
             man = Manifest.load(Location.of(split))
             local_ms, s3_ms, size = shard_fetch_ms(split, urls[name])

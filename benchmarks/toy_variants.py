@@ -1,6 +1,6 @@
 """Training variants on the exact 2-D / 16-D mixtures: log p error with and without weight EMA.
 
-Same setup as tests/test_trained_toys.py (MLP `inner+c`, batch 512, t log-uniform on
+Same setup as tests/core/test_trained_toys.py (MLP `inner+c`, batch 512, t log-uniform on
 [1e-4, 1e3], normalized at t = 1e3). Reproduces the EMA numbers of docs/toys.md.
 
     .venv/bin/python benchmarks/toy_variants.py [--dim 2] [--steps 400 1500] [--ema 0.998]
@@ -13,8 +13,8 @@ import argparse
 import torch
 from _common import machine
 
-from dsm import losses, models, noise, normalize, toy
-from dsm.fit import fit
+from dsm.core import losses, models, noise, normalize, toy
+from dsm.core.fit import fit
 
 
 def log_p_error(d: int, steps: int, ema: float | None) -> float:

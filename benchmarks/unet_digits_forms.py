@@ -17,8 +17,8 @@ import torch
 from _common import machine
 from sklearn.datasets import load_digits
 
-from dsm import losses, models, noise, normalize, toy, units
-from dsm.fit import fit
+from dsm.core import losses, models, noise, normalize, toy, units
+from dsm.core.fit import fit
 
 T_MIN, T_MAX = 1e-4, 1e3
 VARIANTS = [("inner+c", "variance"), ("inner", "variance"), ("inner", "none"), ("inner+c", "none")]

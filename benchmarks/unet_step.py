@@ -1,9 +1,9 @@
 """UNet training-step cost: energy (dual score matching) vs score network (denoising).
 
-Same UNet preset, same batch, both through dsm.step.train_step with Adam. The issue's
+Same UNet preset, same batch, both through dsm.core.step.train_step with Adam. The issue's
 reference: the paper's own code, `paper` UNet at 32x32x3, batch 16, on a 2-core CPU:
 1.80 s per energy step, 0.89 s per score step (2.0x). ``--stock`` also times both models
-with PyTorch's stock convolutions, GELU and var_mean (dsm.nets.stock), in the same run, so
+with PyTorch's stock convolutions, GELU and var_mean (dsm.core.nets.stock), in the same run, so
 that what dsm's fast ops save is a ratio on one machine. ``--compare PRESET`` also times the
 energy step of another preset of the same size (``paper-dsm``: dsm's variant of the paper's
 network), interleaved in the same run.
@@ -18,12 +18,12 @@ import argparse
 import torch
 from _common import machine, time_interleaved
 
-from dsm import losses, models, noise
-from dsm.nets.stock import with_stock_ops
-from dsm.step import train_step
+from dsm.core import losses, models, noise
+from dsm.core.nets.stock import with_stock_ops
+from dsm.core.step import train_step
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="paper")
     p.add_argument("--size", type=int, default=32)
@@ -35,7 +35,11 @@ def main() -> None:
     p.add_argument("--compare", default=None, metavar="PRESET", help="also time this preset's energy step")
     p.add_argument("--profile", action="store_true",
                    help="also split each step into convolution kernels and the rest (torch.profiler)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = _args()
     torch.manual_seed(0)
     energy = models.unet_energy(args.channels, args.size, args.preset)
     score = models.unet_score_model(args.channels, args.size, args.preset)
@@ -57,7 +61,11 @@ def main() -> None:
         other = models.unet_energy(args.channels, args.size, args.compare).to(memory_format=fmt)
         opt_o = torch.optim.Adam(other.parameters(), 5e-4)
         fns[f"{args.compare} energy"] = lambda: train_step(other, opt_o, losses.DualScoreMatching(), x, sampler)
-    t = time_interleaved(fns, repeats=args.repeats, inner=2, warmup=1)
+    _report(args, fns, time_interleaved(fns, repeats=args.repeats, inner=2, warmup=1))
+
+
+def _report(args: argparse.Namespace, fns: dict, t: dict[str, float]) -> None:
+    """Seconds per step of each arm ``t`` and their ratios; with --profile, the convolutions' share."""
     print(f"machine: {machine()}")
     print(f"preset {args.preset}, {args.channels}x{args.size}x{args.size}, batch {args.batch}"
           f"{', channels-last' if args.channels_last else ''}")

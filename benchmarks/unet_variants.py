@@ -25,8 +25,8 @@ import torch
 from _common import machine
 from sklearn.datasets import load_digits
 
-from dsm import losses, models, noise, normalize, toy, units
-from dsm.fit import NonFiniteTraining, fit
+from dsm.core import losses, models, noise, normalize, toy, units
+from dsm.core.fit import NonFiniteTraining, fit
 
 T_MAX = 1e3
 OFFICIAL = dict(embedding="official", norm_eps="official", time_mlp="official")
@@ -78,8 +78,8 @@ def run(label, fields, additive, train, test, args) -> str:
 
 def _ode_gap(model, test, t_min) -> str:
     """Energy minus PF-ODE log p at t_min on 8 held-out digits (nats/dim, the model's own
-    endpoint at t_max, so log Z cancels: dsm.consistency)."""
-    from dsm import consistency
+    endpoint at t_max, so log Z cancels: dsm.core.consistency)."""
+    from dsm.core import consistency
 
     if t_min < 1e-6:  # the ODE from 1e-9 needs more steps than this benchmark should spend
         return "-"

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from dsm import units
-from dsm.deff import DEff, d_eff
-from dsm.energy import Energy
+from dsm.core import units
+from dsm.core.deff import DEff, d_eff
+from dsm.core.energy import Energy, as_input
 
 
 def _per_example(t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def _per_example(t: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor:
     return t.expand(y.shape[0]) if t.ndim == 0 else t.to(y)
 
 
-# [t_min, t_max] assumed for an energy that comes without a training config (dsm.toy's exact ones)
+# [t_min, t_max] assumed for an energy that comes without a training config (dsm.core.toy's exact ones)
 DEFAULT_T_RANGE = (1e-4, 1e3)
 
 
@@ -63,14 +63,10 @@ class Model:
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         """x in the data's shape -> the model's input shape (flattened for a vector model)."""
-        ev = tuple(self.energy_model.event_shape)
-        if tuple(x.shape[1:]) == ev:
-            return x
-        if tuple(x.shape[1:]) == self.shape and len(ev) == 1 and ev[0] == self.dim:
-            return x.flatten(1)
-        raise ValueError(f"data of shape {tuple(x.shape[1:])} does not match the model's {self.shape}")
+        return as_input(self.energy_model, x, self.shape)
 
-    def _require_normalized(self) -> None:
+    def require_normalized(self) -> None:
+        """Raise :class:`NotNormalized`, saying which command sets log Z, unless it is set."""
         if not self.normalized:
             raise NotNormalized(f"{self.source or 'the model'} is not normalized (no log Z): run "
                                 f"`dsm normalize {shlex.quote(self.source) if self.source else 'MODEL'} "
@@ -84,7 +80,7 @@ class Model:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized log p(x) = -U(x, 0) - log Z in nats, (B,) float64."""
-        self._require_normalized()
+        self.require_normalized()
         return self.energy_model.log_prob(self.to_model(x))
 
     def nll(self, x: torch.Tensor, convention: str | None = None) -> torch.Tensor:
@@ -109,22 +105,21 @@ class Model:
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """An exported model (``dsm train``'s ``model.pt``). Errors name the file."""
-    from dsm.bundle import load_model
+    from dsm.core.bundle import load_model
 
     return from_bundle(load_model(path, map_location=device), path)
 
 
 def from_bundle(b, path: str | Path) -> Model:
-    """The :class:`Model` of a model file already read (``dsm.bundle.load_model(path)``)."""
+    """The :class:`Model` of a model file already read (``dsm.core.bundle.load_model(path)``)."""
     if not isinstance(b.model, Energy):
         raise ValueError(f"{path}: a score-network baseline has no energy, so no log p; score an energy model")
-    # Image models are trained on 8-bit data (PNG shards); for float images pass convention="plain".
-    return Model(b.model, b.shape, eight_bit=bool(b.is_image), normalized=b.normalization is not None,
+    return Model(b.model, b.shape, eight_bit=b.eight_bit, normalized=b.normalization is not None,
                  source=str(path), meta={**b.meta, "normalization": b.normalization}, t_range=b.t_range)
 
 
 def from_energy(energy: Energy, *, eight_bit: bool = False, normalized: bool = True) -> Model:
-    """Wrap any :class:`Energy` (an exact density from ``dsm.toy``, say) like a loaded model."""
+    """Wrap any :class:`Energy` (an exact density from ``dsm.core.toy``, say) like a loaded model."""
     return Model(energy, tuple(energy.event_shape), eight_bit=eight_bit, normalized=normalized,
                  source=type(energy).__name__)
 

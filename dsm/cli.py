@@ -16,7 +16,7 @@ package of its stage (shards -> train -> checkpoint -> normalize -> score -> rep
 
 Subcommands import their heavy dependencies (torch, MLflow, Ray) lazily so that
 ``dsm --help`` and config errors are instant. Every command's exceptions become its exit
-status in one place, :func:`dsm.errors.exit_code`.
+status in one place, :func:`dsm.plumbing.errors.exit_code`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dsm.cliopts import add_workspace
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dsm.config import load_config
     from dsm.demo import DemoConfig, run_demo
+    from dsm.plumbing.config import load_config
 
     extra = list(args.overrides) + ([f"workspace={args.workspace}"] if args.workspace else [])
     cfg = load_config(DemoConfig, args.config, extra)
@@ -123,7 +123,7 @@ def _import_official(args: argparse.Namespace) -> int:
 
 
 def _export_official(args: argparse.Namespace) -> int:
-    from dsm.bundle import load_model
+    from dsm.core.bundle import load_model
     from dsm.official import export_official
     from dsm.train.config import TrainConfig
 
@@ -228,7 +228,7 @@ def command_label(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dsm.errors import exit_code
+    from dsm.plumbing.errors import exit_code
 
     _quiet_mlflow()
     args = parse_args(build_parser(), argv)

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from pydantic import Field, model_validator
 
-from dsm import deff, losses, models, noise, normalize, ode, toy, units
-from dsm.config import StrictModel
-from dsm.energy import EnergyForm
-from dsm.fit import fit
+from dsm.core import deff, losses, models, noise, normalize, ode, toy, units
+from dsm.core.energy import EnergyForm
+from dsm.core.fit import fit
+from dsm.plumbing.config import StrictModel
 
 
 class DemoConfig(StrictModel):
@@ -167,10 +167,9 @@ def _log_run(cfg: DemoConfig, metrics: dict, fig_path: Path) -> None:
 
 
 def _plot(path: Path, mix, model, lp_model, lp_exact, ts, de, cfg: DemoConfig) -> None:
-    import matplotlib
+    from dsm.plumbing.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     d = cfg.dim
     panels = 4 if d == 2 else 2
@@ -196,9 +195,7 @@ def _plot(path: Path, mix, model, lp_model, lp_exact, ts, de, cfg: DemoConfig) -
                            extent=[float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])], vmin=-12)
             ax.set_title(title)
             fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["DemoConfig", "run_demo"]

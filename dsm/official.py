@@ -320,8 +320,8 @@ def import_official(src: str | Path, out: str | Path) -> Path:
     the ``paper`` UNet preset. The bundle is unnormalized (log Z = 0): run ``dsm normalize``.
     Returns the bundle path.
     """
-    from dsm.bundle import save_bundle
-    from dsm.config import ConfigError
+    from dsm.core.bundle import save_bundle
+    from dsm.plumbing.config import ConfigError
     from dsm.train.build import DataShape, build_model
 
     src = Path(src)
@@ -356,7 +356,7 @@ def _check_exportable(cfg, shape: tuple[int, ...]) -> None:
 
 def official_args(cfg, shape: tuple[int, ...]) -> dict:
     """The official ``args.json`` of a dsm model on the ``paper`` preset (see :func:`read_args`)."""
-    from dsm.nets.unet import unet_config
+    from dsm.core.nets.unet import unet_config
 
     _check_exportable(cfg, shape)
     c, size = shape[0], shape[1]
@@ -385,8 +385,8 @@ def export_official(model: nn.Module, cfg, shape: tuple[int, ...], folder: str |
     extra: more entries of the pickled dict (the official files also hold ``train_perf`` and
     ``test_perf``). The official code loads the result with its ``load_checkpoint``.
     """
-    from dsm.energy import unwrap
-    from dsm.fileio import atomic_path
+    from dsm.core.energy import unwrap
+    from dsm.plumbing.fileio import atomic_path
 
     args = official_args(cfg, shape)
     model = unwrap(model)

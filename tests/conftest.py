@@ -51,7 +51,7 @@ def digits_workspace(tmp_path_factory):
     """A session workspace with scikit-learn's digits prepared once (the smoke config's data)."""
     from pathlib import Path
 
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dsm.config import load_config
-from dsm.energy import EnergyModel
+from dsm.core.energy import EnergyModel
+from dsm.plumbing.config import load_config
 from dsm.train import build
 from dsm.train.config import TrainConfig
 

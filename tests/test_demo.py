@@ -3,8 +3,8 @@ import json
 import pytest
 
 from dsm.cli import main
-from dsm.config import load_config
 from dsm.demo import DemoConfig
+from dsm.plumbing.config import load_config
 
 
 def test_demo_runs_end_to_end_and_logs_to_mlflow(tmp_path, monkeypatch, capsys, one_torch_thread):

@@ -32,3 +32,16 @@ def test_functions_stay_under_60_lines():
                     if lines > MAX_FUNCTION_LINES:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "functions over 60 lines: " + "; ".join(long)
+
+
+def test_ruff_holds_the_size_of_every_function():
+    """Complexity, branches and statements are ruff's to check (pyproject.toml), for the package,
+    the benchmarks and the scripts; only tests and analysis scripts are exempt."""
+    import tomllib
+
+    lint = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["ruff"]["lint"]
+    assert {"C901", "PLR0912", "PLR0915"} <= set(lint["select"])
+    assert lint["mccabe"]["max-complexity"] <= 12
+    assert lint["pylint"]["max-branches"] <= 12 and lint["pylint"]["max-statements"] <= 40
+    exempt = {k for k, rules in lint.get("per-file-ignores", {}).items() if {"C901", "PLR0915"} & set(rules)}
+    assert exempt <= {"tests/**", "analysis/**"}, exempt

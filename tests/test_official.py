@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from dsm import api
-from dsm.bundle import load_model
 from dsm.cli import main
-from dsm.config import load_config
+from dsm.core.bundle import load_model
 from dsm.official import export_official, key_map, official_key, read_args
+from dsm.plumbing.config import load_config
 from dsm.train import build
 from dsm.train.config import TrainConfig
 
@@ -204,7 +204,7 @@ def test_released_args_are_read(tmp_path):
     assert (spec.kind, spec.channels, spec.image_size, spec.scales, spec.convs_per_block, spec.group_size) == \
         ("energy", 3, 64, 3, 3, 1)
     assert spec.t_min == pytest.approx(1e-9, rel=1e-12) and spec.t_max == pytest.approx(1e3, rel=1e-12)
-    from dsm.nets.unet import count_parameters
+    from dsm.core.nets.unet import count_parameters
     from dsm.official import train_config
 
     with torch.device("meta"):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from dsm.config import load_config
-from dsm.store import Location
+from dsm.plumbing.config import load_config
+from dsm.plumbing.store import Location
 from dsm.train.build import resolve_data
 from dsm.train.config import TrainConfig
 from tests import servers

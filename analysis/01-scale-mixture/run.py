@@ -2,7 +2,7 @@
 
     .venv/bin/python analysis/01-scale-mixture/run.py [--dim D] [--steps N]
 
-Trains two MLP energies (dsm.fit, in-process) on 1/2 N(0, I) + 1/2 N(0, 16 I) in d dimensions,
+Trains two MLP energies (dsm.core.fit, in-process) on 1/2 N(0, I) + 1/2 N(0, 16 I) in d dimensions,
 one with dual score matching (lambda = 1), one with single (lambda = 0, DSM only), normalizes
 both at t_max with the paired estimator, and compares with the exact density:
 - cross-entropy -E log p_model(x) against the exact entropy, nats/dim and dB/dim;
@@ -30,8 +30,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import WORKSPACE, write_json  # noqa: E402
 
-from dsm import losses, models, noise, normalize, toy  # noqa: E402
-from dsm.fit import fit  # noqa: E402
+from dsm.core import losses, models, noise, normalize, toy  # noqa: E402
+from dsm.core.fit import fit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DB = 10 / math.log(10)  # nats/dim -> dB/dim

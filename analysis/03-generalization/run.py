@@ -4,7 +4,7 @@
 
 For each N: `dsm train` on the first N shuffled training digits (A) and on the last N (B)
 (disjoint for 2N <= 1438); `dsm score` both on the same held-out split (log p only, no t grid);
-dsm.density_stats.generalization on their log p in dB/dim (Pearson correlation, RMS and mean
+dsm.stats.density.generalization on their log p in dB/dim (Pearson correlation, RMS and mean
 difference); `dsm sample` from both with the same seed, so each pair starts from the same noise,
 and the median RMS distance of each model's samples (clipped to [0, 1]) to the nearest digit of
 its own training subset, of the other subset, and of the test split (memorization check).
@@ -24,7 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from dsm import density_stats  # noqa: E402
+from dsm.stats import density as density_stats  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

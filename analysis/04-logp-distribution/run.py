@@ -50,7 +50,7 @@ def main() -> None:
     # the other orientation too: the report fits the paper's right-tailed Gumbel by default
     import pandas as pd
 
-    from dsm import density_stats
+    from dsm.stats import density as density_stats
 
     db = pd.read_parquet(scores / "parts", columns=["logp_db_per_dim"])["logp_db_per_dim"].to_numpy()
     result["gumbel_left"] = density_stats.gumbel_fit(db, "left").as_dict()

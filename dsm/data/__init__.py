@@ -9,6 +9,9 @@ Modules (each imports its heavy dependencies itself; importing ``dsm.data`` is c
 - :mod:`dsm.data.convert`: the official downsampled ImageNet (pickle or .npz) and image folders.
 - :mod:`dsm.data.verify`: shards against their manifest, every problem named by file.
 - :mod:`dsm.data.npy`: a ``.npy`` array of vectors or images as a dataset.
+- :mod:`dsm.data.pickles`: reading the official ImageNet pickles without running their code.
+- :mod:`dsm.data.inputs`: what ``dsm normalize`` and ``dsm score`` read (shards, ``.npy``, an
+  image folder, a URL), in pieces.
 - :mod:`dsm.data.stream`: the per-worker training stream and the in-order evaluation stream.
 - :mod:`dsm.data.cli`: ``dsm data prepare | convert | verify | list``.
 

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 from dsm.cliopts import add_fields, add_workspace, csv_list, fields_from
-from dsm.store import Location
+from dsm.plumbing.store import Location
 
 
 def _validate(cls, data: dict):
     from pydantic import ValidationError
 
-    from dsm.config import ConfigError
+    from dsm.plumbing.config import ConfigError
 
     try:
         return cls.model_validate(data)
@@ -40,7 +40,7 @@ def _prepare(args: argparse.Namespace) -> int:
     get_dataset(args.name)  # unknown names fail before anything else
     cfg = _validate(PrepareConfig, fields_from(args, PrepareConfig))
     if args.out:
-        out = args.out  # a folder or a URL (dsm.store)
+        out = args.out  # a folder or a URL (dsm.plumbing.store)
     else:
         from dsm.runtime.tracking import workspace_dir
 
@@ -61,7 +61,7 @@ def _convert(args: argparse.Namespace) -> int:
                                                progress=not args.quiet)
     else:
         if args.size is None:
-            from dsm.config import ConfigError
+            from dsm.plumbing.config import ConfigError
 
             raise ConfigError("convert folder needs --size (the output side in pixels, e.g. --size 64)")
         m = convert.convert_folder(args.src, args.out, size=args.size, split=args.split, gray=bool(args.gray),

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from dsm.config import ConfigError
 from dsm.data.images import box_downsample, to_gray
 from dsm.data.shards import Manifest, write_split
-from dsm.store import Location
+from dsm.plumbing.config import ConfigError
+from dsm.plumbing.store import Location
 
 IMAGENET_SPLITS = {"train": re.compile(r"^train_data_batch_(\d+)(\.npz)?$"), "val": re.compile(r"^val_data(\.npz)?$")}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}

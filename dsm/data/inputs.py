@@ -23,7 +23,7 @@ import numpy as np
 from dsm.data.npy import NpySource
 from dsm.data.shards import MANIFEST, Piece, ShardError, ShardSource
 from dsm.data.stream import is_eight_bit
-from dsm.store import Location, is_remote
+from dsm.plumbing.store import Location, is_remote
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -67,7 +67,7 @@ class Input:
         """
         import hashlib
 
-        from dsm.data.shards import sha256_file
+        from dsm.plumbing.fileio import sha256_file
 
         if self.kind == "shards":
             return hashlib.sha256((self._source.location / MANIFEST).read_bytes()).hexdigest()
@@ -100,7 +100,7 @@ class Input:
 
 def open_input(path: str | Path, piece_size: int = 1000) -> Input:
     """Open shards, a .npy or an image folder. Errors name the path; an empty input is an error.
-    Shards may also be a URL (dsm.store); a .npy and an image folder must be local."""
+    Shards may also be a URL (dsm.plumbing.store); a .npy and an image folder must be local."""
     if is_remote(path):
         return _open_remote(Location.of(path))
     p = Path(path).expanduser().resolve()

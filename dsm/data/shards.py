@@ -19,7 +19,6 @@ manifest is an unfinished write.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import json
 import os
@@ -34,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from dsm.data.images import as_hwc, decode_png, encode_png
-from dsm.store import Location, StoreError, is_remote
+from dsm.plumbing.fileio import sha256_file
+from dsm.plumbing.store import Location, StoreError, is_remote
 
 MANIFEST = "manifest.json"
 FORMAT = "dsm-webdataset"
@@ -65,6 +65,21 @@ class ShardInfo:
     samples: int
     sha256: str
     bytes: int
+
+    @classmethod
+    def parse(cls, entry, where: str, path: str | Location) -> ShardInfo:
+        """One entry of the manifest's ``shards`` list; ``where`` (``shards[i]``) and ``path`` name it
+        in errors."""
+        try:
+            info = cls(file=str(entry["file"]), samples=int(entry["samples"]), sha256=str(entry["sha256"]),
+                       bytes=int(entry["bytes"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShardError(path, f"{where} needs file, samples, sha256 and bytes ({e!r})") from None
+        if "/" in info.file or info.file.startswith("."):
+            raise ShardError(path, f"{where}.file {info.file!r} must be a plain file name")
+        if info.samples < 0:
+            raise ShardError(path, f"{where}.samples is negative")
+        return info
 
 
 @dataclass
@@ -137,32 +152,13 @@ class Manifest:
         if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)
                 and shape[0] in (1, 3)):
             raise ShardError(path, f"field 'shape' must be [C, H, W] with C in (1, 3), got {shape!r}")
-        shards = []
-        for i, s in enumerate(d["shards"]):
-            try:
-                info = ShardInfo(file=str(s["file"]), samples=int(s["samples"]), sha256=str(s["sha256"]),
-                                 bytes=int(s["bytes"]))
-            except (KeyError, TypeError, ValueError) as e:
-                raise ShardError(path, f"shards[{i}] needs file, samples, sha256 and bytes ({e!r})") from None
-            if "/" in info.file or info.file.startswith("."):
-                raise ShardError(path, f"shards[{i}].file {info.file!r} must be a plain file name")
-            if info.samples < 0:
-                raise ShardError(path, f"shards[{i}].samples is negative")
-            shards.append(info)
+        shards = [ShardInfo.parse(s, f"shards[{i}]", path) for i, s in enumerate(d["shards"])]
         if "num_samples" in d and d["num_samples"] != sum(s.samples for s in shards):
             raise ShardError(path, f"field 'num_samples' = {d['num_samples']} but the shards add up to "
                                    f"{sum(s.samples for s in shards)}")
         return cls(source=str(d["source"]), split=str(d["split"]), shape=tuple(shape), shards=shards,
                    classes=d.get("classes"), options=d.get("options") or {}, dtype=d.get("dtype", "uint8"),
                    created=d.get("created", ""))
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def auto_shard_size(num_samples: int) -> int:
@@ -229,7 +225,7 @@ class ShardWriter:
         """The remote twin of :meth:`_prepare_dir`: refuse, or delete the manifest then the shards."""
         import fnmatch
 
-        self.target._writable()
+        self.target.require_writable()
         found = self.target.listing()
         old = sorted(n for n in found if fnmatch.fnmatch(n, f"{self.split}-*.tar"))
         if (MANIFEST in found or old) and not overwrite:
@@ -477,7 +473,7 @@ class Piece:
 
 class ShardSource:
     """A split folder (``manifest.json`` plus shards) as the streams see it: a local folder or a
-    URL (dsm.store). Samples come out as (key, image (C, H, W) uint8, label).
+    URL (dsm.plumbing.store). Samples come out as (key, image (C, H, W) uint8, label).
 
     The manifest is read once; each listed shard must exist (the error names the missing
     file). A remote folder is checked with one listing (an HTTP one, which cannot be listed,

@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from dsm.config import ConfigError, StrictModel
 from dsm.data.images import box_downsample, to_gray
+from dsm.plumbing.config import ConfigError, StrictModel
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "install it with: sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)"
@@ -368,7 +368,7 @@ def prepare(name: str, out: str | Path, cfg: PrepareConfig | None = None, *, ove
     how to install it) or options that do not fit the data.
     """
     from dsm.data.shards import write_split
-    from dsm.store import Location
+    from dsm.plumbing.store import Location
 
     cfg = cfg or PrepareConfig()
     ds = get_dataset(name)

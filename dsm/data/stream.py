@@ -43,10 +43,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dsm.core.seeding import derive_seed
 from dsm.data.npy import NpySource
 from dsm.data.shards import ShardError, ShardSource
-from dsm.seeding import derive_seed
-from dsm.store import Location
+from dsm.plumbing.store import Location
 
 Mode = Literal["resampled", "exact"]
 OnError = Literal["raise", "skip"]
@@ -62,7 +62,7 @@ def is_eight_bit(source: Source) -> bool:
 
 def open_source(source: str | Path | Source) -> Source:
     """A split folder (with manifest.json), a manifest.json path, or a .npy file. A split
-    folder may be a URL (dsm.store: ``s3://``, ``gs://``, ``http(s)://``); a .npy must be local."""
+    folder may be a URL (dsm.plumbing.store: ``s3://``, ``gs://``, ``http(s)://``); a .npy must be local."""
     if isinstance(source, (ShardSource, NpySource)):
         return source
     loc = Location.of(source)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dsm.data.shards import MANIFEST, Manifest, ShardError, iter_shard
-from dsm.store import Location, StoreError
+from dsm.plumbing.store import Location, StoreError
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,42 @@ def _read(path: Location) -> bytes | Problem:
                        else e.message)
 
 
+def _check_shard(path: Location, info, m: Manifest, keys: dict[str, str], decode: bool) -> list[Problem]:
+    """One listed shard against the manifest: present, its size and sha256, and (``decode``) every
+    sample: decodable, with its .json, a label among the classes, a key not seen before in
+    ``keys`` (key -> shard file, updated here)."""
+    content = _read(path)
+    if isinstance(content, Problem):
+        return [content]
+    problems = []
+    if len(content) != info.bytes:
+        problems.append(Problem(str(path), f"{len(content)} bytes, the manifest says {info.bytes}"))
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != info.sha256:
+        problems.append(Problem(str(path), f"sha256 {digest[:16]}... does not match the manifest's "
+                                           f"{info.sha256[:16]}..."))
+    if not decode:
+        return problems
+
+    def bad_sample(e: ShardError) -> None:
+        problems.append(Problem(e.path, str(e).removeprefix(f"{e.path}: ")))
+
+    try:
+        for s in iter_shard(str(path), expected_samples=info.samples, shape=m.shape, with_meta=True,
+                            on_sample_error=bad_sample, content=content):
+            if s.key in keys:
+                problems.append(Problem(str(path), f"key {s.key!r} also occurs in {keys[s.key]}"))
+            keys[s.key] = info.file
+            if s.meta is None:
+                problems.append(Problem(str(path), f"sample {s.key!r} has no .json"))
+            if m.classes is not None and not -1 <= s.label < len(m.classes):
+                problems.append(Problem(str(path), f"sample {s.key!r}: label {s.label} is outside the "
+                                                   f"{len(m.classes)} classes"))
+    except ShardError as e:
+        bad_sample(e)
+    return problems
+
+
 def verify_split(folder: str | Path | Location, *, decode: bool = True, progress: bool = False) -> list[Problem]:
     """Every problem found in one split folder (empty list: all good)."""
     from tqdm import tqdm
@@ -81,36 +117,7 @@ def verify_split(folder: str | Path | Location, *, decode: bool = True, progress
     problems += _stray_files(folder, listed)
     keys: dict[str, str] = {}
     for info in tqdm(m.shards, desc=f"verify {folder}", unit="shard", disable=not progress, leave=False):
-        path = folder / info.file
-        content = _read(path)
-        if isinstance(content, Problem):
-            problems.append(content)
-            continue
-        if len(content) != info.bytes:
-            problems.append(Problem(str(path), f"{len(content)} bytes, the manifest says {info.bytes}"))
-        digest = hashlib.sha256(content).hexdigest()
-        if digest != info.sha256:
-            problems.append(Problem(str(path), f"sha256 {digest[:16]}... does not match the manifest's "
-                                               f"{info.sha256[:16]}..."))
-        if not decode:
-            continue
-
-        def bad_sample(e: ShardError) -> None:
-            problems.append(Problem(e.path, str(e).removeprefix(f"{e.path}: ")))
-
-        try:
-            for s in iter_shard(str(path), expected_samples=info.samples, shape=m.shape, with_meta=True,
-                                on_sample_error=bad_sample, content=content):
-                if s.key in keys:
-                    problems.append(Problem(str(path), f"key {s.key!r} also occurs in {keys[s.key]}"))
-                keys[s.key] = info.file
-                if s.meta is None:
-                    problems.append(Problem(str(path), f"sample {s.key!r} has no .json"))
-                if m.classes is not None and not -1 <= s.label < len(m.classes):
-                    problems.append(Problem(str(path), f"sample {s.key!r}: label {s.label} is outside the "
-                                                       f"{len(m.classes)} classes"))
-        except ShardError as e:
-            problems.append(Problem(e.path, str(e).removeprefix(f"{e.path}: ")))
+        problems += _check_shard(folder / info.file, info, m, keys, decode)
     return problems
 
 

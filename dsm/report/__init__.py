@@ -2,5 +2,5 @@
 
 ``build`` reads the parquet parts and writes ``report.md``, PNGs and ``metrics.json``;
 ``figures`` draws them; ``cli`` registers both commands. The statistics live in the Ray-free
-``dsm.density_stats`` and the sampler in ``dsm.sample``.
+``dsm.stats.density`` and the sampler in ``dsm.core.sample``.
 """

@@ -1,5 +1,5 @@
 """The report's "Classical baselines" section: the energy model against a full-covariance Gaussian
-and Gaussian mixtures (:mod:`dsm.baselines`) on the same held-out images, in the same units.
+and Gaussian mixtures (:mod:`dsm.stats.baselines`) on the same held-out images, in the same units.
 
 The baselines are fitted on the training split (read with the reader ``dsm score`` uses, a seeded
 subsample of at most ``max_train`` images) and evaluated on the scored images, piece by piece, so
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dsm import baselines as bl
 from dsm.report import figures
 from dsm.report.scores import Scores, iter_pieces
+from dsm.stats import baselines as bl
 
 SECTION = "## Classical baselines"
 MAX_TRAIN = 10_000  # default training subsample: EM costs about n K d^2 per iteration

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dsm import density_stats as ds
+from dsm.plumbing.store import Location
 from dsm.report import baselines as rb
 from dsm.report import figures
 from dsm.report.scores import Scores, iter_pieces, read_scores_dir
-from dsm.store import Location
+from dsm.stats import density as ds
 
 if TYPE_CHECKING:
     import torch
@@ -232,7 +232,7 @@ def _markers(model, metrics: dict) -> dict[str, float]:
     mean of uniform-noise images. Stored under ``markers`` in ``metrics``."""
     if model is None or not getattr(model, "normalized", False) or not figures.is_image_shape(model.shape):
         return {}
-    from dsm.studies import best_constant_image, uniform_noise_logp
+    from dsm.stats.studies import best_constant_image, uniform_noise_logp
 
     energy = model.energy_model
     c, best = best_constant_image(energy, dtype=_dtype(energy))
@@ -364,7 +364,7 @@ def _sparsity_section(sc: Scores, folder: Path, images: Images, metrics: dict) -
     md += ["The paper's participation ratio of each image's Haar coefficients c, all N of them (every level, the "
            "coarse approximation included, every channel; level j divided by 2^j as in the paper's notebook): "
            "PR = (sum |c|)^2 / (N sum c^2), in [1/N, 1]: 1/N for a constant image, small for sparse images "
-           "(`dsm.density_stats.haar_participation_ratio`).", "",
+           "(`dsm.stats.density.haar_participation_ratio`).", "",
            "![log p against sparsity](logp_vs_sparsity.png)", "",
            f"Spearman rank correlation between PR and log p: rho = {rho:.4f} (p = {p:.3g}, {len(rows)} images"
            + (f"; {sc.n - len(rows)} scored images not found in the data" if len(rows) < sc.n else "") + ")"
@@ -419,7 +419,7 @@ def _ref_labels(sc: Scores, rows: list[int]) -> list[str]:
 def _affine_section(sc: Scores, folder: Path, rows: list[int], images: Images, studies: Studies,
                     metrics: dict) -> list[str]:
     """Fig. 4: log p(a x + b) over contrast a and offset b in [0, 1], for the reference images."""
-    from dsm.studies import logp_affine
+    from dsm.stats.studies import logp_affine
 
     md = [SECTIONS[6], ""]
     energy, x = _study_inputs(sc, rows, images, studies)
@@ -447,7 +447,7 @@ def _affine_section(sc: Scores, folder: Path, rows: list[int], images: Images, s
 def _noisy_section(sc: Scores, folder: Path, rows: list[int], avg_rows: list[int], images: Images,
                    studies: Studies, metrics: dict) -> list[str]:
     """Fig. 5 left: E[log p(y, t) | x] against t for the reference images and the data average."""
-    from dsm.studies import noisy_logp
+    from dsm.stats.studies import noisy_logp
 
     md = [SECTIONS[7], ""]
     energy, x = _study_inputs(sc, rows, images, studies)

@@ -65,7 +65,7 @@ def _model_info(path: str | None, *, required: bool
         return {}, None, None, None
     if not Path(path).is_file() and not required:
         return {}, None, None, None
-    from dsm.bundle import load_model
+    from dsm.core.bundle import load_model
 
     try:
         b = load_model(path)
@@ -150,10 +150,10 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dsm.api import from_bundle
-    from dsm.bundle import load_model
-    from dsm.precision import precision_scope
+    from dsm.core.bundle import load_model
+    from dsm.core.precision import precision_scope
+    from dsm.core.sample import sample
     from dsm.report import figures
-    from dsm.sample import sample
 
     if min(args.n, args.steps, args.batch_size) < 1:
         raise ValueError(f"--n, --steps and --batch-size must be >= 1, got {args.n}, {args.steps}, {args.batch_size}")
@@ -184,7 +184,7 @@ def _sample(args: argparse.Namespace) -> int:
         {"model": str(Path(args.model).resolve()), "n": args.n, "seed": args.seed, "steps": args.steps,
          "eta": args.eta, "t_max": t_max, "t_min": t_min, "mean": mean, "shape": list(x.shape[1:]),
          "precision": args.precision, "device": device,
-         "scheme": "DDIM in noise variance (dsm.sample), geometric t schedule, returns D(y, t_min)"}, indent=1))
+         "scheme": "DDIM in noise variance (dsm.core.sample), geometric t schedule, returns D(y, t_min)"}, indent=1))
     print(f"{args.n} samples of shape {tuple(x.shape[1:])}: pixel mean {x.mean():.4f}, "
           f"{float((x < 0).mean() + (x > 1).mean()) * 100:.2f} % of values outside [0, 1]")
     print(out)
@@ -231,7 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--train-data", default=None, metavar="PATH",
                      help="training split the baselines are fitted on (shards, .npy or image folder; "
                           "default: the --model config's data.path)")
-    # Defaults (None here) live in dsm.report.baselines / dsm.baselines; not imported at parser time (torch).
+    # Defaults (None here) live in dsm.report.baselines / dsm.stats.baselines; not imported at parser time (torch).
     rep.add_argument("--baseline-max-train", type=int, default=None, metavar="N",
                      help="fit on a seeded subsample of at most N training images (default 10000)")
     rep.add_argument("--reg-covar", type=float, default=None,

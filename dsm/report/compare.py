@@ -105,9 +105,9 @@ def write_csv(rows: list[RunSummary], path: Path) -> Path:
 
 def figure(rows: list[RunSummary], path: Path) -> Path:
     """Held-out NLL (bits/dim) against step, and output against input PSNR (dB), one line a run."""
-    from dsm.report.figures import _plt, _save
+    from dsm.plumbing.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for r in rows:
         if r.nll_curve:
@@ -123,7 +123,7 @@ def figure(rows: list[RunSummary], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compare(refs: list[str], workspace: str | Path | None = None) -> tuple[list[RunSummary], Path]:

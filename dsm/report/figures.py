@@ -11,26 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dsm.density_stats import GEVFit, GumbelFit
-
-DPI = 110
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
-    return path
+from dsm.plumbing.plots import pyplot, save_figure
+from dsm.stats.density import GEVFit, GumbelFit
 
 
 def _display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -51,7 +33,7 @@ def is_image_shape(shape: Sequence[int]) -> bool:
 def image_grid(images: np.ndarray, path: Path, titles: Sequence[str] | None = None, ncol: int = 8,
                suptitle: str | None = None) -> Path:
     """A grid of images (n, C, H, W) or (n, H, W) in [0, 1], with optional per-image titles."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     ncol = max(1, min(ncol, n))
     nrow = (n + ncol - 1) // ncol
@@ -65,12 +47,12 @@ def image_grid(images: np.ndarray, path: Path, titles: Sequence[str] | None = No
                 ax.set_title(titles[i], fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def scatter_pairs(x: np.ndarray, path: Path, title: str = "") -> Path:
     """Vector samples (n, d): the first two coordinates (or a histogram when d = 1)."""
-    plt = _plt()
+    plt = pyplot()
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     fig, ax = plt.subplots(figsize=(4, 4))
     if x.shape[1] >= 2:
@@ -81,14 +63,14 @@ def scatter_pairs(x: np.ndarray, path: Path, title: str = "") -> Path:
         ax.hist(x[:, 0], bins=50)
         ax.set_xlabel("x[0]")
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def logp_histogram(db: np.ndarray, fit: GumbelFit | None, path: Path, gev: GEVFit | None = None,
                    markers: dict[str, float] | None = None) -> Path:
     """Histogram of log p (dB/dim) on a log-frequency axis, with the ML Gumbel density (and the GEV
     density, dashed) scaled to counts, and vertical lines at ``markers`` (label -> dB/dim)."""
-    plt = _plt()
+    plt = pyplot()
     db = np.asarray(db, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     _, edges, _ = ax.hist(db, bins=min(80, max(10, len(db) // 25)), color="tab:blue", alpha=0.7,
@@ -117,14 +99,14 @@ def logp_histogram(db: np.ndarray, fit: GumbelFit | None, path: Path, gev: GEVFi
     ax.set_xlabel("log p (dB/dim)")
     ax.set_ylabel("images (log scale)")
     ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def deff_bands(t: np.ndarray, deff: np.ndarray, deff_other: np.ndarray, d: int, ref_rows: Sequence[int],
                ref_labels: Sequence[str], path: Path) -> Path:
     """d_eff against t: the data set's mean (denoising estimator; the time-score mean dashed),
     10-90 and 25-75 percentile bands, and a few reference images. deff: (n, T)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     q10, q25, q75, q90 = np.percentile(deff, [10, 25, 75, 90], axis=0)
     ax.fill_between(t, q10, q90, color="tab:blue", alpha=0.15, label="10-90 %")
@@ -139,26 +121,26 @@ def deff_bands(t: np.ndarray, deff: np.ndarray, deff_other: np.ndarray, d: int, 
     ax.set_xlabel("noise variance t")
     ax.set_ylabel(f"d_eff (d = {d})")
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def deff_gap(t: np.ndarray, gap_mean: np.ndarray, gap_stderr: np.ndarray, d: int, path: Path) -> Path:
     """Mean gap (time-score minus denoising estimator) / d against t, with 2-standard-error bars."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.errorbar(t, gap_mean / d, yerr=2 * gap_stderr / d, fmt="o-", ms=3, capsize=2)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("noise variance t")
     ax.set_ylabel("(d_eff time - d_eff denoising) / d")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def logp_vs_sparsity(pr: np.ndarray, db: np.ndarray, rho: float, path: Path,
                      line: tuple[float, float] | None = None) -> Path:
     """Scatter of log p (dB/dim) against the Haar participation ratio, with Spearman's rho and,
     as the paper draws it, the least-squares line ``line`` = (slope, intercept)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.8))
     ax.scatter(pr, db, s=3 if len(db) > 2000 else 8, alpha=0.4)
     if line is not None:
@@ -168,12 +150,12 @@ def logp_vs_sparsity(pr: np.ndarray, db: np.ndarray, rho: float, path: Path,
     ax.set_xlabel("Haar participation ratio (1/N sparse, 1 dense)")
     ax.set_ylabel("log p (dB/dim)")
     ax.set_title(f"Spearman rho = {rho:.3f} ({len(db)} images)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _ref_colors(k: int) -> np.ndarray:
     """The paper's colors for reference images ordered by log p (plasma, low to high)."""
-    return _plt().cm.plasma(np.linspace(0, 0.9, max(1, k)))
+    return pyplot().cm.plasma(np.linspace(0, 0.9, max(1, k)))
 
 
 def logp_affine(a: np.ndarray, b: np.ndarray, logp_db: np.ndarray, labels: Sequence[str], heat: int,
@@ -181,7 +163,7 @@ def logp_affine(a: np.ndarray, b: np.ndarray, logp_db: np.ndarray, labels: Seque
     """Fig. 4: left, log p(a x + b) against a at the b nearest 1/2, one curve per reference image
     (a up to 1/2, where a x + 1/2 stays in [0, 1]); right, the (a, b) map of image ``heat``,
     blank where a + b > 1. logp_db: (k, len(b), len(a)) in dB/dim."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     j = int(np.argmin(np.abs(b - 0.5)))
     keep = a <= 1 - b[j] + 1e-9
@@ -198,14 +180,14 @@ def logp_affine(a: np.ndarray, b: np.ndarray, logp_db: np.ndarray, labels: Seque
     right.set_xlabel("contrast a")
     right.set_ylabel("offset b")
     right.set_title(f"reference image at {labels[heat]}", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def noisy_logp(t: np.ndarray, curves: np.ndarray, labels: Sequence[str], path: Path, average: np.ndarray | None = None,
                t_min: float | None = None) -> Path:
     """Fig. 5 left: E[log p(y, t) | x] (dB/dim) against t, one curve per reference image (k, T),
     the data average dashed, and the training t_min as a vertical line."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for c, curve, lab in zip(_ref_colors(len(curves)), curves, labels):
         ax.plot(t, curve, color=c, lw=1.2, label=lab)
@@ -217,7 +199,7 @@ def noisy_logp(t: np.ndarray, curves: np.ndarray, labels: Sequence[str], path: P
     ax.set_xlabel("noise variance t")
     ax.set_ylabel("E[log p(y, t) | x] (dB/dim)")
     ax.legend(fontsize=5, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def baselines(names: Sequence[str], m: dict, diffs: Sequence[np.ndarray], column: str, path: Path) -> Path:
@@ -225,7 +207,7 @@ def baselines(names: Sequence[str], m: dict, diffs: Sequence[np.ndarray], column
     and smoothed to t_min (filled), the energy model as a line with its 2-SE band. Right: the
     per-image paired differences model - baseline (nats/dim) in the verdict ``column``, one
     histogram per baseline. m: ``metrics['baselines']``; diffs: one (n,) array per baseline."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     mu, se = m["model_logp_nats_per_dim"], m["model_logp_stderr_nats_per_dim"]
     left.axhspan(mu - 2 * se, mu + 2 * se, color="tab:red", alpha=0.2)
@@ -248,4 +230,4 @@ def baselines(names: Sequence[str], m: dict, diffs: Sequence[np.ndarray], column
     right.set_xlabel(f"model - baseline log p (nats/dim per image)\nbaseline {column}")
     right.set_ylabel("images")
     right.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)

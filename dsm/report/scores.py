@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dsm.store import Location, is_remote
+from dsm.plumbing.store import Location, is_remote
 
 if TYPE_CHECKING:
     from dsm.data.inputs import Input
@@ -41,7 +41,7 @@ class Scores:
 
 def resolve_scores_dir(path: str | Path) -> Path | Location:
     """The ``dsm score --out`` folder, given it or its ``parts`` folder (which ``dsm score``
-    prints): a local path, or a Location for a URL (dsm.store)."""
+    prints): a local path, or a Location for a URL (dsm.plumbing.store)."""
     if is_remote(path):
         loc = Location.of(path)
         if loc.name == "parts" and not any(n.endswith(".parquet") for n in (loc / "parts").listing()):

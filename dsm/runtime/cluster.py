@@ -59,7 +59,7 @@ def check_local_gpus(needed: int, field: str) -> None:
     """Before a local Ray starts for a job that asks for ``needed`` GPUs: this machine must have
     them (a local Ray offers exactly its own CUDA devices). With a cluster the check is the
     cluster's (dsm.runtime.resources), and the driver's own CUDA does not matter."""
-    from dsm.config import ConfigError
+    from dsm.plumbing.config import ConfigError
 
     if os.environ.get("RAY_ADDRESS"):
         return  # joining a cluster after all: connect() does not start a local Ray

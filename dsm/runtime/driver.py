@@ -10,9 +10,9 @@
    ``error.log``), Ctrl-C as KILLED with how to resume. A finished run is closed by the job
    itself, which knows what to log on it.
 
-Errors leave as :class:`dsm.errors.JobFailed` (one-line cause, traceback file, whether the
-input was at fault) or :class:`dsm.errors.Interrupted` (how to resume), which
-:func:`dsm.errors.exit_code` turns into the exit status the same way for every command.
+Errors leave as :class:`dsm.plumbing.errors.JobFailed` (one-line cause, traceback file, whether the
+input was at fault) or :class:`dsm.plumbing.errors.Interrupted` (how to resume), which
+:func:`dsm.plumbing.errors.exit_code` turns into the exit status the same way for every command.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ NO_TRACKING = Tracking("", lambda: None)
 
 def drive(job: Job, work: Callable[[str | None], T], tracking: Tracking = NO_TRACKING) -> T:
     """Steps 1 to 5 above around ``work(run_id)``; returns what it returns."""
-    from dsm.errors import (
+    from dsm.plumbing.errors import (
         BadInputFailure,
         Interrupted,
         JobFailed,

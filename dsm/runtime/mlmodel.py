@@ -90,7 +90,7 @@ def log_bundle(client, run_id: str, bundle: str | Path, sha256: str) -> str:
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
-    from dsm.bundle import load_model
+    from dsm.core.bundle import load_model
 
     found = logged_model_of(client, run_id, sha256)
     if found:

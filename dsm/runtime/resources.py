@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dsm.config import ConfigError
+from dsm.plumbing.config import ConfigError
 
 DEFAULT_TIMEOUT_S = 900.0  # a cloud GPU node takes minutes to boot and pull its image
 RESOURCE_TIMEOUT_FLAG = "--resource-timeout"  # the timeout's option on commands without a training config

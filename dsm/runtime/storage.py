@@ -13,7 +13,7 @@ cluster, not of the run: it must not change a run's fingerprint (and so its name
 Usage from a driver that has joined Ray (this is all ``dsm train`` does)::
 
     from dsm.runtime.storage import check_cluster_storage
-    check_cluster_storage(storage_path)      # raises dsm.config.ConfigError
+    check_cluster_storage(storage_path)      # raises dsm.plumbing.config.ConfigError
 
 The pure check, :func:`check_shared_storage`, needs no Ray and is what the tests call.
 """
@@ -24,7 +24,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from dsm.config import ConfigError
+from dsm.plumbing.config import ConfigError
 
 SHARED_ENV = "DSM_SHARED_STORAGE"
 STORAGE_ENV = "DSM_STORAGE"  # default of `dsm train|tune --storage`: where runs keep checkpoints and exports
@@ -68,8 +68,8 @@ def check_shared_storage(storage_path: str | Path, nodes_alive: int, declared_sh
 def storage_root(given: str | None = None) -> str | None:
     """Where runs and sweeps keep their checkpoints and exports: ``given`` (``--storage``), else
     ``$DSM_STORAGE``, as an absolute path or a URL; None: under the workspace. An HTTP URL is
-    refused (dsm.store.StoreError, one line) before anything starts."""
-    from dsm.store import writable_location
+    refused (dsm.plumbing.store.StoreError, one line) before anything starts."""
+    from dsm.plumbing.store import writable_location
 
     root = given or os.environ.get(STORAGE_ENV) or None
     return writable_location(root, "--storage" if given else f"${STORAGE_ENV}").url if root else None

@@ -209,7 +209,7 @@ def log_dataset(client, run_id: str, inp, context: str) -> None:
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.types import Schema, TensorSpec
 
-    from dsm.store import Location
+    from dsm.plumbing.store import Location
 
     path = Location.of(inp.path)  # a local path or a URL (without any user:password@)
     name = Path(path.name).stem if inp.kind == "npy" else f"{path.parent.name}/{path.name}"

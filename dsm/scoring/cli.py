@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from dsm.cliopts import add_address, add_gpu_options, add_workspace
 
 if TYPE_CHECKING:
-    from dsm.store import Location
+    from dsm.plumbing.store import Location
 
 
 @dataclass
@@ -77,9 +77,11 @@ def _model_file(model: str, workspace: str | None) -> tuple[str, Lineage]:
 
 
 def _normalize(args: argparse.Namespace) -> int:
-    from dsm.scoring.normalization import normalize_model
+    from dsm.core.bundle import load_model
+    from dsm.scoring.normalization import normalize_bundle
 
-    rec = normalize_model(args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size,
+    bundle = load_model(args.model)
+    rec = normalize_bundle(bundle, args.model, args.data, samples=args.samples, t=args.t, batch_size=args.batch_size,
                           precision=args.precision, gpu=args.gpu, address=args.address,
                           resource_timeout_s=args.resource_timeout)
     ag = rec["agreement"]
@@ -89,20 +91,18 @@ def _normalize(args: argparse.Namespace) -> int:
                                              zip(ag["t"], ag["log_z"], ag["stderr"]))
           + f"; chi2 {ag['chi2']:.2f} -> "
             f"{'consistent' if ag['consistent'] else 'INCONSISTENT: train longer or raise t'}")
-    from dsm.consistency import PREFIX, out_of_bounds
+    from dsm.core.consistency import PREFIX, out_of_bounds
 
     for line in out_of_bounds({PREFIX + "log_z_spread_nats": ag["max_abs_diff"]}):
         print(line)
-    from dsm.bundle import load_model
     from dsm.data.inputs import open_input
 
-    meta = load_model(args.model).meta
     _tracking("normalize", args.workspace, f"normalize-{Path(args.model).parent.name}",
               {"model": args.model, "data": rec["data"], "samples": rec["n"], "t": rec["t"],
                "precision": rec["precision"], "device": rec["device"]},
               {"log_z": rec["value"], "log_z_stderr": rec["stderr"], "log_z_agreement_chi2": ag["chi2"],
                "log_z_spread_nats": ag["max_abs_diff"]},
-              [], Lineage(model_run_id=meta.get("mlflow_run_id"), data=open_input(rec["data"])))
+              [], Lineage(model_run_id=bundle.meta.get("mlflow_run_id"), data=open_input(rec["data"])))
     print(f"stored in {args.model}")
     return 0
 
@@ -126,7 +126,7 @@ def _score_files(out: Location, table, t_grid: tuple[float, ...], local_dir: Pat
 
 def _data_name(data: str) -> str:
     """The data's last path component, for the run's name (a URL's too: ``s3://b/digits/test`` is test)."""
-    from dsm.store import Location, is_remote
+    from dsm.plumbing.store import Location, is_remote
 
     return Location.of(data).name if is_remote(data) else Path(data).name
 
@@ -135,12 +135,12 @@ def _score(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from dsm.consistency import Options as ConsistencyOptions
+    from dsm.core.consistency import Options as ConsistencyOptions
     from dsm.data.inputs import open_input
+    from dsm.plumbing.store import redact
     from dsm.scoring.columns import ScoreSpec, parse_t_grid
     from dsm.scoring.job import OPTIONS_FILE, PARTS, out_location, score_table, write_json
     from dsm.scoring.summary import format_summary
-    from dsm.store import redact
 
     spec = ScoreSpec(t_grid=parse_t_grid(args.t_grid), n_noise=args.noise_samples, dequantize=args.dequantize,
                      batch_size=args.batch_size, precision=args.precision)
@@ -151,7 +151,7 @@ def _score(args: argparse.Namespace) -> int:
     consistency = ConsistencyOptions() if args.consistency_samples else None
     out = out_location(args.out)  # an HTTP --out is refused here, before a model is fetched
     model, lineage = _model_file(args.model, args.workspace)
-    # failures (bad input, a failed job, Ctrl-C) become exit codes in dsm.errors.exit_code
+    # failures (bad input, a failed job, Ctrl-C) become exit codes in dsm.plumbing.errors.exit_code
     summary, table = score_table(model, args.data, out, spec, actors=args.actors, gpu=args.gpu,
                                  model_label=lineage.model_uri, consistency=consistency,
                                  consistency_samples=args.consistency_samples, restart=args.restart,
@@ -162,30 +162,28 @@ def _score(args: argparse.Namespace) -> int:
     flat.update(summary.get("consistency", {}).get("metrics", {}))  # consistency/*, named as in training
     with tempfile.TemporaryDirectory(prefix="dsm-score-") as tmp:  # a URL --out's files, for MLflow
         figs, record = _score_files(out, table, spec.t_grid, Path(tmp))
-        info = json.loads(record.read_text())
         lineage.model_run_id = lineage.model_run_id or summary.get("model_mlflow_run_id")
-        lineage.model_sha256, lineage.data = info["options"]["model_sha256"], open_input(args.data)
+        lineage.model_sha256, lineage.data = summary["model_sha256"], open_input(args.data)
         source = (lineage.model_uri.removeprefix("models:/").replace("/", "-v").replace("@", "-")
                   if lineage.model_uri else Path(model).parent.name)
         rid = _tracking("score", args.workspace, f"score-{source}-{_data_name(args.data)}",
                         {"model": args.model, "data": redact(args.data), "t_grid": list(spec.t_grid),
                          "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors,
-                         "precision": spec.precision, "device": info["options"]["device"]},
+                         "precision": spec.precision, "device": summary["device"]},
                         flat, [record, *figs], lineage)
-    if rid:
-        info["mlflow_run_id"] = rid
-        write_json(out / OPTIONS_FILE, info)
+    if rid:  # the record of the job names the run that logged it
+        write_json(out / OPTIONS_FILE, {**json.loads(record.read_text()), "mlflow_run_id": rid})
     print(out / PARTS)
     return 0
 
 
-# dsm.precision.PRECISIONS spelled out (a test keeps them equal): importing that module would
+# dsm.core.precision.PRECISIONS spelled out (a test keeps them equal): importing that module would
 # import torch into the parser of every dsm command.
 PRECISION_CHOICES = ("fp32", "tf32", "bf16")
 
 
 def add_precision(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--precision``: the arithmetic of the command's network evaluations (dsm.precision)."""
+    """``--precision``: the arithmetic of the command's network evaluations (dsm.core.precision)."""
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
                         help=f"arithmetic of {what}: fp32 (TF32 off), tf32 (TF32 matmuls and convolutions on "
                              "GPUs) or bf16 (the network body in bfloat16, U's sums in float32) (default fp32)")

@@ -1,6 +1,6 @@
 """Per-image score columns (no Ray): what one row of ``dsm score``'s parquet holds.
 
-Every random draw is seeded from the example's key (``dsm.seeding``), so a row is the same
+Every random draw is seeded from the example's key (``dsm.core.seeding``), so a row is the same
 whatever the batch, the actor or the order it was computed in.
 
 Columns (units in the names; d = dimensions per image):
@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dsm import units
-from dsm.deff import d_eff
-from dsm.energy import Energy
-from dsm.precision import check_precision, precision_scope
-from dsm.seeding import keyed_uniform
+from dsm.core import units
+from dsm.core.deff import d_eff
+from dsm.core.energy import Energy
+from dsm.core.precision import check_precision, precision_scope
+from dsm.core.seeding import keyed_uniform
 
-SCALAR_COLUMNS = ("energy_t0", "logp_nats", "nll_bpd", "logp_db_per_dim")
 GRID_COLUMNS = ("mse", "deff_denoising", "deff_time", "deff_denoising_stderr", "deff_time_stderr")
 
 
@@ -71,7 +70,7 @@ class ScoreSpec:
     n_noise: int = 4
     dequantize: bool = False
     batch_size: int = 64
-    precision: str = "fp32"  # one of dsm.precision.PRECISIONS; part of a job's identity
+    precision: str = "fp32"  # one of dsm.core.precision.PRECISIONS; part of a job's identity
 
     def __post_init__(self):
         check_precision(self.precision)
@@ -84,7 +83,7 @@ class ScoreSpec:
 def score_batch(model: Energy, x: torch.Tensor, keys: Sequence[str], spec: ScoreSpec, *,
                 eight_bit: bool) -> dict[str, np.ndarray]:
     """The score columns (see the module docstring) for clean x (B, *event_shape), computed at
-    ``spec.precision`` (:func:`dsm.precision.precision_scope`) on x's device.
+    ``spec.precision`` (:func:`dsm.core.precision.precision_scope`) on x's device.
 
     eight_bit: x holds k/255 pixel values (the 8-bit NLL convention; dequantization allowed).
     """

@@ -2,7 +2,7 @@
 
 The dataset is the list of pieces not yet scored; ``map_batches`` sends them to a pool of
 actors (``ActorPoolStrategy``), each of which loads the model once and writes
-``parts/part-<piece>.parquet`` in one atomic write (:meth:`dsm.store.Location.write_bytes`:
+``parts/part-<piece>.parquet`` in one atomic write (:meth:`dsm.plumbing.store.Location.write_bytes`:
 a local temporary file renamed into place, or one PUT to an object store, which makes an
 object visible only once whole). Re-running the same command therefore skips finished parts
 and redoes only the rest: no duplicated and no missing rows. ``out`` is a local folder or an
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dsm import consistency as cons
 from dsm.api import ModelRef, resolve
+from dsm.core import consistency as cons
 from dsm.data.inputs import Input, iter_examples, open_input
-from dsm.data.shards import sha256_file
+from dsm.plumbing.fileio import sha256_file
+from dsm.plumbing.store import Location, StoreError, writable_location
 from dsm.runtime.resources import DEFAULT_TIMEOUT_S, RESOURCE_TIMEOUT_FLAG
 from dsm.scoring.columns import GRID_COLUMNS, ScoreSpec, score_batch
-from dsm.store import Location, StoreError, writable_location
 
 PARTS, OPTIONS_FILE = "parts", "scores.json"
 
@@ -234,8 +234,8 @@ def consistency_on(model_ref: ModelRef, data: str, samples: int, options: cons.O
     """:func:`consistency_of`'s computation, on ``device``."""
     import torch
 
+    from dsm.core.losses import band_edges
     from dsm.scoring.summary import consistency_summary
-    from dsm.train.evaluate import band_edges
 
     model, keys, xs = resolve(model_ref, device), [], []
     for k, x, _ in iter_examples(open_input(data), samples):
@@ -276,7 +276,7 @@ def _run_job(model_ref: ModelRef, inp: Input, out: Location, spec: ScoreSpec, pe
     its actors secured first (at least one must fit; the pool takes as many as the cluster holds)."""
     import dataclasses
 
-    from dsm.errors import JobFailed
+    from dsm.plumbing.errors import JobFailed
     from dsm.runtime.cluster import check_local_gpus
     from dsm.runtime.driver import drive
 
@@ -317,7 +317,7 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     Checks everything it can before Ray starts: ``out`` is writable, the model loads and is
     normalized, the data is readable and non-empty, its shape matches the model, and ``out``
     holds this job or nothing.
-    consistency: the self-consistency checks (:mod:`dsm.consistency`) run after the job on the
+    consistency: the self-consistency checks (:mod:`dsm.core.consistency`) run after the job on the
     first ``consistency_samples`` examples (at least 2); None (the default here; ``dsm score``
     runs them unless ``--consistency-samples 0``) skips them. restart: discard the scores ``out``
     holds, even of another job, and start afresh. address: the Ray cluster to join (default
@@ -325,7 +325,7 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     (dsm.runtime.storage), or the parts would be scattered over the nodes' disks.
     resource_timeout_s: how long to wait for a cluster that can grow to provide one actor (and
     with ``gpu``, the consistency checks' GPU task, which runs on a GPU too). A failure of
-    the Ray job raises dsm.errors.JobFailed, its traceback in the local file
+    the Ray job raises dsm.plumbing.errors.JobFailed, its traceback in the local file
     :func:`error_log_path` names (``out/error.log`` for a local ``out``).
     """
     import torch
@@ -337,7 +337,7 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
     inp = open_input(data)
     inp.check_finite()
     model = resolve(model_ref)
-    model._require_normalized()
+    model.require_normalized()
     model.to_model(torch.zeros(1, *inp.shape))  # shape check: raises naming both shapes
     if spec.dequantize and not inp.eight_bit:
         raise ValueError(f"--dequantize needs 8-bit images; {inp.path} is not 8-bit")
@@ -352,6 +352,7 @@ def score_table(model_ref: ModelRef, data: str | Path, out: str | Path | Locatio
         raise RuntimeError(f"{out}: {len(keys)} rows ({len(set(keys))} distinct keys) for {inp.num_samples} inputs")
     summary = summarize(table, spec.t_grid, model.dim)
     summary["model_mlflow_run_id"] = model.meta.get("mlflow_run_id")  # the training run, for lineage
+    summary.update(model_sha256=options["model_sha256"], device=options["device"])  # which file, scored where
     if consistency is not None and inp.num_samples >= 2:
         summary["consistency"] = consistency_of(model_ref, model, inp, max(2, consistency_samples), consistency,
                                                 gpu=gpu, job=job)

@@ -2,8 +2,8 @@
 
 log Z is estimated at a large noise variance t (default: the model's training t_max) with the
 paired estimator and its standard error, and checked by the several-large-t agreement
-diagnostic (the same data and noise at t/10, t/3 and t, :func:`dsm.consistency.log_z_ts`; ``dsm
-normalize`` warns when their spread is beyond :data:`dsm.consistency.LOG_Z_SPREAD_MAX_NATS`). The
+diagnostic (the same data and noise at t/10, t/3 and t, :func:`dsm.core.consistency.log_z_ts`; ``dsm
+normalize`` warns when their spread is beyond :data:`dsm.core.consistency.LOG_Z_SPREAD_MAX_NATS`). The
 bundle is rewritten atomically with the new log Z and a record of how it was obtained.
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from dsm.bundle import load_model, save_bundle
-from dsm.consistency import log_z_ts
+from dsm.core.bundle import Bundle, load_model, save_bundle
+from dsm.core.consistency import log_z_ts
+from dsm.core.energy import Energy, as_input
+from dsm.core.normalize import estimate_log_z, log_z_agreement
+from dsm.core.precision import check_precision, device_kind, precision_scope
 from dsm.data.inputs import iter_examples, open_input
-from dsm.energy import Energy
-from dsm.normalize import estimate_log_z, log_z_agreement
-from dsm.precision import check_precision, device_kind, precision_scope
 
 
 def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, t: float | None = None,
@@ -26,14 +26,21 @@ def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, 
                     resource_timeout_s: float | None = None) -> dict:
     """Estimate and store log Z (nats); returns the normalization record saved in the bundle.
 
-    precision: one of :data:`dsm.precision.PRECISIONS`, the arithmetic of the energy evaluations
+    precision: one of :data:`dsm.core.precision.PRECISIONS`, the arithmetic of the energy evaluations
     (U's reductions stay float32 under bf16); recorded with the device in the record.
     gpu: run the estimate in a Ray task holding one GPU (of the cluster at ``address``, default
     $RAY_ADDRESS, else a local Ray), waiting at most ``resource_timeout_s`` for it; the held-out
     examples are read here and sent with the task, so no node needs to see the data.
     """
+    return normalize_bundle(load_model(path), path, data, samples=samples, t=t, batch_size=batch_size,
+                            precision=precision, gpu=gpu, address=address, resource_timeout_s=resource_timeout_s)
+
+
+def normalize_bundle(b: Bundle, path: str | Path, data: str | Path, *, samples: int = 2000, t: float | None = None,
+                     batch_size: int = 256, precision: str = "fp32", gpu: bool = False, address: str | None = None,
+                     resource_timeout_s: float | None = None) -> dict:
+    """:func:`normalize_model` on the bundle ``b`` already read from ``path`` (where it is stored again)."""
     check_precision(precision)
-    b = load_model(path)
     if not isinstance(b.model, Energy):
         raise ValueError(f"{path}: a score-network baseline has no energy to normalize")
     inp = open_input(data)
@@ -46,8 +53,7 @@ def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, 
         keys += k
         xs.append(torch.from_numpy(x))
     x = torch.cat(xs)
-    if b.model_config.arch == "mlp":
-        x = x.flatten(1)
+    x = as_input(b.model, x, b.shape)
     args = (b.model, x, keys, float(t or b.t_range[1]), batch_size, precision)
     if gpu:
         record = _on_gpu(path, args, address, resource_timeout_s)
@@ -55,7 +61,8 @@ def normalize_model(path: str | Path, data: str | Path, *, samples: int = 2000, 
         record = log_z_record(*args, device="cpu")
     b.model.log_z.fill_(record["value"])
     record = {**record, "data": str(inp.path)}
-    save_bundle(path, b.model, b.config, b.shape, b.is_image, normalization=record, meta=b.meta)
+    save_bundle(path, b.model, b.config, b.shape, b.is_image, normalization=record, meta=b.meta,
+                eight_bit=b.eight_bit)
     return record
 
 

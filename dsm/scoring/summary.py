@@ -4,7 +4,7 @@
 - quantiles of log p (nats and dB/dim);
 - the d_eff estimators' gap at each t: mean of (time - denoising), its standard error, and the
   mean of each estimator, so a reader sees the gap next to the values it separates;
-- the model's self-consistency (:func:`consistency_summary`, :mod:`dsm.consistency`) on the
+- the model's self-consistency (:func:`consistency_summary`, :mod:`dsm.core.consistency`) on the
   first examples, with a warning line for each metric beyond its bound.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsm import consistency as cons
+from dsm.core import consistency as cons
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 
@@ -57,7 +57,7 @@ def summarize(table, t_grid, dim: int) -> dict:
 
 
 def consistency_summary(energy, x, keys, *, band_edges: list[float], options: cons.Options) -> dict:
-    """The consistency metrics of ``energy`` (a :class:`dsm.energy.Energy`) on x (N, *event_shape)
+    """The consistency metrics of ``energy`` (a :class:`dsm.core.energy.Energy`) on x (N, *event_shape)
     with its keys, the heat bands ``band_edges``; JSON-able, with the warning lines."""
     metrics = cons.check(energy, x, keys, band_edges=band_edges, options=options).metrics()
     return {"n": int(x.shape[0]), "t_min": band_edges[0], "t_max": band_edges[-1], "ode_images": options.ode_images,
@@ -113,10 +113,9 @@ def format_summary(s: dict) -> str:
 
 def figures(table, t_grid, out_dir: Path) -> list[Path]:
     """PNGs: the histogram of log p (dB/dim, log-frequency axis) and mean d_eff against t."""
-    import matplotlib
+    from dsm.plumbing.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -126,10 +125,7 @@ def figures(table, t_grid, out_dir: Path) -> list[Path]:
     ax.set_xlabel("log p (dB/dim)")
     ax.set_ylabel("images")
     ax.set_title(f"log p of {len(db)} images")
-    fig.tight_layout()
-    paths.append(out_dir / "logp_hist.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "logp_hist.png"))
     if len(t_grid):
         a, b = _grid(table, "deff_denoising"), _grid(table, "deff_time")
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -139,8 +135,5 @@ def figures(table, t_grid, out_dir: Path) -> list[Path]:
         ax.set_xlabel("noise variance t")
         ax.set_ylabel("mean d_eff")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out_dir / "d_eff.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir / "d_eff.png"))
     return paths

@@ -35,7 +35,7 @@ def _check_command(argv: list[str], root: Path, parse) -> None:
     except SystemExit:
         raise SubmitError(f"not a valid dsm command: dsm {' '.join(argv)} (usage above)") from None
     if args.command == "train":
-        from dsm.config import load_config
+        from dsm.plumbing.config import load_config
         from dsm.train.config import TrainConfig
 
         extra = list(args.overrides)
@@ -46,7 +46,7 @@ def _check_command(argv: list[str], root: Path, parse) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from dsm.config import ConfigError
+    from dsm.plumbing.config import ConfigError
     from dsm.submit import client as jc
     from dsm.submit.ids import decide, submission_base
     from dsm.submit.runtime_env import (

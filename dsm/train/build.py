@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsm import losses, models
-from dsm.config import ConfigError
+from dsm.core import losses, models
+from dsm.core.models import DataShape
+from dsm.core.noise import TSampler, make_t_sampler
 from dsm.data.stream import Source, open_source
-from dsm.models import DataShape
-from dsm.noise import TSampler, make_t_sampler
-from dsm.store import Location, StoreError
+from dsm.plumbing.config import ConfigError
+from dsm.plumbing.store import Location, StoreError
 from dsm.train.config import TrainConfig
 
 
@@ -39,7 +39,7 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
     splits). Raises ConfigError naming the field when a path does not exist.
     """
     from dsm.data.sources import prepare as prepare_dataset
-    from dsm.fileio import exclusive
+    from dsm.plumbing.fileio import exclusive
 
     data = cfg.data.model_copy()
     if data.dataset is not None:
@@ -65,7 +65,7 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
 
 def _given_data(data) -> tuple[Location, Location]:
     """(training, held-out) locations of a config's data.path / data.eval_path: local paths made
-    absolute, URLs kept (dsm.store); the held-out split defaults to the 'test' split beside."""
+    absolute, URLs kept (dsm.plumbing.store); the held-out split defaults to the 'test' split beside."""
     train = Location.of(data.path)
     _require_data("data.path", train)  # before the eval_path rules below, which assume the training data is there
     if data.eval_path is not None:
@@ -106,11 +106,6 @@ def build_model(cfg: TrainConfig, shape: DataShape) -> nn.Module:
     return models.from_config(cfg.model, shape, t_min=cfg.noise.t_min, t_max=cfg.noise.t_max)
 
 
-def model_input(cfg: TrainConfig, x: torch.Tensor) -> torch.Tensor:
-    """The batch as the model sees it: flattened for an MLP, as is for the UNet."""
-    return x.flatten(1) if cfg.model.arch == "mlp" else x
-
-
 def build_loss(cfg: TrainConfig):
     if cfg.model.kind == "score":
         return losses.Denoising()
@@ -144,7 +139,7 @@ def build_ema(cfg: TrainConfig, model: nn.Module) -> torch.optim.swa_utils.Avera
     docs/scoring.md: an EMA of 0.999 made the learned energy far more consistent with its own
     PF-ODE (max per-image gap 0.27 nats/dim after 8000 steps, against 0.66 after 20000 without).
     """
-    from dsm.step import weight_ema
+    from dsm.core.step import weight_ema
 
     return weight_ema(model, cfg.optim.ema_decay, cfg.optim.ema_warmup)
 

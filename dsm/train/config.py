@@ -15,10 +15,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from dsm.config import StrictModel
+from dsm.core.models import ModelConfig
+from dsm.core.noise import T_SAMPLERS
 from dsm.data.sources import DATASETS, PrepareConfig
-from dsm.models import ModelConfig
-from dsm.noise import T_SAMPLERS
+from dsm.plumbing.config import StrictModel
 
 # The paper's input PSNRs for the denoising table (Table 1): 90, 75, ..., -30 dB.
 PAPER_PSNRS = [90.0 - 15.0 * i for i in range(9)]
@@ -56,7 +56,8 @@ class DataConfig(StrictModel):
 
 
 class ImportanceConfig(StrictModel):
-    """``noise.sampler: importance``: log t drawn by the loss's second moment per bin (dsm.noise.LossSecondMoment)."""
+    """``noise.sampler: importance``: log t drawn by the loss's second moment per bin
+    (dsm.core.noise.LossSecondMoment)."""
 
     bins: int = Field(32, ge=1, description="equal bins of log t")
     decay: float = Field(0.99, ge=0, lt=1, description="per-step decay of the second-moment average")
@@ -124,7 +125,7 @@ class EvalConfig(StrictModel):
     psnrs: list[float] = Field(default_factory=lambda: list(PAPER_PSNRS), description="input PSNRs in dB")
     log_z_t: float | None = Field(None, gt=0, description="noise variance of the log Z estimate (default t_max)")
     grid: bool = Field(True, description="log a PNG grid of denoised held-out examples")
-    # Self-consistency metrics (dsm.consistency; energies only). The defaults add about 3 s per
+    # Self-consistency metrics (dsm.core.consistency; energies only). The defaults add about 3 s per
     # evaluation of the smoke run (2 CPUs); dsm score measures the same with more images and steps.
     consistency: bool = Field(True, description="log the consistency/* metrics: log Z spread over large t, "
                                                 "energy vs PF-ODE gap, heat-equation residual by band")

@@ -13,13 +13,13 @@ Metrics (names as logged; nats unless said):
   registered sampler targets that law (importance sampling reweights to it). ``eval/loss``
   estimates the same expectation, stratified over the bands with every example in each band.
 - ``eval/psnr_out_in{p}dB``: the paper's output PSNR of the denoiser at input PSNR p, the PSNR
-  of the MSE averaged over images (:func:`dsm.noise.psnr_of_mean_mse`);
+  of the MSE averaged over images (:func:`dsm.core.noise.psnr_of_mean_mse`);
   ``eval/psnr_out_mean_per_image_in{p}dB``: the mean of per-image PSNRs, which is higher.
 - energies only: ``eval/log_z`` and ``eval/log_z_stderr`` (paired estimator at t = log_z_t),
   ``eval/nll_bpd`` (8-bit convention for 8-bit images, plain bits/dim otherwise) and
   ``eval/nll_bpd_stderr``.
 - energies only, when asked (``consistency=``): the ``consistency/*`` self-consistency metrics
-  of :mod:`dsm.consistency` (log Z spread over large t, energy vs PF-ODE gap, heat-equation
+  of :mod:`dsm.core.consistency` (log Z spread over large t, energy vs PF-ODE gap, heat-equation
   residual per band, near-Gaussian Laplacian), the heat bands being ``BANDS`` above.
 """
 
@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from dsm import consistency as cons
-from dsm import noise, units
-from dsm.energy import Energy
-from dsm.normalize import LogZ, estimate_log_z
-from dsm.seeding import keyed_normal, keyed_uniform
-
-BANDS = 4
+from dsm.core import consistency as cons
+from dsm.core import noise, units
+from dsm.core.energy import Energy
+from dsm.core.losses import BANDS, band_edges
+from dsm.core.normalize import LogZ, estimate_log_z
+from dsm.core.seeding import keyed_normal, keyed_uniform
 
 
 @dataclass
@@ -55,11 +53,6 @@ def _denoise(model: nn.Module, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor
             return model.denoise(y, t).detach()
     with torch.no_grad():
         return model.denoise(y, t)
-
-
-def band_edges(t_min: float, t_max: float) -> list[float]:
-    """The ``BANDS + 1`` edges of the evaluation's equal log-width bands of [t_min, t_max]."""
-    return torch.logspace(math.log10(t_min), math.log10(t_max), BANDS + 1, dtype=torch.float64).tolist()
 
 
 def consistency_options(eval_cfg) -> cons.Options | None:
@@ -190,10 +183,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, keys: list[str], *, loss_fn, t_m
 
 def denoising_figure(x: torch.Tensor, denoised: dict[float, torch.Tensor], path: str) -> str:
     """A PNG grid: clean held-out images (top row), then the denoiser's output at each input PSNR."""
-    import matplotlib
+    from dsm.plumbing.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     levels = sorted(denoised, reverse=True)
     k = x.shape[0]
@@ -208,8 +200,5 @@ def denoising_figure(x: torch.Tensor, denoised: dict[float, torch.Tensor], path:
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle("denoised held-out examples by input PSNR", fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

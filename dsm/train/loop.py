@@ -1,8 +1,8 @@
 """The per-worker training function that Ray Train runs on every rank.
 
 It is thin over the core: the data's :class:`TrainStream`, the core's
-:func:`dsm.step.train_step` with :class:`~dsm.step.Collectives` and
-:class:`~dsm.step.NonFinitePolicy` (as ``dsm.fit`` uses them in one process),
+:func:`dsm.core.step.train_step` with :class:`~dsm.core.step.Collectives` and
+:class:`~dsm.core.step.NonFinitePolicy` (as ``dsm.core.fit`` uses them in one process),
 :func:`dsm.train.evaluate.evaluate`, and a checkpoint folder per report. The rules that keep
 DDP and ``ray.train.report`` (a barrier) safe, and the code that keeps each:
 
@@ -21,33 +21,32 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 
 import torch
 
-from dsm.bundle import save_bundle
+from dsm.core.bundle import save_bundle
+from dsm.core.energy import Energy, as_input, unwrap
+from dsm.core.losses import band_edges, loss_by_band
+from dsm.core.precision import precision_scope
+from dsm.core.seeding import key_seed
+from dsm.core.step import Collectives, NonFinitePolicy, train_step
 from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source, to_unit_float
-from dsm.energy import Energy, unwrap
-from dsm.losses import loss_by_band
-from dsm.precision import precision_scope
-from dsm.seeding import key_seed
-from dsm.step import Collectives, NonFinitePolicy, train_step
-from dsm.store import Location
+from dsm.plumbing.store import Location
 from dsm.train import build
 from dsm.train.config import TrainConfig
-from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate
+from dsm.train.evaluate import consistency_options, denoising_figure, evaluate
+from dsm.train.outputs import BEST_FILE, CONFIG_FILE, MODEL_FILE, RunOutputs
 from dsm.train.runlog import RunLog
 from dsm.train.state import TrainState, load_state, save_state
 
 
-def _batches(stream: TrainStream, loader_workers: int, start_step: int,
+def train_batches(stream: TrainStream, loader_workers: int, start_step: int,
              device: torch.device | None = None) -> Iterator[dict]:
     """Batches forever from the data position of ``start_step`` (epoch, offset within it).
 
@@ -62,7 +61,7 @@ def _batches(stream: TrainStream, loader_workers: int, start_step: int,
         offset, epoch = 0, epoch + 1
 
 
-def _held_out(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, list[str]]:
+def _held_out(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, list[str]]:
     """The first ``eval.samples`` held-out examples, in manifest order, and their keys."""
     xs, keys = [], []
     for b in EvalStream(cfg.data.eval_path, batch_size=256, rank=0, world_size=1, on_error=cfg.data.on_error):
@@ -71,7 +70,7 @@ def _held_out(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, lis
         if len(keys) >= cfg.eval.samples:
             break
     x = torch.cat(xs)[:cfg.eval.samples]
-    return build.model_input(cfg, to_unit_float(x, device)), keys[:cfg.eval.samples]
+    return as_input(model, to_unit_float(x, device)), keys[:cfg.eval.samples]
 
 
 def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[str, float]:
@@ -138,14 +137,28 @@ def reported_metrics(cfg: TrainConfig) -> set[str]:
     return names
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What the driver sends besides the config (see :func:`train_loop`)."""
+
+    name: str
+    tracking_uri: str
+    mlflow_run_id: str | None  # the run's MLflow run when the driver opened one
+    tags: dict  # tags for the MLflow run and the exported bundles' meta
+
+    @classmethod
+    def of(cls, config: dict) -> RunInfo:
+        return cls(config["run_name"], config["tracking_uri"], config.get("mlflow_run_id"), config.get("tags", {}))
+
+
 @dataclass
 class Worker:
-    """One rank's training run, as :func:`train_loop` sets it up. ``config``: what the driver
-    sent (see train_loop); ``final``: the model that is evaluated, normalized and exported
-    (the weight EMA when there is one, on rank 0)."""
+    """One rank's training run, as :func:`train_loop` sets it up. ``final``: the model that is
+    evaluated, normalized and exported (the weight EMA when there is one, on rank 0)."""
 
     cfg: TrainConfig
-    config: dict
+    run: RunInfo
+    outputs: RunOutputs
     rank: int
     comm: Collectives
     device: torch.device
@@ -169,38 +182,6 @@ class Worker:
     def final(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    @property
-    def out(self) -> Location:
-        """Where this run's outputs are published: the run folder, or ``<storage>/<name>``."""
-        return Location.of(self.config["export_path"]).parent
-
-    @property
-    def run_dir(self) -> Path:
-        """Where rank 0 writes its outputs: the run folder itself, or (remote storage) a local
-        staging folder on this worker's node, from which :meth:`publish` uploads them."""
-        if self.out.is_local:
-            return self.out.path
-        return Path(tempfile.gettempdir()) / f"dsm-run-{self.config['run_name']}"
-
-    def publish(self, path: Path) -> None:
-        """Upload a finished output file to remote storage (one upload: atomic); locally it is there."""
-        if not self.out.is_local:
-            (self.out / path.name).upload(path)
-
-    def staged(self, name: str) -> Path:
-        """``run_dir / name``, fetched from remote storage when this node has no copy (a run
-        resumed on another node published it from there), so that MLflow gets it too."""
-        path = self.run_dir / name
-        if not path.is_file() and not self.out.is_local and name in self.out.listing():
-            path.write_bytes((self.out / name).read_bytes())
-        return path
-
-    def discard_staging(self) -> None:
-        """Remove the local staging folder (remote storage) once the run has ended: what it held
-        is published or logged to MLflow, and a later run of the same name starts it afresh."""
-        if not self.out.is_local:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
     def flush(self) -> None:
         """Write the metric rows kept since the last flush to MLflow (rank 0)."""
         self.log.flush(self.state.pending)
@@ -209,7 +190,8 @@ class Worker:
 
 def train_loop(config: dict) -> dict | None:
     """Ray Train's ``train_loop_per_worker``. ``config``: ``cfg`` (TrainConfig as JSON),
-    ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``export_path``, ``tags``.
+    ``run_name``, ``tracking_uri``, ``mlflow_run_id`` (or None), ``outputs`` (where the run's
+    outputs are published: dsm.train.outputs), ``tags``.
 
     Every rank runs the same steps and reports at the same steps (docs/design.md section 7);
     rank 0 alone evaluates, checkpoints, exports and logs, and returns how the run ended
@@ -223,7 +205,7 @@ def train_loop(config: dict) -> dict | None:
         if w.rank == 0:
             _stop(w, stopped)
             return {"status": "non_finite", "message": stopped}
-    return {"status": "finished", "export": config["export_path"]} if w.rank == 0 else None
+    return {"status": "finished", "export": w.outputs.model.url} if w.rank == 0 else None
 
 
 def _start(config: dict) -> Worker:
@@ -249,24 +231,26 @@ def _start(config: dict) -> Worker:
     stream = TrainStream(cfg.data.path, batch_size=cfg.per_worker_batch, mode=cfg.data.mode, seed=cfg.seed,
                          rank=rank, world_size=world, loader_workers=cfg.data.loader_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, flips=cfg.data.flips, on_error=cfg.data.on_error)
-    w = Worker(cfg, config, rank, Collectives(world, device), device, shape, model, model, opt, sched,
+    run = RunInfo.of(config)
+    outputs = RunOutputs(run.name, Location.of(config["outputs"]))
+    w = Worker(cfg, run, outputs, rank, Collectives(world, device), device, shape, model, model, opt, sched,
                ema=build.build_ema(cfg, model) if rank == 0 else None,  # only rank 0 evaluates and exports
                loss_fn=build.build_loss(cfg), sampler=build.build_sampler(cfg), stream=stream,
                state=TrainState(nonfinite=NonFinitePolicy(cfg.optim.max_bad_steps),
-                                mlflow_run_id=config.get("mlflow_run_id")),
+                                mlflow_run_id=run.mlflow_run_id),
                log=RunLog(None, ""))
     _resume(w, ray.train.get_checkpoint())
     if world > 1:
         w.net = ray.train.torch.prepare_model(model, move_to_device=False)
-    w.edges = torch.logspace(math.log10(cfg.noise.t_min), math.log10(cfg.noise.t_max), BANDS + 1).tolist()
+    w.edges = band_edges(cfg.noise.t_min, cfg.noise.t_max)
     w.eight_bit = is_eight_bit(open_source(cfg.data.eval_path))
     w.per_epoch = stream.batches_per_epoch(cfg.data.loader_workers)
     if rank == 0:
         if w.state.step == 0:  # a fresh run: nothing of an earlier run of this name (model-best.pt) is its own
-            w.discard_staging()
+            w.outputs.discard_staging()
         _open_log(w)
         if cfg.eval.enabled or isinstance(model, Energy):
-            w.held = _held_out(cfg, device)
+            w.held = _held_out(cfg, model, device)
     return w
 
 
@@ -280,12 +264,12 @@ def _resume(w: Worker, ckpt) -> None:
         w.state, _ = load_state(folder, model=w.model, optimizer=w.opt, scheduler=w.sched,
                                 sampler=w.sampler, ema=w.ema, nonfinite=w.state.nonfinite)
     if w.rank == 0:
-        _say(f"dsm train: resumed {w.config['run_name']} at step {w.state.step}/{w.cfg.steps}")
+        _say(f"dsm train: resumed {w.run.name} at step {w.state.step}/{w.cfg.steps}")
 
 
 def _open_log(w: Worker) -> None:
     """Rank 0's MLflow handle: skip rows already logged, write those a crash kept back."""
-    w.log = RunLog(w.state.mlflow_run_id, w.config["tracking_uri"])
+    w.log = RunLog(w.state.mlflow_run_id, w.run.tracking_uri)
     if not w.log.enabled:
         return
     w.log.resume()
@@ -309,7 +293,7 @@ def _train(w: Worker) -> str | None:
     """Steps from the state's step to ``cfg.steps``, with progress lines and reports; returns
     why training stopped early (non-finite steps), else None."""
     cfg = w.cfg
-    batches = _batches(w.stream, cfg.data.loader_workers, w.state.step, w.device)
+    batches = train_batches(w.stream, cfg.data.loader_workers, w.state.step, w.device)
     window, clock = Window(), (time.time(), w.state.step)
     while w.state.step < cfg.steps:
         stopped = _step(w, next(batches), window)
@@ -329,7 +313,7 @@ def _step(w: Worker, batch: dict, window: Window) -> str | None:
     update vetoed on every rank (each rank must still take part in the step's collectives).
     Returns the non-finite policy's reason to stop, or None."""
     t0 = time.perf_counter()
-    x = build.model_input(w.cfg, to_unit_float(batch["x"], w.device))
+    x = as_input(w.model, to_unit_float(batch["x"], w.device))
     # 8-bit pixels are finite by construction: no device-to-host sync to check them
     input_ok = batch["x"].dtype == torch.uint8 or bool(torch.isfinite(x).all())
     if not input_ok:
@@ -418,7 +402,7 @@ def _report(w: Worker, step: int) -> None:
                 w.state.pending.append((step, ev))
                 metrics.update(ev)
             save_state(tmp, model=unwrap(w.net), optimizer=w.opt, scheduler=w.sched, state=w.state,
-                       config=w.config["cfg"], batches_per_epoch=w.per_epoch, world_size=w.comm.world,
+                       config=w.cfg.model_dump(mode="json"), batches_per_epoch=w.per_epoch, world_size=w.comm.world,
                        sampler=w.sampler, ema=w.ema)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if step == w.cfg.steps:
@@ -440,7 +424,8 @@ def _evaluate(w: Worker, step: int) -> dict[str, float]:
                        grid_examples=8 if cfg.eval.grid and cfg.model.arch == "unet" else 0,
                        consistency=consistency_options(cfg.eval))
     if res.denoised:
-        fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(w.run_dir / "figures" / f"denoised_{step:08d}.png"))
+        path = w.outputs.staging_dir / "figures" / f"denoised_{step:08d}.png"
+        fig = denoising_figure(held[0][:8].cpu(), res.denoised, str(path))
         w.log.artifact(fig, "figures")
     _keep_best(w, res, step)
     return res.metrics
@@ -452,11 +437,10 @@ def _stop(w: Worker, reason: str) -> None:
     w.flush()
     w.log.tags({"dsm.status": "non_finite", "dsm.stop_reason": reason})
     w.log.finish("FAILED")
-    w.discard_staging()
+    w.outputs.discard_staging()
     _say(f"dsm train: {reason}", err=True)
 
 
-BEST_FILE = "model-best.pt"
 SELECTED_BY = "eval/nll_bpd"  # model selection: the normalized held-out NLL, lower is better
 
 
@@ -474,10 +458,11 @@ def _keep_best(w: Worker, res, step: int) -> None:
     if state.best_nll_bpd is not None and value >= state.best_nll_bpd:
         return
     state.best_nll_bpd, state.best_step = float(value), step
-    meta = {"run_name": w.config["run_name"], "step": step, "mlflow_run_id": state.mlflow_run_id,
-            "selected_by": SELECTED_BY, SELECTED_BY: float(value), **w.config.get("tags", {})}
-    w.publish(save_bundle(w.run_dir / BEST_FILE, w.final, w.cfg, w.shape.shape, w.shape.is_image,
-                          normalization=res.log_z.as_dict(), meta=meta))
+    meta = {"run_name": w.run.name, "step": step, "mlflow_run_id": state.mlflow_run_id,
+            "selected_by": SELECTED_BY, SELECTED_BY: float(value), **w.run.tags}
+    best = save_bundle(w.outputs.staging_dir / BEST_FILE, w.final, w.cfg, w.shape.shape, w.shape.is_image,
+                       normalization=res.log_z.as_dict(), meta=meta, eight_bit=w.eight_bit)
+    w.outputs.publish(best)
 
 
 def _finalize(w: Worker) -> None:
@@ -485,29 +470,29 @@ def _finalize(w: Worker) -> None:
     Safe to repeat: a re-run of a finished run lands here directly and redoes only this."""
     import yaml
 
-    from dsm.normalize import normalize
+    from dsm.core.normalize import normalize
 
-    cfg, config, model, shape, held, log, state = w.cfg, w.config, w.final, w.shape, w.held, w.log, w.state
-    export = w.run_dir / "model.pt"
+    cfg, outputs, model, shape, held, log, state = w.cfg, w.outputs, w.final, w.shape, w.held, w.log, w.state
+    export = outputs.staging_dir / MODEL_FILE
     norm = None
     if isinstance(model, Energy):
         with precision_scope("fp32", w.device):  # the exported log Z is fp32 whatever the training precision
             norm = normalize(model, held[0], cfg.eval.log_z_t or cfg.noise.t_max, keys=held[1],
                              batch_size=cfg.eval.batch_size).as_dict()
-    meta = {"run_name": config["run_name"], "step": state.step, "mlflow_run_id": state.mlflow_run_id,
-            "selected_by": "last", **config.get("tags", {})}
-    save_bundle(export, model, cfg, shape.shape, shape.is_image, normalization=norm, meta=meta)
-    cfg_path = export.parent / "config.yaml"
-    cfg_path.write_text(yaml.safe_dump(config["cfg"], sort_keys=False))
-    w.publish(cfg_path)
-    w.publish(export)  # last: a published model.pt means the run finished
-    best = w.staged(BEST_FILE)
+    meta = {"run_name": w.run.name, "step": state.step, "mlflow_run_id": state.mlflow_run_id,
+            "selected_by": "last", **w.run.tags}
+    save_bundle(export, model, cfg, shape.shape, shape.is_image, normalization=norm, meta=meta, eight_bit=w.eight_bit)
+    cfg_path = export.parent / CONFIG_FILE
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    outputs.publish(cfg_path)
+    outputs.publish(export)  # last: a published model.pt means the run finished
+    best = outputs.staged(BEST_FILE)
     if log.enabled:
         log.artifact(cfg_path)
         log.artifact(export, "model")
         if best.is_file():
             log.artifact(best, "model")
             log.tags({"dsm.best_step": str(state.best_step), "dsm.best_nll_bpd": f"{state.best_nll_bpd:.6g}"})
-        log.tags({"dsm.status": "finished", "dsm.export": str(w.out / export.name)})
+        log.tags({"dsm.status": "finished", "dsm.export": str(outputs.model)})
         log.finish()
-    w.discard_staging()
+    w.outputs.discard_staging()

@@ -14,33 +14,49 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsm.config import ConfigError
-from dsm.fileio import exclusive
+from dsm.core.step import NonFiniteTraining
+from dsm.plumbing.config import ConfigError
+from dsm.plumbing.fileio import exclusive
+from dsm.plumbing.store import Location
 from dsm.runtime.storage import storage_root
-from dsm.step import NonFiniteTraining
-from dsm.store import Location
 from dsm.train.config import TrainConfig
-
-ERROR_LOG = "error.log"  # in the run folder: the last failure's full traceback
+from dsm.train.outputs import BEST_FILE, ERROR_LOG, MODEL_FILE, RunOutputs
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated run: the resolved config, its name and where its outputs go."""
+    """A validated run: the resolved config, its name, its folder on the driver and where Ray
+    Train keeps its checkpoints and rank 0 publishes its outputs (the folder itself, or
+    ``<storage>/<name>``: dsm.train.outputs)."""
 
     cfg: TrainConfig
     name: str
     workspace: Path
     run_dir: Path
-    export_path: Path
     shape: tuple[int, ...]
-    # Where Ray Train keeps the run's checkpoints and rank 0 publishes model.pt, model-best.pt and
-    # config.yaml: ``<storage>/<name>`` (a URL with --storage s3://...); None: run_dir itself.
-    outputs: str | None = None
+    outputs: RunOutputs
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, name: str, workspace: Path, run_dir: Path, shape: tuple[int, ...],
+           storage: Location | None) -> Plan:
+        """The plan of run ``name`` from ``run_dir``, published under ``storage`` when given: the one
+        constructor of ``dsm train`` and ``dsm tune``'s trials."""
+        return cls(cfg, name, workspace, run_dir, shape, RunOutputs.of(name, run_dir, storage))
 
     @property
     def out(self) -> Location:
-        return Location.of(self.outputs or self.run_dir)
+        """Where the checkpoints and the published outputs are."""
+        return self.outputs.out
+
+    @property
+    def published_elsewhere(self) -> bool:
+        """The outputs are published away from the run folder (``--storage``), and fetched back."""
+        return self.out != Location.of(self.run_dir)
+
+    @property
+    def export_path(self) -> Path:
+        """The finished run's model.pt in the run folder."""
+        return self.run_dir / MODEL_FILE
 
 
 def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "train",
@@ -56,11 +72,7 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
     cfg = resolve_data(cfg, ws, progress=progress)
     shape = check_buildable(cfg)  # GPUs are the cluster's business: checked once Ray is joined
     name = cfg.run_name(stem)
-    run_dir = ws / "runs" / name
-    outputs = (Location.of(storage) / name).url if storage else None
-    if outputs and Location.of(outputs) == Location.of(run_dir):
-        outputs = None
-    p = Plan(cfg, name, ws, run_dir, run_dir / "model.pt", shape.shape, outputs)
+    p = Plan.of(cfg, name, ws, ws / "runs" / name, shape.shape, Location.of(storage) if storage else None)
     check_resumable(cfg, p.out)
     return p
 
@@ -105,7 +117,7 @@ def _last_checkpoint_config(run_dir: Location) -> tuple[dict, str | None]:
     there is none. Ray Train names checkpoint folders by time, so the last name is the latest."""
     import tempfile
 
-    from dsm.fileio import load_torch_file
+    from dsm.plumbing.fileio import load_torch_file
 
     if run_dir.is_local:
         states = sorted(run_dir.path.glob("checkpoint_*/state.pt"), key=lambda f: f.stat().st_mtime)
@@ -182,7 +194,7 @@ def make_trainer(p: Plan, uri: str, run_id: str | None, tags: dict[str, str], ca
     return TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_name": p.name, "tracking_uri": uri,
-                           "mlflow_run_id": run_id, "export_path": (p.out / "model.pt").url, "tags": tags},
+                           "mlflow_run_id": run_id, "outputs": p.out.url, "tags": tags},
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.workers, use_gpu=cfg.scaling.gpu,
                                                resources_per_worker=resources),
@@ -205,7 +217,7 @@ def failure_callback(max_failures: int):
       of the ranks' tracebacks (quiet_ray_train_logs)."""
     import ray.train
 
-    from dsm.errors import bad_input_among, short_cause
+    from dsm.plumbing.errors import bad_input_among, short_cause
     from dsm.train.loop import quiet_ray_train_logs
 
     class FailureReport(ray.train.UserCallback):
@@ -245,30 +257,18 @@ def outcome(p: Plan, result) -> Path:
     ended = getattr(result, "return_value", None) or {}
     if ended.get("status") == "non_finite":
         raise NonFiniteTraining(ended.get("message", "non-finite steps"))
-    if p.outputs and ended.get("status") == "finished":
-        fetch_outputs(p)
+    if p.published_elsewhere and ended.get("status") == "finished":
+        p.outputs.fetch(p.run_dir)
     if ended.get("status") != "finished" or not p.export_path.is_file():
         raise RuntimeError(f"training ended without an exported model at {p.export_path} "
                            f"(status {ended.get('status') or 'none'})")
     return p.export_path
 
 
-def fetch_outputs(p: Plan) -> None:
-    """Copy what rank 0 published to remote storage (model.pt, model-best.pt, config.yaml) into
-    the local run folder, where the driver registers and reports the model."""
-    from dsm.train.loop import BEST_FILE
-
-    p.run_dir.mkdir(parents=True, exist_ok=True)
-    found = p.out.listing()
-    for name in ("model.pt", BEST_FILE, "config.yaml"):
-        if name in found:
-            (p.run_dir / name).write_bytes((p.out / name).read_bytes())
-
-
 def train(p: Plan, address: str | None = None, log_to_driver: bool = True, register: str | None = None) -> Path:
     """Run (or resume) the planned training on Ray Train (dsm.runtime.driver's sequence); returns
     the exported model's path, which is also logged as the run's MLflow model (and registered
-    as a version of ``register``). Raises dsm.errors.JobFailed, Interrupted or NonFiniteTraining."""
+    as a version of ``register``). Raises dsm.plumbing.errors.JobFailed, Interrupted or NonFiniteTraining."""
     from dsm.runtime.driver import Job, Tracking, drive
     from dsm.runtime.resources import Demand
     from dsm.runtime.tracking import tracking_uri
@@ -297,7 +297,7 @@ def publish_model(uri: str, run_id: str | None, export: Path, register: str | No
     """The exported bundle as the run's MLflow model (dsm.runtime.mlmodel), and a new version of
     registered model ``register`` when given; returns its ``models:/`` URI. Best effort: the
     model file is the result, so an MLflow failure here is one line, not a failed run."""
-    from dsm.data.shards import sha256_file
+    from dsm.plumbing.fileio import sha256_file
     from dsm.runtime.tracking import best_effort
 
     if run_id is None:
@@ -346,9 +346,9 @@ def _fit_interruptibly(trainer):
 
 def print_summary(p: Plan, export: Path) -> None:
     """Where things are; the export path comes last (scripts read the last line)."""
-    from dsm.bundle import load_model
+    from dsm.core.bundle import load_model
     from dsm.runtime.tracking import tracking_uri
-    from dsm.train.loop import BEST_FILE, SELECTED_BY
+    from dsm.train.loop import SELECTED_BY
 
     b = load_model(export)
     if b.normalization:
@@ -367,8 +367,8 @@ def print_summary(p: Plan, export: Path) -> None:
 def main(config: str | None, overrides: list[str], *, workspace: str | None, address: str | None,
          workers: int | None, gpu: bool, quiet: bool = False, register: str | None = None,
          storage: str | None = None) -> int:
-    """``dsm train``: returns the exit code (failures become exit codes in dsm.errors.exit_code)."""
-    from dsm.config import load_config
+    """``dsm train``: returns the exit code (failures become exit codes in dsm.plumbing.errors.exit_code)."""
+    from dsm.plumbing.config import load_config
 
     if register is not None:
         from dsm.runtime.mlmodel import check_model_name
@@ -383,7 +383,7 @@ def main(config: str | None, overrides: list[str], *, workspace: str | None, add
     stem = Path(config).stem if config else "train"
     p = plan(cfg, workspace, stem, progress=not quiet, storage=storage)
     print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
-          f"outputs in {p.run_dir}" + (f", checkpoints in {p.out}" if p.outputs else ""), flush=True)
+          f"outputs in {p.run_dir}" + (f", checkpoints in {p.out}" if p.published_elsewhere else ""), flush=True)
     with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder (else Busy: exit 2)
         export = train(p, address, register=register)
     print_summary(p, export)

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from dsm.fileio import load_torch_file
-from dsm.step import NonFinitePolicy
+from dsm.core.step import NonFinitePolicy
+from dsm.plumbing.fileio import load_torch_file
 
 STATE_FILE = "state.pt"
 

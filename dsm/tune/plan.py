@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from dsm.config import ConfigError, flatten_keys, load_config
-from dsm.store import Location
+from dsm.plumbing.config import ConfigError, flatten_keys, load_config
+from dsm.plumbing.store import Location
 from dsm.train.config import TrainConfig
 from dsm.tune.spec import Param, SweepSpec, field_exists, nice, sweep_name
 
@@ -152,17 +152,7 @@ def make_plan(spec_path: str | Path, overrides: list[str] = (), workspace: str |
     spec = load_config(SweepSpec, spec_path, list(overrides))
     spec = spec.model_copy(update={"overrides": flatten_keys(spec.overrides)})
     base_path = (spec_path.resolve().parent / spec.base)
-    if not base_path.is_file():
-        raise ConfigError(f"base: training config {str(base_path)!r} does not exist (relative to {spec_path})")
-    for key in [*spec.space, *spec.overrides]:
-        msg = field_exists(TrainConfig, key)
-        if msg:
-            where = "space" if key in spec.space else "overrides"
-            raise ConfigError(f"{where}: {msg}")
-    for key in ("name", "tracking.experiment"):
-        if key in spec.space:
-            raise ConfigError(f"space: {key!r} is set by the sweep and cannot be swept")
-
+    _check_spec(spec, spec_path, base_path)
     fixed = {**spec.overrides, **spec.resource_overrides(), "tracking.experiment": spec.tracking.experiment,
              "tracking.enabled": spec.tracking.enabled}
     ws = workspace_dir(workspace)
@@ -174,32 +164,57 @@ def make_plan(spec_path: str | Path, overrides: list[str] = (), workspace: str |
     if not plan.notes:
         check_buildable(plan.base)
     plan.max_steps = plan.base.steps
-
     if spec.search == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("search: optuna is not installed (pip install optuna), or use random or grid") from None
-        for key, p in spec.space.items():
-            for v in p.extremes():
-                cfg = _trial_cfg(plan, {key: v}, f"{key}={nice(v)}", prepare_data)
-                _check_trial(spec, cfg, f"the trial with {key}={nice(v)}")
-                plan.max_steps = max(plan.max_steps, cfg.steps)
+        _check_optuna_extremes(plan, prepare_data)
     else:
-        plan.trials = []
-        for i, params in enumerate(_expand(spec)):
-            what = f"trial {i} ({', '.join(f'{k}={nice(v)}' for k, v in params.items())})"
-            cfg = _trial_cfg(plan, params, what, prepare_data)
-            _check_trial(spec, cfg, what)
-            plan.trials.append(Trial(i, params, cfg))
-            plan.max_steps = max(plan.max_steps, cfg.steps)
-        if not plan.notes:
-            for cfg in {t.cfg.model_dump_json(include={"model", "data"}): t.cfg for t in plan.trials}.values():
-                check_buildable(cfg)  # each distinct architecture and data, on the meta device
-
+        _expand_trials(plan, prepare_data)
     text = spec_path.read_text()
     plan.name = sweep_name(spec, spec_path.stem, text + "\n" + "\n".join(overrides), base_path.read_text(), [])
     return plan
+
+
+def _check_spec(spec: SweepSpec, spec_path: Path, base_path: Path) -> None:
+    """The spec's base config exists, and every swept or overridden key is a training config field
+    that a sweep may set."""
+    if not base_path.is_file():
+        raise ConfigError(f"base: training config {str(base_path)!r} does not exist (relative to {spec_path})")
+    for key in [*spec.space, *spec.overrides]:
+        msg = field_exists(TrainConfig, key)
+        if msg:
+            where = "space" if key in spec.space else "overrides"
+            raise ConfigError(f"{where}: {msg}")
+    for key in ("name", "tracking.experiment"):
+        if key in spec.space:
+            raise ConfigError(f"space: {key!r} is set by the sweep and cannot be swept")
+
+
+def _check_optuna_extremes(plan: SweepPlan, prepare_data: bool) -> None:
+    """Optuna draws its trials as it goes: check each swept field's extreme values instead."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("search: optuna is not installed (pip install optuna), or use random or grid") from None
+    for key, p in plan.spec.space.items():
+        for v in p.extremes():
+            cfg = _trial_cfg(plan, {key: v}, f"{key}={nice(v)}", prepare_data)
+            _check_trial(plan.spec, cfg, f"the trial with {key}={nice(v)}")
+            plan.max_steps = max(plan.max_steps, cfg.steps)
+
+
+def _expand_trials(plan: SweepPlan, prepare_data: bool) -> None:
+    """Grid or random search: every trial's config, checked, and each distinct model and data built."""
+    from dsm.train.build import check_buildable
+
+    plan.trials = []
+    for i, params in enumerate(_expand(plan.spec)):
+        what = f"trial {i} ({', '.join(f'{k}={nice(v)}' for k, v in params.items())})"
+        cfg = _trial_cfg(plan, params, what, prepare_data)
+        _check_trial(plan.spec, cfg, what)
+        plan.trials.append(Trial(i, params, cfg))
+        plan.max_steps = max(plan.max_steps, cfg.steps)
+    if not plan.notes:
+        for cfg in {t.cfg.model_dump_json(include={"model", "data"}): t.cfg for t in plan.trials}.values():
+            check_buildable(cfg)  # each distinct architecture and data, on the meta device
 
 
 def _trial_cfg(plan: SweepPlan, params: dict[str, Any], what: str, prepare: bool) -> TrainConfig:

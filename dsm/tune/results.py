@@ -55,10 +55,9 @@ def write_table(results: list[TrialResult], metric: str, path: Path) -> Path:
 
 def write_figure(results: list[TrialResult], spec: SweepSpec, path: Path) -> Path:
     """One panel per swept field: the metric of every trial that reported, marked by status."""
-    import matplotlib
+    from dsm.plumbing.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = list(spec.space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
@@ -83,10 +82,7 @@ def write_figure(results: list[TrialResult], spec: SweepSpec, path: Path) -> Pat
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{spec.metric} ({spec.mode}) at each trial's last report", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_best_config(result: TrialResult, path: Path) -> Path:

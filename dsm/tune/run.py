@@ -70,8 +70,8 @@ def _tuner(plan: SweepPlan, info: dict, concurrent: int):
 
 
 def _error_summary(err: BaseException) -> str:
-    """One readable line for a trial's error (dsm.errors.short_cause)."""
-    from dsm.errors import short_cause
+    """One readable line for a trial's error (dsm.plumbing.errors.short_cause)."""
+    from dsm.plumbing.errors import short_cause
 
     return short_cause(err)
 
@@ -230,6 +230,6 @@ def main(spec: str, overrides: list[str], *, workspace: str | None, address: str
         print("dry run: nothing started")
         return 0
     print(describe(plan), flush=True)
-    last = run(plan, address, verbose)  # failures become exit codes in dsm.errors.exit_code
+    last = run(plan, address, verbose)  # failures become exit codes in dsm.plumbing.errors.exit_code
     print(last)
     return 0 if last.name == "best_config.yaml" else 1

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dsm.config import StrictModel
+from dsm.plumbing.config import StrictModel
 
 
 class Param(StrictModel):

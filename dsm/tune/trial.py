@@ -33,8 +33,8 @@ def run_trial(config: dict, info: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from dsm.config import load_config
-    from dsm.store import Location
+    from dsm.plumbing.config import load_config
+    from dsm.plumbing.store import Location
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from dsm.train.run import NonFiniteTraining, Plan, make_trainer, open_tracking, outcome
@@ -51,10 +51,8 @@ def run_trial(config: dict, info: dict) -> None:
         cfg = resolve_data(cfg, Path(info["workspace"]), prepare=False, progress=False)
     name = trial_name(info["sweep"], index, ctx.get_trial_id())
     cfg = cfg.model_copy(update={"name": name})
-    run_dir = Path(info["folder"]) / "runs" / name
-    out = Location.of(info["runs"]) / name  # the trial's Ray Train run: in the sweep's folder, or under --storage
-    p = Plan(cfg, name, Path(info["workspace"]), run_dir, run_dir / "model.pt", (),
-             outputs=None if out == Location.of(run_dir) else out.url)  # elsewhere: exports copied to run_dir
+    # the trial's Ray Train run: in the sweep's folder, or under --storage (its exports copied to run_dir)
+    p = Plan.of(cfg, name, Path(info["workspace"]), Path(info["folder"]) / "runs" / name, (), Location.of(info["runs"]))
 
     tags = {"dsm.sweep": info["sweep"], "dsm.sweep_params": json.dumps(params, default=str)[:5000]}
     if info.get("parent_run_id"):

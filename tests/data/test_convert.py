@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsm.config import ConfigError
 from dsm.data.convert import convert_folder, convert_imagenet64, read_imagenet_batch
 from dsm.data.shards import Manifest, ShardSource, iter_shard
+from dsm.plumbing.config import ConfigError
 
 
 def _batch(rng, n, side=64):

@@ -15,7 +15,7 @@ import torch
 from dsm.data.shards import Manifest, ShardError, ShardSource, write_split
 from dsm.data.stream import EvalStream, TrainStream, make_loader, to_unit_float
 from dsm.data.verify import verify
-from dsm.store import Location
+from dsm.plumbing.store import Location
 from tests import servers
 
 

@@ -15,8 +15,8 @@ from dsm.data.shards import (
     ShardWriter,
     auto_shard_size,
     iter_shard,
-    sha256_file,
 )
+from dsm.plumbing.fileio import sha256_file
 from tests.data._util import write_shards
 
 

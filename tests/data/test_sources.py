@@ -8,10 +8,10 @@ import struct
 import numpy as np
 import pytest
 
-from dsm.config import ConfigError
 from dsm.data import sources
 from dsm.data.shards import ShardSource
 from dsm.data.sources import PrepareConfig, prepare
+from dsm.plumbing.config import ConfigError
 
 
 def _read_all(folder):

@@ -10,8 +10,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import dsm.api
-from dsm import toy
 from dsm.api import resolve
+from dsm.core import toy
 from dsm.data.inputs import open_input
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.job import PieceScorer, job_options, prepare_out, score

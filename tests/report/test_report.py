@@ -114,8 +114,8 @@ def test_report_builds_without_grid_columns_or_scores_json(digits_scores, tmp_pa
 
 
 def _image_bundle(tmp_path):
-    from dsm.bundle import save_bundle
-    from dsm.config import load_config
+    from dsm.core.bundle import save_bundle
+    from dsm.plumbing.config import load_config
     from dsm.train import build
     from dsm.train.config import TrainConfig
 
@@ -150,9 +150,9 @@ def test_sample_command(tmp_path, capsys):
 def test_report_model_sections_and_train_test_cross_entropy(digits_scores, tmp_path):
     """With the model (the exact Gaussian) and a train-scores folder: every paper study, checked in closed form."""
     import dsm.api
-    from dsm import density_stats as ds
     from dsm.report.build import Studies
     from dsm.report.scores import read_scores_dir
+    from dsm.stats import density as ds
 
     from .conftest import SHAPE
 
@@ -197,7 +197,7 @@ def test_report_model_sections_and_train_test_cross_entropy(digits_scores, tmp_p
 def test_report_command_with_a_model_file_and_train_scores(digits_scores, tmp_path, capsys, monkeypatch):
     """The CLI wiring: --model (a UNet bundle), --train-scores and the study options; an
     unnormalized model gets notes instead of the model-based sections."""
-    from dsm.bundle import load_model, save_bundle
+    from dsm.core.bundle import load_model, save_bundle
 
     scores, data, _ = digits_scores
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -295,7 +295,7 @@ def test_report_baselines_defaults_from_the_model_and_errors(digits_scores, tmp_
                                                              one_blas_thread):
     """--model supplies the training split (config data.path) and t_min (noise.t_min); without a model
     or --t-min the smoothed columns are left out with the reason; no training split exits 2."""
-    from dsm.bundle import load_model, save_bundle
+    from dsm.core.bundle import load_model, save_bundle
 
     scores, data, _ = digits_scores
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -339,7 +339,7 @@ def test_baselines_section_subsample_and_no_t_min(digits_scores, tmp_path, one_b
     # Moved images: fitted, not evaluated, and said so.
     assert "not evaluated: could not read" in "\n".join(rb.section(sc, tmp_path, fitted, opts, tmp_path / "moved.npy",
                                                                    None, {}))
-    from dsm import baselines as bl
+    from dsm.stats import baselines as bl
 
     assert rb.MAX_TRAIN == 10_000 and bl.REG_COVAR == 1e-6  # the defaults `dsm report --help` states
     with pytest.raises(ValueError, match="distinct positive"):

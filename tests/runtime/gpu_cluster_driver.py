@@ -66,8 +66,8 @@ def vector_model(work: Path) -> tuple[Path, Path]:
     import numpy as np
     import torch
 
-    from dsm.bundle import save_bundle
-    from dsm.config import load_config
+    from dsm.core.bundle import save_bundle
+    from dsm.plumbing.config import load_config
     from dsm.train import build
     from dsm.train.config import TrainConfig
 

@@ -4,11 +4,11 @@ store: checks before the run is opened, and every way out recorded on the run.""
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsm.config import ConfigError
-from dsm.errors import Interrupted, JobFailed
+from dsm.core.step import NonFiniteTraining
+from dsm.plumbing.config import ConfigError
+from dsm.plumbing.errors import Interrupted, JobFailed
 from dsm.runtime.driver import Job, Tracking, drive
 from dsm.runtime.tracking import open_run, tracking_uri
-from dsm.step import NonFiniteTraining
 
 
 @pytest.fixture(scope="module")

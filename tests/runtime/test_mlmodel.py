@@ -8,9 +8,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import dsm.api
-from dsm.bundle import save_bundle
 from dsm.cli import main
-from dsm.data.shards import sha256_file
+from dsm.core.bundle import save_bundle
+from dsm.plumbing.fileio import sha256_file
 from dsm.runtime import mlmodel
 from dsm.runtime.tracking import tracking_uri, use_experiment
 from tests.models import perturbed_smoke_unet

@@ -3,7 +3,7 @@ node-local storage on a 3-node cluster) is in tests/train/test_multinode.py."""
 
 import pytest
 
-from dsm.config import ConfigError
+from dsm.plumbing.config import ConfigError
 from dsm.runtime.storage import check_shared_storage, is_shared_uri, shared_storage_declared
 
 

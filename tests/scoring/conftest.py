@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dsm.api
-from dsm import toy
+from dsm.core import toy
 
 
 def make_gaussian(d: int = 5, seed: int = 0) -> toy.Gaussian:

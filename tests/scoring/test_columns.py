@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsm import units
+from dsm.core import units
 from dsm.scoring.columns import ScoreSpec, parse_t_grid, score_batch
 
 

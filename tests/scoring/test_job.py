@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from dsm.api import DEFAULT_T_RANGE
-from dsm.bundle import save_bundle
 from dsm.cli import main
-from dsm.config import load_config
-from dsm.consistency import Options as ConsistencyOptions
+from dsm.core.bundle import save_bundle
+from dsm.core.consistency import Options as ConsistencyOptions
+from dsm.plumbing.config import load_config
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.job import read_scores, score
 from dsm.train import build

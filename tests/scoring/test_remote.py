@@ -19,9 +19,9 @@ import pytest
 from dsm.api import load
 from dsm.cli import main
 from dsm.data.inputs import open_input
+from dsm.plumbing.store import Location
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.job import PARTS, PieceScorer, job_options, prepare_out, read_scores, write_json
-from dsm.store import Location
 from tests import servers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ FAST = ["--t-grid", "0.1", "--noise-samples", "2", "--consistency-samples", "0",
 
 @pytest.fixture(autouse=True)
 def fresh_clients():
-    """s3fs caches its clients per process; each test's buckets are new (tests/test_store.py)."""
+    """s3fs caches its clients per process; each test's buckets are new (tests/plumbing/test_store.py)."""
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
@@ -44,8 +44,8 @@ def digits_model(tmp_path_factory) -> Path:
     normalized model, not a good one."""
     import torch
 
-    from dsm.bundle import save_bundle
-    from dsm.config import load_config
+    from dsm.core.bundle import save_bundle
+    from dsm.plumbing.config import load_config
     from dsm.train import build
     from dsm.train.config import TrainConfig
 

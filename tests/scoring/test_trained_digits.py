@@ -17,12 +17,12 @@ import pytest
 import torch
 
 import dsm.api
-from dsm.bundle import load_model
 from dsm.cli import main
-from dsm.config import load_config
+from dsm.core.bundle import load_model
+from dsm.core.normalize import DataMoments
+from dsm.core.ode import ode_log_prob
 from dsm.data.inputs import iter_examples, open_input
-from dsm.normalize import DataMoments
-from dsm.ode import ode_log_prob
+from dsm.plumbing.config import load_config
 from dsm.scoring.columns import ScoreSpec
 from dsm.scoring.job import read_scores, score
 from dsm.train.config import TrainConfig

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dsm.config import load_config
+from dsm.plumbing.config import load_config
 from dsm.train.build import resolve_data
 from dsm.train.config import TrainConfig
 

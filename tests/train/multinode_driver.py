@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def lose_a_node(cluster, nodes: list, ws: Path) -> dict:
-    from dsm.config import ConfigError, load_config
+    from dsm.plumbing.config import ConfigError, load_config
     from dsm.runtime.storage import alive_nodes
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
@@ -80,7 +80,7 @@ def lose_a_node(cluster, nodes: list, ws: Path) -> dict:
 def from_bucket(ws: Path, bucket: str) -> dict:
     """Two 1-CPU worker nodes train from ``bucket/digits`` into ``bucket/runs``, with MLflow's
     artifacts in ``bucket/mlflow`` and no shared folder declared: the bucket is the shared storage."""
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.runtime.storage import alive_nodes
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsm.config import ConfigError, load_config
+from dsm.plumbing.config import ConfigError, load_config
 from dsm.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +183,7 @@ def test_two_commands_on_one_run_folder_or_fresh_data(tmp_path):
     assert not errors and len(resolved) == 2 and resolved[0] == resolved[1]
 
     p = plan(cfgs[0], ws, progress=False)
-    code = ("import sys, time; from dsm.fileio import exclusive\n"
+    code = ("import sys, time; from dsm.plumbing.fileio import exclusive\n"
             "with exclusive(sys.argv[1], 'run'):\n    print('held', flush=True); time.sleep(30)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(p.run_dir)], stdout=subprocess.PIPE, text=True)
     try:

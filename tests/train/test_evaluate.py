@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
-from dsm import consistency as cons
-from dsm import losses, noise, toy, units
-from dsm.energy import Energy
-from dsm.seeding import keyed_normal, keyed_uniform
+from dsm.core import consistency as cons
+from dsm.core import losses, noise, toy, units
+from dsm.core.energy import Energy
+from dsm.core.losses import BANDS, band_edges
+from dsm.core.seeding import keyed_normal, keyed_uniform
+from dsm.train import loop
 from dsm.train.config import EvalConfig
-from dsm.train.evaluate import BANDS, consistency_options, denoising_figure, evaluate, metric_names
+from dsm.train.evaluate import consistency_options, denoising_figure, evaluate, metric_names
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,6 +54,18 @@ def test_exact_energy_gives_zero_log_z_and_its_own_nll(gaussian):
     assert all(math.isfinite(v) for v in m.values())
     # what dsm tune validates a sweep's metric against is exactly what evaluation returns
     assert set(m) == metric_names(energy=True, psnrs=[20.0, 0.0])
+    assert res.band_edges == band_edges(1e-4, 1e3)
+
+
+def test_training_and_evaluation_bin_t_by_the_same_float64_edges():
+    """train/loss_band* (the worker loop) and eval/loss_band* (evaluate) use one function's edges;
+    in float32 the inner edges would differ in their last digits, and a t on an edge could fall
+    in one band for training and in the next for evaluation."""
+    edges = band_edges(1e-4, 1e3)
+    assert len(edges) == BANDS + 1 and edges[0] == pytest.approx(1e-4, rel=1e-15) and edges[-1] == 1e3
+    assert edges == torch.logspace(-4, 3, BANDS + 1, dtype=torch.float64).tolist()
+    assert edges != torch.logspace(-4, 3, BANDS + 1).tolist()  # float32 is not the same decision
+    assert loop.band_edges is band_edges  # the worker's edges come from the same function
 
 
 def test_consistency_metrics_with_the_training_defaults(gaussian):

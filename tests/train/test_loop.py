@@ -80,7 +80,7 @@ def test_ray_trains_transient_overload_warning_is_one_line():
 def test_every_rank_reports_at_the_same_steps_and_the_last_step_always():
     """The report steps are a function of the config alone (so equal on every rank), and
     include the last step even when it is not a multiple of checkpoint.every."""
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.train.config import TrainConfig
     from dsm.train.loop import is_progress_step, is_report_step
 
@@ -97,12 +97,12 @@ def _record_start(path, worker_id: int) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_training_batches_cross_epochs_and_resume_as_before_with_workers_started_once(tmp_path, monkeypatch, workers):
-    """_batches over an epoch boundary, from the start and from a resumed step, gives the
+    """train_batches over an epoch boundary, from the start and from a resumed step, gives the
     batches that one fresh loader per epoch gave (as before loader workers persisted), and its
     loader workers start once. 5 batches per epoch: with 2 workers one yields 3, the other 2."""
     import dsm.data.stream as stream_module
     from dsm.data.stream import TrainStream, to_unit_float
-    from dsm.train.loop import _batches
+    from dsm.train.loop import train_batches
     from tests.data._util import write_shards
 
     write_shards(tmp_path / "train", 83, shard_size=10)
@@ -119,7 +119,7 @@ def test_training_batches_cross_epochs_and_resume_as_before_with_workers_started
     starts = tmp_path / "starts"
     monkeypatch.setattr(stream_module, "_one_thread", functools.partial(_record_start, starts))
     for start in (0, 3, 7):  # fresh, resumed mid-epoch 0, resumed mid-epoch 1
-        got = list(islice(_batches(stream(), workers, start), 15 - start))
+        got = list(islice(train_batches(stream(), workers, start), 15 - start))
         assert len(got) == len(before[start:])
         for (keys, labels, x), b in zip(before[start:], got):
             assert b["key"] == keys and torch.equal(b["label"], labels) and b["x"].dtype == torch.uint8

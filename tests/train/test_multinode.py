@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsm.bundle import load_model
+from dsm.core.bundle import load_model
 from dsm.runtime.tracking import tracking_uri
 from tests.procs import run_cluster_driver
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def multinode(digits_workspace, s3_server, tmp_path_factory) -> tuple[dict, subprocess.CompletedProcess, dict]:
     """The driver's (result, finished process), and the bucket check's {workspace, bucket}."""
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
     from tests import servers
@@ -69,7 +69,7 @@ def test_two_nodes_lose_one_and_finish_from_the_checkpoint(multinode):
 def test_two_nodes_train_from_a_bucket_into_it(multinode):
     """docs/cluster.md's recipe on a 2-node cluster: data, checkpoints, exports and MLflow
     artifacts in one bucket, no shared folder declared."""
-    from dsm.store import Location
+    from dsm.plumbing.store import Location
 
     res, _, where = multinode
     out, ws, bucket = res["s3"], where["s3_ws"], where["bucket"]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dsm.bundle import load_model
-from dsm.config import ConfigError
+from dsm.core.bundle import load_model
+from dsm.plumbing.config import ConfigError
+from dsm.plumbing.store import Location
 from dsm.runtime.tracking import ARTIFACT_ROOT_ENV, tracking_uri
-from dsm.store import Location
 from dsm.train.build import resolve_data
 from dsm.train.run import plan, train
 from tests import servers

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from dsm.bundle import load_model
+from dsm.core.bundle import load_model
 from dsm.runtime.tracking import tracking_uri
 from dsm.train.run import NonFiniteTraining, plan, train
 from dsm.train.runlog import MARKER
@@ -155,7 +155,7 @@ def test_a_killed_worker_is_one_line_on_the_console(digits_workspace, tmp_path):
 
 
 def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
-    from dsm.config import load_config
+    from dsm.plumbing.config import load_config
     from dsm.train.build import resolve_data
     from dsm.train.config import TrainConfig
 
@@ -188,7 +188,7 @@ def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_
     import shutil
 
     from dsm.cli import main
-    from dsm.train.run import ERROR_LOG
+    from dsm.train.outputs import ERROR_LOG
 
     cfg = make_cfg()
     data = tmp_path / "digits"
@@ -268,7 +268,7 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
 def test_a_resume_may_change_how_it_waits_for_the_cluster_not_its_workers(make_cfg, tmp_path):
     """check_resumable reads the config in the run's last checkpoint: a resumed run may wait longer
     for its GPUs or survive more failures, but not change its world size (the data order)."""
-    from dsm.config import ConfigError
+    from dsm.plumbing.config import ConfigError
     from dsm.train.run import check_resumable
 
     cfg = make_cfg("name=resumable")

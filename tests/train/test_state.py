@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from dsm.seeding import key_seed
-from dsm.step import NonFinitePolicy, train_step
+from dsm.core.seeding import key_seed
+from dsm.core.step import NonFinitePolicy, train_step
 from dsm.train import build
 from dsm.train.state import TrainState, load_state, save_state
 

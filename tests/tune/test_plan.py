@@ -3,7 +3,7 @@
 import pytest
 
 from dsm.cli import main as cli
-from dsm.config import ConfigError
+from dsm.plumbing.config import ConfigError
 from dsm.tune.plan import check_local_cpus, describe, make_plan
 
 SMALL = {"steps": 60, "checkpoint": {"every": 20}}

@@ -9,7 +9,7 @@ import csv
 import pytest
 
 from dsm.cli import main as cli
-from dsm.store import Location
+from dsm.plumbing.store import Location
 from dsm.tune.trial import STARTS_TAG
 from tests import servers
 from tests.tune.conftest import REPO

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dsm.cli import main as cli
-from dsm.config import load_config
+from dsm.plumbing.config import load_config
 from dsm.train.config import TrainConfig
 from dsm.tune.trial import STARTS_TAG
 from tests.tune.conftest import REPO
