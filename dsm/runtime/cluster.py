@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from dsm.runtime.console import SETUP_HOOK
+
 # No preemption watcher, and fail-fast worker startup. (The tests also speed up Ray Train's
 # health checks; for real runs the default interval costs less CPU.)
 LOCAL_RAY_ENV = {
@@ -30,10 +32,14 @@ def connect(address: str | None = None, *, log_to_driver: bool = True, check_loc
         # A cluster's State API address, when the user gives it, reaches this job's workers
         # too (see pinned_dashboard: needed where several Rays share a machine).
         # (Not inside a Ray Job: its workers already share the driver's environment, and Ray
-        # refuses a driver env var that the job's runtime_env may also set.)
+        # refuses a driver env var that the job's runtime_env may also set.) Every worker process
+        # of the job quiets Ray Train's console from its start (dsm.runtime.console).
         api = os.environ.get("RAY_API_SERVER_ADDRESS")
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        extra = {"runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": api}}} if api and not in_job else {}
+        env = {"worker_process_setup_hook": SETUP_HOOK}
+        if api:
+            env["env_vars"] = {"RAY_API_SERVER_ADDRESS": api}
+        extra = {} if in_job else {"runtime_env": env}
         ray.init(address=address, log_to_driver=log_to_driver, **extra)
         return
     if check_local is not None:
@@ -92,7 +98,8 @@ def pinned_dashboard() -> dict:
     """
     port = free_port()
     return {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
-            "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+            "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"},
+                            "worker_process_setup_hook": SETUP_HOOK}}
 
 
 # The local Ray's processes that outlive a killed driver: Ray 2.60's dashboard and runtime-env

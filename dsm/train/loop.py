@@ -18,9 +18,7 @@ DDP and ``ray.train.report`` (a barrier) safe, and the code that keeps each:
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from dsm.core.seeding import key_seed
 from dsm.core.step import Collectives, NonFinitePolicy, train_step
 from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source, to_unit_float
 from dsm.plumbing.store import Location
+from dsm.runtime.console import quiet_ray_train_logs
 from dsm.train import build
 from dsm.train.config import TrainConfig
 from dsm.train.evaluate import consistency_options, denoising_figure, evaluate
@@ -76,39 +75,6 @@ def _held_out(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) ->
 def _band_means(t: torch.Tensor, values: torch.Tensor, edges: list[float]) -> dict[str, float]:
     """Rank 0's mean training loss per noise band (the same bands as the evaluation)."""
     return {f"train/loss_band{i}": mean for i, (mean, _) in loss_by_band(t, values, edges).items()}
-
-
-# Ray Train's pages of traceback on the driver's console for a failure that dsm reports in one
-# line (and keeps whole in the run's error.log): each rank's "Error in training function" (the
-# surviving rank's, when another was killed), and the controller's teardown of a dead group.
-RAY_TRAIN_TRACEBACKS = ("Error in training function", "Graceful shutdown of backend failed")
-# Warnings that Ray Train's controller logs with a traceback when its autoscaling coordinator
-# answers late (in Ray's own words, safe to ignore when the CPU is overloaded, as on a busy head
-# node): kept as the one line they say, without the traceback. The filter reaches the controller
-# at its first worker failure (train.run.failure_callback), so a first start can still show one.
-RAY_TRAIN_TRANSIENT = ("Failed to send resource request", "Failed to cancel resource request")
-
-
-def _ray_train_console_filter(record: logging.LogRecord) -> bool:
-    """False for the tracebacks above; strips the traceback off the transient warnings."""
-    msg = str(record.msg)
-    if msg.startswith(RAY_TRAIN_TRANSIENT):
-        record.exc_info, record.exc_text = None, None
-    return not msg.startswith(RAY_TRAIN_TRACEBACKS)
-
-
-def quiet_ray_train_logs() -> None:
-    """In a Ray Train worker or controller: Ray Train logs every report (all metrics) at INFO
-    from the worker, which drowns the progress lines, and the tracebacks above. Its loggers
-    carry their own levels, so each one is raised and filtered. Some are named by their file
-    path (``logging.getLogger(__file__)``, as Train V2's report logger is)."""
-    path_part = f"{os.sep}ray{os.sep}train{os.sep}"
-    for name in ["ray.train", *[n for n in logging.root.manager.loggerDict
-                                if n.startswith("ray.train") or path_part in n]]:
-        log = logging.getLogger(name)
-        log.setLevel(logging.WARNING)
-        if _ray_train_console_filter not in log.filters:
-            log.addFilter(_ray_train_console_filter)
 
 
 def _say(line: str, err: bool = False) -> None:

@@ -218,7 +218,7 @@ def failure_callback(max_failures: int):
     import ray.train
 
     from dsm.plumbing.errors import bad_input_among, short_cause
-    from dsm.train.loop import quiet_ray_train_logs
+    from dsm.runtime.console import quiet_ray_train_logs
 
     class FailureReport(ray.train.UserCallback):
         failures = 0

@@ -7,7 +7,7 @@ from itertools import islice
 import pytest
 import torch
 
-from dsm.train.loop import quiet_ray_train_logs
+from dsm.runtime.console import quiet_ray_train_logs
 
 
 class Lines(logging.Handler):
@@ -126,3 +126,32 @@ def test_training_batches_cross_epochs_and_resume_as_before_with_workers_started
             assert torch.equal(to_unit_float(b["x"]).view(torch.int32), x.view(torch.int32))
         assert sorted(starts.read_text().split()) == [str(i) for i in range(workers)], "once, not per epoch"
         starts.unlink()
+
+
+def test_the_console_is_quiet_from_each_worker_process_start():
+    """Ray runs the setup hook in every worker process of a dsm job before any of Ray Train's
+    modules is imported: a logger made afterwards (the controller's autoscaling client) is still
+    filtered, through the handlers every record passes."""
+    import importlib
+
+    from dsm.runtime import cluster, console
+
+    assert cluster.pinned_dashboard()["runtime_env"]["worker_process_setup_hook"] == console.SETUP_HOOK
+    module, name = console.SETUP_HOOK.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is quiet_ray_train_logs
+    ray_logger = logging.getLogger("ray")
+    handler = Lines()
+    ray_logger.addHandler(handler)
+    try:
+        quiet_ray_train_logs()
+        later = logging.getLogger("ray.train.v2.made.after.the.hook")
+        try:
+            raise TimeoutError("Get timed out")
+        except TimeoutError:
+            later.warning("Failed to cancel resource request for train-y.", exc_info=True)
+            later.warning("Error in training function:\nTraceback ...")
+            later.warning("kept", exc_info=True)
+    finally:
+        ray_logger.removeHandler(handler)
+    assert handler.lines[0] == "Failed to cancel resource request for train-y."
+    assert len(handler.lines) == 2 and handler.lines[1].startswith("kept") and "Traceback" in handler.lines[1]

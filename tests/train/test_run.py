@@ -1,5 +1,6 @@
 """Real Ray Train runs on the session's local Ray, tracked in a real SQLite MLflow store."""
 
+import re
 import threading
 import time
 
@@ -218,22 +219,29 @@ def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_
 
 @pytest.mark.slow
 def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg, digits_workspace):
-    """Ctrl-C the `dsm train` process after a checkpoint, re-run the same command: it resumes, and
-    its loss curve matches an uninterrupted run with the same seed."""
+    """Ctrl-C the `dsm train` process after a checkpoint, re-run it: it resumes, and its loss
+    curve matches an uninterrupted run with the same seed.
+
+    The interrupted run is asked for far more steps than it can reach, and re-run with the steps
+    of the reference (a resume may change steps; the learning rate is constant, so the trajectory
+    does not depend on them). So the Ctrl-C always lands on a running job: with the same steps a
+    loaded machine finished the run before Ray Train had registered its first checkpoint."""
     import os
     import signal
     import subprocess
     import sys
 
-    common = ["steps=120", "checkpoint.every=40", "log_every=10", "eval.enabled=false"]
-    ref = plan(make_cfg(*common, "name=reference"), digits_workspace, progress=False)
+    common = ["checkpoint.every=20", "log_every=10", "eval.enabled=false", "optim.schedule=constant"]
+    ref = plan(make_cfg(*common, "steps=120", "name=reference"), digits_workspace, progress=False)
     train(ref, log_to_driver=False)
 
-    cmd = [sys.executable, "-m", "dsm.cli", "train", "configs/digits-smoke.yaml", *common, "name=interrupted",
-           "--address", ray_cluster, "--workspace", str(digits_workspace), "--quiet"]
+    def command(steps: int) -> list[str]:
+        return [sys.executable, "-m", "dsm.cli", "train", "configs/digits-smoke.yaml", *common, f"steps={steps}",
+                "name=interrupted", "--address", ray_cluster, "--workspace", str(digits_workspace), "--quiet"]
+
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     run_dir = digits_workspace / "runs" / "interrupted"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(command(100_000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     # A checkpoint counts once Ray Train has registered it in its snapshot (the folder appears
     # a moment earlier); interrupt after that, so that the re-run must resume rather than restart.
     snapshot = run_dir / "checkpoint_manager_snapshot.json"
@@ -249,10 +257,11 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
     assert not (run_dir / "model.pt").exists()
     _, killed = _run(digits_workspace, "interrupted")  # closed, with the reason, while nobody trains it
     assert killed.info.status == "KILLED" and killed.data.tags["dsm.status"] == "killed"
-
+    cmd = command(120)
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    assert "resumed interrupted at step" in second.stdout + second.stderr
+    resumed = re.search(r"resumed interrupted at step (\d+)/120", second.stdout + second.stderr)
+    assert resumed and 0 < int(resumed.group(1)) < 120, second.stdout[-2000:]  # from a checkpoint, not the end
     assert second.stdout.strip().splitlines()[-1] == str(run_dir / "model.pt")
 
     client, run_ref = _run(digits_workspace, "reference")
