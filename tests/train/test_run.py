@@ -217,6 +217,21 @@ def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_
     assert run.info.status == "FAILED" and run.data.tags["dsm.failure"].startswith(str(bad))
 
 
+def _interrupt_after_a_checkpoint(proc, run_dir) -> str:
+    """Ctrl-C ``proc`` once Ray Train has registered a checkpoint in its snapshot (the folder
+    appears a moment earlier), so that a re-run must resume rather than restart; its output."""
+    import signal
+
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and \
+            "checkpoint_" not in (snapshot.read_text() if snapshot.is_file() else ""):
+        time.sleep(0.05)
+    assert proc.poll() is None and snapshot.is_file(), "no checkpoint registered within 3 minutes"
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=120)[0]
+
+
 @pytest.mark.slow
 def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg, digits_workspace):
     """Ctrl-C the `dsm train` process after a checkpoint, re-run it: it resumes, and its loss
@@ -224,8 +239,9 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
 
     The interrupted run is asked for far more steps than it can reach, and re-run with the steps
     of the reference (a resume may change steps; the learning rate is constant, so the trajectory
-    does not depend on them). So the Ctrl-C always lands on a running job: with the same steps a
-    loaded machine finished the run before Ray Train had registered its first checkpoint."""
+    does not depend on them), so the Ctrl-C always lands on a running job. The child gets
+    SIGINT's default action back: a pytest started in the background (``pytest &``) ignores
+    SIGINT, its children inherit that, and the Ctrl-C would do nothing."""
     import os
     import signal
     import subprocess
@@ -241,17 +257,14 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
 
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     run_dir = digits_workspace / "runs" / "interrupted"
-    proc = subprocess.Popen(command(100_000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    # A checkpoint counts once Ray Train has registered it in its snapshot (the folder appears
-    # a moment earlier); interrupt after that, so that the re-run must resume rather than restart.
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and \
-            "checkpoint_" not in (snapshot.read_text() if snapshot.is_file() else ""):
-        time.sleep(0.05)
-    assert snapshot.is_file(), proc.communicate()[0][-3000:]
-    proc.send_signal(signal.SIGINT)
-    first = proc.communicate(timeout=120)[0]
+    proc = subprocess.Popen(command(100_000), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = _interrupt_after_a_checkpoint(proc, run_dir)
+    finally:
+        if proc.poll() is None:  # never leave a 100000-step run behind, whatever failed
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, first[-3000:]
     assert "re-run the same command to resume" in first
     assert not (run_dir / "model.pt").exists()
