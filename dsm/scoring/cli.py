@@ -171,8 +171,8 @@ def _score(args: argparse.Namespace) -> int:
                          "noise_samples": spec.n_noise, "dequantize": spec.dequantize, "actors": args.actors,
                          "precision": spec.precision, "device": summary["device"]},
                         flat, [record, *figs], lineage)
-    if rid:  # the record of the job names the run that logged it
-        write_json(out / OPTIONS_FILE, {**json.loads(record.read_text()), "mlflow_run_id": rid})
+        if rid:  # the record of the job names the run that logged it (read here: for a URL --out it is in tmp)
+            write_json(out / OPTIONS_FILE, {**json.loads(record.read_text()), "mlflow_run_id": rid})
     print(out / PARTS)
     return 0
 
