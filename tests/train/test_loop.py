@@ -155,3 +155,31 @@ def test_the_console_is_quiet_from_each_worker_process_start():
         ray_logger.removeHandler(handler)
     assert handler.lines[0] == "Failed to cancel resource request for train-y."
     assert len(handler.lines) == 2 and handler.lines[1].startswith("kept") and "Traceback" in handler.lines[1]
+
+
+def test_the_transient_warning_is_one_line_after_ray_train_configures_its_loggers():
+    """Ray Train's controller configures ``ray.train`` (new console handlers, no propagation)
+    after the setup hook has run, and imports its autoscaling client later still: the warning
+    that client logs on a busy machine still reaches the new console without its traceback."""
+    import logging.config
+
+    quiet_ray_train_logs()  # as the setup hook, at the process start
+    train_logger = logging.getLogger("ray.train")
+    saved = (train_logger.handlers[:], train_logger.propagate, train_logger.level)
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+                               "handlers": {"console": {"()": Lines}},
+                               "loggers": {"ray.train": {"level": "DEBUG", "handlers": ["console"], "propagate": False}}})
+    console = train_logger.handlers[0]
+    try:
+        client = logging.getLogger("ray.train.v2.imported.after.the.configuration")
+        try:
+            raise TimeoutError("Get timed out")
+        except TimeoutError:
+            client.warning("Failed to send resource request for train-z. It's safe to ignore this error.",
+                           exc_info=True)
+            client.warning("kept", exc_info=True)
+    finally:
+        train_logger.handlers[:], train_logger.propagate = saved[0], saved[1]
+        train_logger.setLevel(saved[2])
+    assert console.lines[0] == "Failed to send resource request for train-z. It's safe to ignore this error."
+    assert console.lines[1].startswith("kept") and "Traceback" in console.lines[1]
