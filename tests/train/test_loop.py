@@ -166,9 +166,9 @@ def test_the_transient_warning_is_one_line_after_ray_train_configures_its_logger
     quiet_ray_train_logs()  # as the setup hook, at the process start
     train_logger = logging.getLogger("ray.train")
     saved = (train_logger.handlers[:], train_logger.propagate, train_logger.level)
+    ray_trains_config = {"level": "DEBUG", "handlers": ["console"], "propagate": False}
     logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
-                               "handlers": {"console": {"()": Lines}},
-                               "loggers": {"ray.train": {"level": "DEBUG", "handlers": ["console"], "propagate": False}}})
+                               "handlers": {"console": {"()": Lines}}, "loggers": {"ray.train": ray_trains_config}})
     console = train_logger.handlers[0]
     try:
         client = logging.getLogger("ray.train.v2.imported.after.the.configuration")
