@@ -7,7 +7,7 @@ TrainStream (resampled, shuffle buffer 1000, flips) through make_loader with one
 and reports, from the tensors the DataLoader yields, the bytes of ``x`` per batch (what crosses
 the workers' shared memory and, on a GPU, the host-to-device copy), and the images/s of each
 variant, timed in alternation (``--rounds`` rounds of ``--seconds`` each; the median is
-reported). It also times :func:`dsm.data.stream.to_unit_float` on the CPU for one batch, the
+reported). It also times :func:`dsm.core.units.to_unit_float` on the CPU for one batch, the
 conversion that a CPU consumer now does in its own process.
 
     .venv/bin/python benchmarks/loader_bytes.py [--images 1024] [--seconds 3] [--rounds 3]
@@ -34,7 +34,7 @@ class FloatInWorker(torch.utils.data.IterableDataset):
         self.stream = stream
 
     def __iter__(self):
-        from dsm.data.stream import to_unit_float
+        from dsm.core.units import to_unit_float
 
         for b in self.stream:
             yield {**b, "x": to_unit_float(b["x"])}
@@ -63,7 +63,7 @@ def rate(split: Path, batch: int, variant: str, seconds: float, warmup: int = 5)
 
 def convert_ms(shape: tuple[int, ...], batch: int) -> float:
     """Median ms of to_unit_float on the CPU for one uint8 batch."""
-    from dsm.data.stream import to_unit_float
+    from dsm.core.units import to_unit_float
 
     x = torch.randint(0, 256, (batch, *shape), dtype=torch.uint8)
     times = []

@@ -48,7 +48,8 @@ def plain_loop(cfg, threads: int) -> tuple[float, list[float]]:
     built and timed exactly as a worker does (batch fetch + train_step)."""
     from dsm.core.seeding import key_seed
     from dsm.core.step import train_step
-    from dsm.data.stream import TrainStream, to_unit_float
+    from dsm.core.units import to_unit_float
+    from dsm.data.stream import TrainStream
     from dsm.train import build
     from dsm.train.loop import train_batches
 

@@ -11,6 +11,7 @@ package of its stage (shards -> train -> checkpoint -> normalize -> score -> rep
 ``dsm sample``         ``dsm/report/cli.py`` (samples to look at, beside the report)
 ``dsm compare``        ``dsm/report/cli.py`` (training runs side by side, from MLflow)
 ``dsm submit``/``jobs``  ``dsm/submit/cli.py``
+``dsm config schema``     ``dsm/config_cli.py`` (the configs' JSON Schema)
 ``dsm demo``, ``ui``, ``import``/``export official``: here
 =====================  =================================================
 
@@ -26,6 +27,8 @@ import shlex
 import sys
 
 from dsm.cliopts import add_workspace
+
+LOOPBACK = "127.0.0.1"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,12 +51,15 @@ def _ui(args: argparse.Namespace) -> int:
     from dsm.runtime.tracking import tracking_uri, ui_url, workspace_dir
 
     ws = workspace_dir(args.workspace)
-    port = _ui_port(args.port)
+    port = _ui_port(args.host, args.port)
+    if args.host != LOOPBACK:
+        print(f"dsm ui: serving on {args.host}: anyone who can reach it can read and change the runs "
+              "(MLflow's server has no authentication here)", file=sys.stderr, flush=True)
     # before the server starts: reading the store creates a new one's tables, and two processes
     # creating them at once make the server fail on SQLite ("table ... already exists")
-    url = ui_url(port, args.experiment, ws)
+    url = ui_url(port, args.experiment, ws, host=args.host)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(ws),
-           "--default-artifact-root", (ws / "artifacts").as_uri(), "--host", "127.0.0.1",
+           "--default-artifact-root", (ws / "artifacts").as_uri(), "--host", args.host,
            "--port", str(port), "--workers", "1"]
     # MLflow 3 starts job consumers for its GenAI features (about 240 MB each); dsm uses none
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -73,15 +79,15 @@ def _ui(args: argparse.Namespace) -> int:
         _stop_group(server)
 
 
-def _ui_port(port: int) -> int:
-    """``port`` when it is free on 127.0.0.1, else a free one, said on stderr."""
+def _ui_port(host: str, port: int) -> int:
+    """``port`` when it is free on ``host``, else a free one, said on stderr."""
     import socket
 
     from dsm.runtime.cluster import free_port
 
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
             return port
         except OSError:
             pass
@@ -155,9 +161,13 @@ def _register_official(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dsm", description="Normalized image densities by dual score matching.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from dsm import __version__
 
+    p = argparse.ArgumentParser(prog="dsm", description="Normalized image densities by dual score matching.")
+    p.add_argument("--version", action="version", version=f"dsm {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    from dsm import config_cli
     from dsm.data import cli as data_cli
     from dsm.report import cli as report_cli
     from dsm.scoring import cli as scoring_cli
@@ -168,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.register(sub)
     train_cli.register(sub)
     tune_cli.register(sub)
+    config_cli.register(sub)  # config schema
     scoring_cli.register(sub)  # normalize, score
     report_cli.register(sub)  # report, sample, compare
     submit_cli.register(sub, lambda argv: parse_args(build_parser(), argv))  # submit, jobs
@@ -180,9 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace(demo)
     demo.set_defaults(func=_demo)
 
-    ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace on 127.0.0.1",
-                        description="Serve the MLflow UI for the workspace's store on 127.0.0.1 and print the URL "
-                                    "of an experiment's runs (MLflow's model-training view).")
+    ui = sub.add_parser("ui", help="serve the MLflow UI for the workspace (on 127.0.0.1 unless --host)",
+                        description="Serve the MLflow UI for the workspace's store and print the URL of an "
+                                    "experiment's runs (MLflow's model-training view).")
+    ui.add_argument("--host", default=LOOPBACK,
+                    help=f"address to listen on (default {LOOPBACK}: this machine only; 0.0.0.0 serves every "
+                         "network this machine is on, without authentication)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000; a free one when it is in use)")
     ui.add_argument("--experiment", default="dsm-train",
                     help="experiment whose runs the printed URL opens (default dsm-train; dsm-tune, dsm-score, ...)")
@@ -231,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     from dsm.plumbing.errors import exit_code
 
     _quiet_mlflow()
-    args = parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    if args.command is None:  # `dsm` alone: what it can do
+        parser.print_help()
+        return 0
     return exit_code(command_label(args), lambda: args.func(args))
 
 

@@ -1,5 +1,6 @@
 """dsm.cli's own commands (the others are tested beside their packages)."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from dsm.runtime.cluster import free_port
 @pytest.mark.slow
 def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path):
     """Issue #17: `dsm ui` stopped with SIGTERM must take MLflow's server and every process it
-    forked along, and start none of MLflow's GenAI job consumers."""
+    forked along, and start none of MLflow's GenAI job consumers. Served on every address
+    (--host 0.0.0.0), which it says is unauthenticated."""
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "dsm.cli", "ui", "--workspace", str(tmp_path / "ws"),
-                           "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           "--port", str(port), "--host", "0.0.0.0"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -32,8 +35,12 @@ def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path):
     tree = psutil.Process(ui.pid).children(recursive=True)
     assert tree, "dsm ui started no server"
     assert not [p for p in tree if "huey" in " ".join(p.cmdline())], "MLflow job consumers were started"
+    assert any("--host 0.0.0.0" in " ".join(p.cmdline()) for p in tree)
     ui.send_signal(signal.SIGTERM)
     ui.wait(30)
+    said = ui.stdout.read()
+    assert "dsm ui: serving on 0.0.0.0: anyone who can reach it can read and change the runs" in said
+    assert "MLflow UI: http://127.0.0.1:" not in said  # the URL names an address others can reach
     gone, alive = psutil.wait_procs(tree, timeout=15)
     assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
 
@@ -47,10 +54,10 @@ def test_ui_takes_another_port_when_its_own_is_busy_and_says_which(capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        other = _ui_port(taken)
+        other = _ui_port("127.0.0.1", taken)
     assert other != taken
     assert capsys.readouterr().err.strip() == f"dsm ui: port {taken} is in use; serving on {other}"
-    assert _ui_port(other) == other  # a free port is kept
+    assert _ui_port("127.0.0.1", other) == other  # a free port is kept
 
 
 def test_ui_url_opens_the_experiments_runs_in_the_model_training_view(tmp_path):
@@ -62,3 +69,29 @@ def test_ui_url_opens_the_experiments_runs_in_the_model_training_view(tmp_path):
     eid = use_experiment("dsm-train", tmp_path, MlflowClient(tracking_uri(tmp_path)))
     assert ui_url(5000, "dsm-train", tmp_path) == (f"http://127.0.0.1:5000/#/experiments/{eid}/runs"
                                                    "?workflowType=machine_learning")
+
+
+def test_dsm_alone_lists_the_commands_and_version_says_the_installed_one(capsys):
+    from dsm import __version__
+    from dsm.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("data", "train", "tune", "normalize", "score", "report", "submit", "ui"):
+        assert re.search(rf"\n    {command}\s", out), command
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"dsm {__version__}"
+    from importlib.metadata import version
+
+    assert __version__ == version("dsm") and __version__[0].isdigit()
+
+
+def test_a_wildcard_ui_address_prints_one_that_others_can_reach():
+    from dsm.runtime.tracking import ui_url
+
+    url = ui_url(5000, "dsm-train", None, host="0.0.0.0")
+    host = url.removeprefix("http://").split(":")[0]
+    assert host not in ("0.0.0.0", "127.0.0.1", "") and url.endswith("?workflowType=machine_learning")
+    assert ui_url(5000, "x", None, host="::1").startswith("http://[::1]:5000/")
+

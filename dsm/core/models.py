@@ -75,6 +75,12 @@ def unet_score_model(channels: int, image_size: int, preset: str = "small", *, s
                       sigma_data=_image_sigma(scaling), t_floor=cfg.t_min)
 
 
+def _described(hint) -> str | None:
+    """The description of an ``Annotated[..., Field(description=...)]`` hint, with what None means here."""
+    text = next((m.description for m in getattr(hint, "__metadata__", ()) if getattr(m, "description", None)), None)
+    return f"{text} (none: the preset's)" if text else None
+
+
 def _unet_options() -> type[StrictModel]:
     """``model.unet``: each field of dsm.core.nets.unet.UNetConfig that a config may override, with
     its type and range from there, optional (None keeps the preset's value). The image shape
@@ -88,7 +94,8 @@ def _unet_options() -> type[StrictModel]:
 
     hints = typing.get_type_hints(UNetConfig, include_extras=True)
     fixed = {"channels", "image_size", "t_min", "t_max"}
-    fields = {f.name: (hints[f.name] | None, None) for f in dataclasses.fields(UNetConfig) if f.name not in fixed}
+    fields = {f.name: (hints[f.name] | None, Field(None, description=_described(hints[f.name])))
+              for f in dataclasses.fields(UNetConfig) if f.name not in fixed}
     return create_model("UNetOptions", __base__=StrictModel, __module__=__name__,
                         __doc__="Overrides of the UNet preset's fields (dsm.core.nets.unet.UNetConfig); None keeps the "
                                 "preset.", **fields)
@@ -100,27 +107,38 @@ UNetOptions = _unet_options()
 class MLPOptions(StrictModel):
     """The MLP backbone (vectors; any data flattened)."""
 
-    width: int = Field(256, ge=1)
-    depth: int = Field(3, ge=1)
-    activation: Literal[tuple(ACTIVATIONS)] = "silu"
-    homogeneous: bool = False
-    embedding: Literal["log", "linear"] = "log"
+    width: int = Field(256, ge=1, description="hidden units per layer")
+    depth: int = Field(3, ge=1, description="hidden layers")
+    activation: Literal[tuple(ACTIVATIONS)] = Field("silu", description="nonlinearity of the hidden layers")
+    homogeneous: bool = Field(False, description="no biases and no additive time shifts (time gains only): with "
+                                                 "relu, f(a y, t) = a f(y, t) for a > 0")
+    embedding: Literal["log", "linear"] = Field("log", description="time embedding: Fourier features of log t (log) "
+                                                                   "or sin/cos of t (linear), floored at noise.t_min")
     sigma_data: float | None = Field(1.0, gt=0, description="data scale of the MLP's input scaling")
 
 
 class ModelConfig(StrictModel):
     """Which network: an energy (dual score matching) or the score-network baseline."""
 
-    kind: Literal["energy", "score"] = "energy"
-    arch: Literal["unet", "mlp"] = "unet"
-    form: EnergyForm = "inner"
-    scaling: Scaling = "none"
+    kind: Literal["energy", "score"] = Field(
+        "energy", description="energy: an energy U(y, t) trained by dual score matching, with a normalized log p; "
+                              "score: the score-network baseline, trained by plain denoising (no log p)")
+    arch: Literal["unet", "mlp"] = Field("unet", description="backbone: unet (square images) or mlp (vectors, or "
+                                                             "any data flattened)")
+    form: EnergyForm = Field(
+        "inner", description="energy only: inner, U = c_out/2 <y, f(c_in y, t)> (the paper's); inner+c, the same "
+                             "plus d c(t) with a learned c; scalar, U = c_in c_out/2 |y|^2 + d h(c_in y, t) (mlp "
+                             "only)")
+    scaling: Scaling = Field(
+        "none", description="UNet input/output scaling: none (the output is the score; the paper's), variance "
+                            "(c_in = c_out = 1/sqrt(0.25 + t)) or inverse_t (c_out = 1/max(t, t_min): f predicts the "
+                            "noise residual). The MLP uses variance when mlp.sigma_data is set, else none")
     preset: Literal["paper", "paper-dsm", "small", "tiny"] = Field(
         "small", description="UNet preset: paper (the paper's exact network), paper-dsm (the same size with "
                              "dsm's normalization, time MLP and embedding), small, tiny (docs/unet.md)")
     additive_normalization: bool = Field(False, description="energy only: U += (d/2) log t, the official option")
-    unet: UNetOptions = Field(default_factory=UNetOptions)
-    mlp: MLPOptions = Field(default_factory=MLPOptions)
+    unet: UNetOptions = Field(default_factory=UNetOptions, description="overrides of the UNet preset (arch unet)")
+    mlp: MLPOptions = Field(default_factory=MLPOptions, description="the MLP backbone (arch mlp)")
 
     @model_validator(mode="after")
     def _form(self) -> ModelConfig:

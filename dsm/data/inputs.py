@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from dsm.core.units import to_unit_float
 from dsm.data.npy import NpySource
 from dsm.data.shards import MANIFEST, Piece, ShardError, ShardSource
 from dsm.data.stream import is_eight_bit
@@ -91,7 +93,7 @@ class Input:
             xs.append(arr)
             labels.append(label)
         x = np.stack(xs)
-        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        x = to_unit_float(torch.from_numpy(x)).numpy()
         if self.kind == "npy":
             width = max(6, len(str(self._source.num_samples - 1)))
             keys = [f"{int(k.rsplit(':', 1)[1]):0{width}d}" for k in keys]
@@ -171,7 +173,7 @@ def _read_images(root: Path, piece: Piece, shape: tuple[int, ...]) -> tuple[list
     from PIL import Image
 
     keys = piece.name.split("\n")
-    x = np.empty((len(keys), *shape), np.float32)
+    k_values = np.empty((len(keys), *shape), np.uint8)
     for i, k in enumerate(keys):
         try:
             with Image.open(root / k) as im:
@@ -182,8 +184,8 @@ def _read_images(root: Path, piece: Piece, shape: tuple[int, ...]) -> tuple[list
                 a = np.asarray(im, dtype=np.uint8)
         except OSError as e:
             raise ValueError(f"{root / k}: unreadable image ({e})") from None
-        x[i] = (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)) / 255.0
-    return keys, x, np.full(len(keys), -1, np.int64)
+        k_values[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return keys, to_unit_float(torch.from_numpy(k_values)).numpy(), np.full(len(keys), -1, np.int64)
 
 
 def iter_examples(inp: Input, limit: int | None = None) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:

@@ -159,33 +159,6 @@ def _flip(src: Iterator[tuple], seed: int, enabled: bool) -> Iterator[tuple]:
         yield key, x, label
 
 
-# k/255 for k = 0..255, computed once on the CPU with the division the loader used to do, so that
-# a lookup on any other device gives the same bits (CUDA divides by a scalar as a multiplication
-# by its reciprocal, which can differ from k/255 in the last bit).
-_UNIT = torch.arange(256, dtype=torch.float32).div_(255.0)
-
-
-@functools.lru_cache(maxsize=8)
-def _unit_table(device: torch.device) -> torch.Tensor:
-    return _UNIT.to(device)
-
-
-def to_unit_float(x: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
-    """A stream batch's ``x`` as the model's input, on ``device`` (default: where ``x`` is).
-
-    uint8 pixel values k (any shape) become float32 k/255 in [0, 1], converted after the copy to
-    ``device`` (a quarter of the bytes of float32 cross to it; non-blocking from pinned memory);
-    float32 data (vectors, float .npy) passes through unchanged. The one place the 8-bit
-    conversion is done, for training, held-out evaluation and benchmarks."""
-    device = torch.device(device) if device is not None else x.device
-    x = x.to(device, non_blocking=True)
-    if x.dtype != torch.uint8:
-        return x.float()
-    if device.type == "cpu":
-        return x.float().div_(255.0)  # the table's own computation, and faster than a lookup on a CPU
-    return _unit_table(device).index_select(0, x.flatten().int()).view(x.shape)
-
-
 def _batches(src: Iterator[tuple], batch_size: int) -> Iterator[dict[str, Any]]:
     """Stack samples into batches (the last one may be partial); 8-bit pixels stay uint8."""
     while True:

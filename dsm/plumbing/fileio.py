@@ -29,7 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def load_torch_file(path: str | Path, what: str, map_location: str | object = "cpu") -> object:
+def load_torch_file(path: str | Path, what: str, map_location: str | object = "cpu", mmap: bool = False) -> object:
     """``torch.load(path, weights_only=True)`` with every failure as a one-line ValueError that
     names the file and says, in dsm's words, what is wrong with it.
 
@@ -37,7 +37,8 @@ def load_torch_file(path: str | Path, what: str, map_location: str | object = "c
     file that would import code when read (a pickled ``__reduce__`` naming ``os.system``, say) is
     refused instead of run. torch's own message for that case recommends re-running with
     ``weights_only=False``, the unsafe option, so it is never passed on to the user.
-    what: the kind of file expected, e.g. "dsm model" or "dsm training checkpoint".
+    what: the kind of file expected, e.g. "dsm model" or "dsm training checkpoint". mmap: map the
+    tensors instead of reading them (to look at a large file's small entries).
     """
     import pickle
     import warnings
@@ -48,7 +49,7 @@ def load_torch_file(path: str | Path, what: str, map_location: str | object = "c
     try:
         with warnings.catch_warnings():  # a random file's "pickle protocol 147" warning would precede our line
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         names = _code_named_in(path)
         if names:

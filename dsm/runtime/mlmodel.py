@@ -6,7 +6,7 @@ file ``dsm train`` exports, unchanged). ``mlflow.pyfunc.load_model(uri).predict(
 float32 array (n, *shape) of pixels in [0, 1] in the data's own layout, and returns a DataFrame
 with one row per image: ``logp_nats`` (normalized log p), ``nll_bpd`` (bits/dim, the model's
 convention: 8-bit for image models) and ``energy_nats`` (U(x, 0)). dsm must be installed where
-the model is loaded: the flavour's code is :class:`DensityModel` here.
+the model is loaded: the flavour's code is ``DensityModel`` in ``pyfunc_entry.py``.
 
 Everything goes through an ``MlflowClient`` (MLflow 3's logged models: create, upload, link to
 the run as its output, finalize), never the fluent API, which would set a process-wide URI.
@@ -27,33 +27,6 @@ MODEL_NAME = "dsm-model"  # the logged model's name on its run (not "model": MLf
 SHA_TAG = "dsm.bundle_sha256"  # on the logged model: which bundle it holds (logged once per file)
 COLUMNS = ("logp_nats", "nll_bpd", "energy_nats")
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # a model from code: no pickled Python object
-BATCH = 256  # images per forward pass in predict
-
-
-# MLflow advises type hints on predict when the class is made (and on save and load), under its own
-# "once" filter; the model's signature is what validates inputs here. record=True keeps the advice
-# from the console (MLflow's filter cannot be overridden, but the recorder is inherited).
-with warnings.catch_warnings(record=True):
-    class DensityModel(mlflow.pyfunc.PythonModel):
-        """The pyfunc face of a bundle (module docstring)."""
-
-        def load_context(self, context) -> None:
-            from dsm.api import load
-
-            self.model = load(context.artifacts[BUNDLE_KEY])
-
-        def predict(self, context, model_input, params=None):
-            import numpy as np
-            import pandas as pd
-            import torch
-
-            x = torch.from_numpy(np.ascontiguousarray(model_input, dtype=np.float32)).reshape(-1, *self.model.shape)
-            rows = []
-            for chunk in x.split(BATCH):
-                rows.append(torch.stack([self.model.log_prob(chunk), self.model.nll(chunk),
-                                         self.model.energy(chunk, 0.0).double()], dim=1))
-            out = torch.cat(rows).numpy() if rows else np.zeros((0, 3))
-            return pd.DataFrame(out, columns=list(COLUMNS))
 
 
 def _signature(shape: tuple[int, ...]):
@@ -100,7 +73,7 @@ def log_bundle(client, run_id: str, bundle: str | Path, sha256: str) -> str:
     lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
                                     tags={SHA_TAG: sha256}, model_type="dsm-energy")
     try:
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True):  # see DensityModel
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True):  # see pyfunc_entry.py
             local = Path(tmp) / "model"
             mlflow.pyfunc.save_model(
                 local, python_model=str(ENTRY), artifacts={BUNDLE_KEY: str(bundle)},

@@ -18,10 +18,11 @@ RUN_NAME_TAG = "dsm.run_name"  # how a resumed run finds its MLflow run
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def workspace_dir(workspace: str | Path | None = None) -> Path:
-    """The workspace folder: the argument, else $DSM_WORKSPACE, else ./dsm-runs; created."""
+def workspace_dir(workspace: str | Path | None = None, create: bool = True) -> Path:
+    """The workspace folder: the argument, else $DSM_WORKSPACE, else ./dsm-runs; created unless not ``create``."""
     p = Path(workspace or os.environ.get("DSM_WORKSPACE", DEFAULT_WORKSPACE)).resolve()
-    p.mkdir(parents=True, exist_ok=True)
+    if create:
+        p.mkdir(parents=True, exist_ok=True)
     return p
 
 
@@ -225,11 +226,12 @@ def log_dataset(client, run_id: str, inp, context: str) -> None:
     client.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
 
 
-def ui_url(port: int, experiment: str, workspace: str | Path | None = None) -> str:
+def ui_url(port: int, experiment: str, workspace: str | Path | None = None, host: str = "127.0.0.1") -> str:
     """The MLflow UI's URL of ``experiment``'s runs table (the experiments list when it does not
     exist yet), in MLflow 3's "machine learning" view: without ``workflowType`` the UI opens in
-    its GenAI view, on a traces page."""
-    base = f"http://127.0.0.1:{port}/#/experiments"
+    its GenAI view, on a traces page. host: where the server listens (for a wildcard address,
+    this machine's address on its default route)."""
+    base = f"http://{_reachable(host)}:{port}/#/experiments"
     try:
         from mlflow.tracking import MlflowClient
 
@@ -238,3 +240,18 @@ def ui_url(port: int, experiment: str, workspace: str | Path | None = None) -> s
         exp = None
     where = f"/{exp.experiment_id}/runs" if exp is not None else ""
     return f"{base}{where}?workflowType=machine_learning"
+
+
+def _reachable(host: str) -> str:
+    """``host``, or for a wildcard address (0.0.0.0, ::) this machine's address on its default
+    route (a UDP socket's connect sends nothing), or its name when there is no route."""
+    import socket
+
+    if host not in ("0.0.0.0", "::", ""):
+        return f"[{host}]" if ":" in host else host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return socket.gethostname()

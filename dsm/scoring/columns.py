@@ -107,8 +107,8 @@ def _score_batch(model: Energy, x: torch.Tensor, keys: Sequence[str], spec: Scor
     if spec.dequantize:
         if not eight_bit:
             raise ValueError("dequantized NLL needs 8-bit images; this data is not 8-bit")
-        k = torch.round(x * 255)
-        xd = ((k + keyed_uniform(keys, tuple(x.shape[1:]), "dequantize", device=x.device)) / 256).to(x.dtype)
+        k = torch.round(x * 255).to(torch.uint8)
+        xd = units.dequantize(k, u=keyed_uniform(keys, tuple(x.shape[1:]), "dequantize", device=x.device)).to(x.dtype)
         with torch.no_grad():
             logp_d = -model.energy(xd, t0).double() - model.log_z.double()
         cols["nll_bpd_dequantized"] = units.nll_bpd_8bit(logp_d, d).cpu().numpy()

@@ -40,39 +40,58 @@ def normalize_bundle(b: Bundle, path: str | Path, data: str | Path, *, samples: 
                      batch_size: int = 256, precision: str = "fp32", gpu: bool = False, address: str | None = None,
                      resource_timeout_s: float | None = None) -> dict:
     """:func:`normalize_model` on the bundle ``b`` already read from ``path`` (where it is stored again)."""
-    check_precision(precision)
     if not isinstance(b.model, Energy):
         raise ValueError(f"{path}: a score-network baseline has no energy to normalize")
-    inp = open_input(data)
-    if tuple(inp.shape) != tuple(b.shape):
-        raise ValueError(f"{inp.path}: data of shape {inp.shape} does not match the model's {tuple(b.shape)}")
-    if samples < 2:
-        raise ValueError(f"--samples must be >= 2, got {samples}")
-    keys, xs = [], []
-    for k, x, _ in iter_examples(inp, samples):
-        keys += k
-        xs.append(torch.from_numpy(x))
-    x = torch.cat(xs)
-    x = as_input(b.model, x, b.shape)
-    args = (b.model, x, keys, float(t or b.t_range[1]), batch_size, precision)
-    if gpu:
-        record = _on_gpu(path, args, address, resource_timeout_s)
-    else:
-        record = log_z_record(*args, device="cpu")
-    b.model.log_z.fill_(record["value"])
-    record = {**record, "data": str(inp.path)}
+    keys, x, where = read_held_out(data, b.shape, samples)
+    record = normalization_record(b.model, b.shape, x, keys, t=float(t or b.t_range[1]), batch_size=batch_size,
+                                  precision=precision, gpu=gpu, address=address,
+                                  resource_timeout_s=resource_timeout_s, error_log=Path(path).resolve().parent)
+    record = {**record, "data": where}
     save_bundle(path, b.model, b.config, b.shape, b.is_image, normalization=record, meta=b.meta,
                 eight_bit=b.eight_bit)
     return record
 
 
-def _on_gpu(path: str | Path, args: tuple, address: str | None, resource_timeout_s: float | None) -> dict:
+def read_held_out(data: str | Path, shape: tuple[int, ...], samples: int) -> tuple[list[str], torch.Tensor, str]:
+    """The first ``samples`` examples of ``data`` (shards, a .npy or an image folder, as ``dsm
+    score`` reads them: 8-bit pixels as k/255): (keys, x (n, *shape) float32, the data's path)."""
+    if samples < 2:
+        raise ValueError(f"--samples must be >= 2, got {samples}")
+    inp = open_input(data)
+    if tuple(inp.shape) != tuple(shape):
+        raise ValueError(f"{inp.path}: data of shape {inp.shape} does not match the model's {tuple(shape)}")
+    keys, xs = [], []
+    for k, x, _ in iter_examples(inp, samples):
+        keys += k
+        xs.append(torch.from_numpy(x))
+    return keys, torch.cat(xs), str(inp.path)
+
+
+def normalization_record(model: Energy, shape: tuple[int, ...], x: torch.Tensor, keys: list, *, t: float,
+                         batch_size: int = 256, precision: str = "fp32", gpu: bool = False,
+                         address: str | None = None, resource_timeout_s: float | None = None,
+                         error_log: Path | None = None, device: str = "cpu") -> dict:
+    """Estimate log Z (nats) of ``model`` at noise variance ``t`` on held-out ``x`` (n, *shape)
+    with seeds ``keys``, and set it on the model; returns the record (see :func:`log_z_record`).
+    device: where to compute in this process (the model moves there); gpu: in a Ray GPU task
+    instead (see :func:`normalize_model`), its traceback in ``error_log``'s folder."""
+    check_precision(precision)
+    args = (model, as_input(model, x, shape), keys, t, batch_size, precision)
+    if gpu:
+        record = _on_gpu(error_log or Path.cwd(), args, address, resource_timeout_s)
+    else:
+        record = log_z_record(*args, device=device)
+    model.log_z.fill_(record["value"])
+    return record
+
+
+def _on_gpu(folder: Path, args: tuple, address: str | None, resource_timeout_s: float | None) -> dict:
     """:func:`log_z_record` in a GPU task, through dsm.runtime.driver (failures as one line, the
     traceback in ``normalize-error.log`` beside the model)."""
     from dsm.runtime.driver import Job, gpu_task
     from dsm.runtime.resources import DEFAULT_TIMEOUT_S
 
-    job = Job("normalize", address, storage=None, error_log=Path(path).resolve().parent / "normalize-error.log",
+    job = Job("normalize", address, storage=None, error_log=folder / "normalize-error.log",
               resume_hint="re-run the same command", log_to_driver=False,
               resource_timeout_s=resource_timeout_s or DEFAULT_TIMEOUT_S)
     return gpu_task(job, _log_z_record_on, args, "cuda")

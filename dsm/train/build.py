@@ -22,7 +22,7 @@ from dsm.plumbing.store import Location, StoreError
 from dsm.train.config import TrainConfig
 
 
-def _prepared_dir(cfg: TrainConfig, workspace: Path) -> Path:
+def prepared_dir(cfg: TrainConfig, workspace: Path) -> Path:
     """Where a built-in data set with these prepare options lives: one folder per option set."""
     import hashlib
     import json
@@ -30,6 +30,28 @@ def _prepared_dir(cfg: TrainConfig, workspace: Path) -> Path:
     opts = cfg.data.prepare.model_dump(mode="json", exclude={"src"})
     tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:8]
     return workspace / "data" / f"{cfg.data.dataset}-{tag}"
+
+
+def _is_prepared(folder: Path) -> bool:
+    return all((folder / split / "manifest.json").is_file() for split in ("train", "test"))
+
+
+def planned_data(cfg: TrainConfig, workspace: Path) -> tuple[TrainConfig, bool]:
+    """``cfg`` with its data resolved as :func:`resolve_data` resolves it, preparing nothing, and
+    whether a built-in data set has yet to be prepared. Raises ConfigError naming the field when
+    a given path does not exist."""
+    if cfg.data.dataset is None:
+        train, held = _given_data(cfg.data)
+        _require_data("data.eval_path", held)  # data.path was checked by _given_data (once: a URL costs a request)
+        return _with_data(cfg, train, held), False
+    folder = prepared_dir(cfg, workspace)
+    return _with_data(cfg, Location.of(folder / "train"), Location.of(folder / "test")), not _is_prepared(folder)
+
+
+def _with_data(cfg: TrainConfig, train: Location, held: Location) -> TrainConfig:
+    """The prepared or given folders stand for the data set: absolute paths or URLs, no dataset."""
+    update = {"path": train.url, "eval_path": held.url, "dataset": None}
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
 def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, progress: bool = True) -> TrainConfig:
@@ -41,26 +63,17 @@ def resolve_data(cfg: TrainConfig, workspace: Path, *, prepare: bool = True, pro
     from dsm.data.sources import prepare as prepare_dataset
     from dsm.plumbing.fileio import exclusive
 
-    data = cfg.data.model_copy()
-    if data.dataset is not None:
-        folder = _prepared_dir(cfg, workspace)
-        ready = lambda: all((folder / split / "manifest.json").is_file() for split in ("train", "test"))  # noqa: E731
-        if not ready():
-            if not prepare:
-                raise ConfigError(f"data.dataset={data.dataset!r} is not prepared at {folder}")
-            # Two commands on a fresh workspace: the second waits here, then finds the data ready
-            with exclusive(folder.parent, f"preparing {folder.name}", wait=True, name=f".{folder.name}.lock"):
-                if not ready():
-                    popts = data.prepare.model_copy(update={"splits": ["train", "test"]})
-                    prepare_dataset(data.dataset, folder, popts, overwrite=True, progress=progress)
-        train, held = Location.of(folder / "train"), Location.of(folder / "test")
-    else:
-        train, held = _given_data(data)
-        _require_data("data.eval_path", held)  # data.path was checked by _given_data (once: a URL costs a request)
-    update = {"path": train.url, "eval_path": held.url}
-    if data.dataset is not None:  # the prepared folders now stand for the data set
-        update["dataset"] = None
-    return cfg.model_copy(update={"data": data.model_copy(update=update)})
+    resolved, unprepared = planned_data(cfg, workspace)
+    if unprepared:
+        folder = prepared_dir(cfg, workspace)
+        if not prepare:
+            raise ConfigError(f"data.dataset={cfg.data.dataset!r} is not prepared at {folder}")
+        # Two commands on a fresh workspace: the second waits here, then finds the data ready
+        with exclusive(folder.parent, f"preparing {folder.name}", wait=True, name=f".{folder.name}.lock"):
+            if not _is_prepared(folder):
+                popts = cfg.data.prepare.model_copy(update={"splits": ["train", "test"]})
+                prepare_dataset(cfg.data.dataset, folder, popts, overwrite=True, progress=progress)
+    return resolved
 
 
 def _given_data(data) -> tuple[Location, Location]:

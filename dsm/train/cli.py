@@ -12,7 +12,7 @@ def _train(args: argparse.Namespace) -> int:
 
     return main(args.config, args.overrides, workspace=args.workspace, address=args.address,
                 workers=args.workers, gpu=args.gpu, quiet=args.quiet, register=args.register,
-                storage=args.storage)
+                storage=args.storage, print_config=args.print_config, dry_run=args.dry_run, resume=args.resume)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,4 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_workspace(train)
     add_storage(train)
     train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (every field, defaults included) as YAML and exit; "
+                            "starts and writes nothing")
+    train.add_argument("--dry-run", action="store_true",
+                       help="say what would happen (the run, new or resumed and from which step, the data, the "
+                            "workers, the outputs) and exit; prepares, starts and writes nothing")
+    train.add_argument("--resume", metavar="NAME", default=None,
+                       help="continue the run NAME (its folder under the workspace's runs, or --storage) with this "
+                            "config, e.g. with more steps; the same as name=NAME, but the run must exist "
+                            "(default: the run named by the config, resumed when it exists)")
     train.set_defaults(func=_train)

@@ -33,11 +33,18 @@ class DataConfig(StrictModel):
     path: str | None = Field(None, description="training split: a shard folder, its manifest.json, or a .npy")
     eval_path: str | None = Field(None, description="held-out split (default: the 'test' split beside path)")
     batch_size: int = Field(64, ge=1, description="global batch, split evenly across workers")
-    mode: Literal["resampled", "exact"] = "resampled"
-    flips: bool = False
-    shuffle_buffer: int = Field(1000, ge=0)
+    mode: Literal["resampled", "exact"] = Field(
+        "resampled", description="resampled: shards drawn with replacement, about one pass over the data per "
+                                 "epoch; exact: every sample once per epoch across ranks and loader processes "
+                                 "(needs on_error raise, and at least ranks x loader processes shards)")
+    flips: bool = Field(False, description="random horizontal flips of the training images, p = 1/2, seeded "
+                                           "(images only)")
+    shuffle_buffer: int = Field(1000, ge=0, description="samples held per loader process for shuffling "
+                                                        "(0: shard order only)")
     loader_workers: int = Field(0, ge=0, description="DataLoader processes per training worker")
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="an unreadable shard or sample: raise stops naming it; skip warns, counts it and "
+                             "goes on (not with mode exact)")
 
     @field_validator("dataset")
     @classmethod
@@ -68,11 +75,15 @@ class ImportanceConfig(StrictModel):
 class NoiseConfig(StrictModel):
     """The noise variances t drawn for training: ``sampler`` on [t_min, t_max]."""
 
-    t_min: float = Field(1e-9, gt=0)
-    t_max: float = Field(1e3, gt=0)
+    t_min: float = Field(1e-9, gt=0, description="smallest noise variance t drawn (pixels in [0, 1]); the log and "
+                                                 "linear time embeddings and the UNet's t-dependent scalings are "
+                                                 "floored at it")
+    t_max: float = Field(1e3, gt=0, description="largest noise variance t drawn; also the default noise variance "
+                                                "of the log Z estimate")
     sampler: str = Field("log_uniform", description="log_uniform (the paper), stratified_log_uniform, or "
                                                     "importance (by the loss's second moment; unbiased)")
-    importance: ImportanceConfig = Field(default_factory=ImportanceConfig)
+    importance: ImportanceConfig = Field(default_factory=ImportanceConfig,
+                                         description="options of sampler importance (ignored by the others)")
 
     @field_validator("sampler")
     @classmethod
@@ -93,8 +104,9 @@ class LossConfig(StrictModel):
     uses the plain denoising loss and ignores these)."""
 
     tsm_weight: float = Field(1.0, ge=0, description="lambda; 0 is single score matching")
-    dsm_exponent: float = 1.0
-    tsm_exponent: float = 2.0
+    dsm_exponent: float = Field(1.0, description="a: the denoising term l_DSM is weighted by (t/d)^a "
+                                                 "(t: noise variance, d: data dimension)")
+    tsm_exponent: float = Field(2.0, description="b: the time score term l_TSM is weighted by (t/d)^b")
     heat_weight: float = Field(0.0, ge=0, description="weight of the heat-equation residual regularizer "
                                                       "(Hutchinson Laplacian; costs a third derivative)")
 
@@ -102,11 +114,14 @@ class LossConfig(StrictModel):
 class OptimConfig(StrictModel):
     """Adam, with a constant, step (halving) or cosine learning rate."""
 
-    lr: float = Field(5e-4, gt=0)
-    schedule: Literal["constant", "halving", "cosine"] = "constant"
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate (the initial one under a schedule)")
+    schedule: Literal["constant", "halving", "cosine"] = Field(
+        "constant", description="learning rate schedule: constant; halving (lr x 0.5 every halve_every steps); "
+                                "cosine (from lr down to lr x final_lr_fraction at the last step)")
     halve_every: int = Field(100_000, ge=1, description="halving: steps between lr halvings")
     final_lr_fraction: float = Field(0.01, ge=0, le=1, description="cosine: final lr / lr")
-    max_grad_norm: float | None = Field(None, gt=0)
+    max_grad_norm: float | None = Field(None, gt=0, description="clip the global L2 norm of the gradient to this "
+                                                                "(none: no clipping)")
     max_bad_steps: int = Field(20, ge=1, description="stop after this many non-finite steps in a row")
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay "
@@ -119,9 +134,11 @@ class OptimConfig(StrictModel):
 class EvalConfig(StrictModel):
     """Held-out evaluation, run on rank 0 at every checkpoint (and at the end)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="evaluate on held-out data at every checkpoint: the eval/* "
+                                            "metrics, and the choice of model-best.pt and of the checkpoints kept")
     samples: int = Field(512, ge=2, description="held-out examples used (the first N of the split)")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="held-out examples per batch, in the evaluation and in "
+                                                   "the final log Z estimate")
     psnrs: list[float] = Field(default_factory=lambda: list(PAPER_PSNRS), description="input PSNRs in dB")
     log_z_t: float | None = Field(None, gt=0, description="noise variance of the log Z estimate (default t_max)")
     grid: bool = Field(True, description="log a PNG grid of denoised held-out examples")
@@ -154,8 +171,11 @@ class EvalConfig(StrictModel):
 
 
 class CheckpointConfig(StrictModel):
+    """Ray Train checkpoints: where a run resumes from, and when it reports metrics (to Tune too)."""
+
     every: int = Field(500, ge=1, description="steps between checkpoints (and evaluations)")
-    num_to_keep: int = Field(2, ge=1)
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept: the best by held-out NLL when an energy is "
+                                                  "evaluated, else the most recent (the latest is kept for resuming)")
 
 
 class ScalingConfig(StrictModel):
@@ -183,8 +203,11 @@ class ScalingConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
-    enabled: bool = True
-    experiment: str = "dsm-train"
+    """MLflow tracking of the run ($MLFLOW_TRACKING_URI, else the workspace's mlflow.db)."""
+
+    enabled: bool = Field(True, description="log params, metrics and artifacts to MLflow "
+                                            "(an unreachable server is reported once, and training goes on)")
+    experiment: str = Field("dsm-train", description="MLflow experiment the run is logged under")
 
 
 class TrainConfig(StrictModel):
@@ -192,23 +215,25 @@ class TrainConfig(StrictModel):
 
     name: str | None = Field(None, description="run name (default: derived from the config, so the same "
                                                "command resumes the same run)")
-    seed: int = 0
-    steps: int = Field(2000, ge=1)
+    seed: int = Field(0, description="seed of the initial weights, the data order and flips, and the training "
+                                     "noise")
+    steps: int = Field(2000, ge=1, description="training steps (optimizer updates; a skipped non-finite step "
+                                               "counts)")
     log_every: int = Field(50, ge=1, description="steps between training-metric rows")
     precision: Literal["fp32", "tf32", "bf16"] = Field(
         "fp32", description="arithmetic of the training steps: fp32 (float32, TF32 off), tf32 (TF32 matmuls and "
                             "cuDNN convolutions on GPUs; the same as fp32 on CPU) or bf16 (the network body under "
                             "bfloat16 autocast; U and its reductions stay float32). Evaluation, log Z and the "
                             "export always run in fp32; a run may be resumed at another precision")
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig = Field(..., description="the training and held-out data")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="the noise variances t drawn for training")
+    loss: LossConfig = Field(default_factory=LossConfig, description="the weights of the loss terms")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="the optimizer and its schedule")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="the held-out evaluation")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="checkpoints")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="the Ray Train workers")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking")
 
     @field_validator("name")
     @classmethod

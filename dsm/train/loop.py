@@ -34,7 +34,8 @@ from dsm.core.losses import band_edges, loss_by_band
 from dsm.core.precision import precision_scope
 from dsm.core.seeding import key_seed
 from dsm.core.step import Collectives, NonFinitePolicy, train_step
-from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source, to_unit_float
+from dsm.core.units import to_unit_float
+from dsm.data.stream import EvalStream, TrainStream, is_eight_bit, make_loader, open_source
 from dsm.plumbing.store import Location
 from dsm.runtime.console import quiet_ray_train_logs
 from dsm.train import build

@@ -21,6 +21,7 @@ from dsm.plumbing.store import Location
 from dsm.runtime.storage import storage_root
 from dsm.train.config import TrainConfig
 from dsm.train.outputs import BEST_FILE, ERROR_LOG, MODEL_FILE, RunOutputs
+from dsm.train.resume import check_resumable
 
 
 @dataclass(frozen=True)
@@ -75,63 +76,6 @@ def plan(cfg: TrainConfig, workspace: str | Path | None = None, stem: str = "tra
     p = Plan.of(cfg, name, ws, ws / "runs" / name, shape.shape, Location.of(storage) if storage else None)
     check_resumable(cfg, p.out)
     return p
-
-
-# Config sections (and single fields) a resumed run may change: how long it runs, how often it
-# reports, checkpoints and evaluates, where it logs, its arithmetic, and how it waits for and
-# survives the cluster. Everything else shapes the weights, the optimizer or the data order that
-# the checkpoint holds.
-RESUME_MAY_CHANGE = ("name", "steps", "log_every", "checkpoint", "eval", "tracking", "precision",
-                     "scaling.max_failures", "scaling.resource_timeout_s", "scaling.memory_per_worker_gb")
-
-
-def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> None:
-    """A run folder (local or a URL) that holds checkpoints resumes only under the config that
-    wrote them (up to RESUME_MAY_CHANGE). Otherwise ConfigError, one line naming the differing
-    fields, before Ray starts: a fixed ``name=`` reused for another architecture would else fail
-    in every worker with pages of size mismatches."""
-    from dsm.runtime.tracking import flatten
-
-    run_dir = Location.of(run_dir)
-    stored, where = _last_checkpoint_config(run_dir)
-    if where is None:
-        return
-    try:
-        stored = TrainConfig.model_validate(stored).model_dump(mode="json")  # fields added since get defaults
-    except ValueError as e:
-        raise ConfigError(f"{where}: its config is not one this dsm reads ({str(e).splitlines()[0]}); "
-                          f"give another name= or delete {run_dir}") from None
-    now, then = flatten(cfg.model_dump(mode="json")), flatten(stored)
-    differ = sorted(k for k in now.keys() | then.keys()
-                    if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE
-                    and k not in RESUME_MAY_CHANGE)
-    if differ:
-        shown = (", ".join(f"{k} ({then.get(k)} -> {now.get(k)})" for k in differ[:4])
-                 + (" ..." if len(differ) > 4 else ""))
-        raise ConfigError(f"run {run_dir.name!r} in {run_dir} was trained with another config: {shown}; "
-                          f"give another name=, or delete that folder to start afresh")
-
-
-def _last_checkpoint_config(run_dir: Location) -> tuple[dict, str | None]:
-    """(the config in the run's latest checkpoint, that checkpoint's state.pt); ({}, None) when
-    there is none. Ray Train names checkpoint folders by time, so the last name is the latest."""
-    import tempfile
-
-    from dsm.plumbing.fileio import load_torch_file
-
-    if run_dir.is_local:
-        states = sorted(run_dir.path.glob("checkpoint_*/state.pt"), key=lambda f: f.stat().st_mtime)
-        if not states:
-            return {}, None
-        return load_torch_file(states[-1], "dsm training checkpoint").get("config") or {}, str(states[-1])
-    folders = [f for f in run_dir.subfolders() if f.name.startswith("checkpoint_")]
-    states = [f / "state.pt" for f in folders if "state.pt" in f.listing()]
-    if not states:
-        return {}, None
-    with tempfile.TemporaryDirectory(prefix="dsm-ckpt-") as tmp:
-        local = Path(tmp) / "state.pt"
-        local.write_bytes(states[-1].read_bytes())
-        return load_torch_file(local, "dsm training checkpoint").get("config") or {}, str(states[-1])
 
 
 def check_local_resources(cfg: TrainConfig) -> None:
@@ -366,25 +310,55 @@ def print_summary(p: Plan, export: Path) -> None:
 
 def main(config: str | None, overrides: list[str], *, workspace: str | None, address: str | None,
          workers: int | None, gpu: bool, quiet: bool = False, register: str | None = None,
-         storage: str | None = None) -> int:
-    """``dsm train``: returns the exit code (failures become exit codes in dsm.plumbing.errors.exit_code)."""
-    from dsm.plumbing.config import load_config
+         storage: str | None = None, print_config: bool = False, dry_run: bool = False,
+         resume: str | None = None) -> int:
+    """``dsm train``: returns the exit code (failures become exit codes in dsm.plumbing.errors.exit_code).
+    print_config: print the config as it would run (YAML, every field) instead; dry_run: say what
+    would happen instead (dsm.train.resume.describe); resume: continue the run of that name."""
+    from dsm.runtime.tracking import workspace_dir
+    from dsm.train import resume as resuming
 
     if register is not None:
         from dsm.runtime.mlmodel import check_model_name
 
         check_model_name(register)
+    cfg = _config(config, overrides, workers, gpu, resume)
+    if print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="", flush=True)
+        return 0
+    stem = Path(config).stem if config else "train"
+    storage, ws = storage_root(storage), workspace_dir(workspace, create=False)
+    if resume is not None:
+        resuming.require_run(Location.of(storage) if storage else Location.of(ws / "runs"), resume)
+    if dry_run:
+        print("\n".join(resuming.describe(cfg, ws, stem, storage)), flush=True)
+        return 0
+    p = plan(cfg, workspace, stem, progress=not quiet, storage=storage)
+    print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
+          f"outputs in {p.run_dir}" + (f", checkpoints in {p.out}" if p.published_elsewhere else ""), flush=True)
+    if resume is None and p.out.is_local and resuming.last_checkpoint(p.out)[1] is None:  # a new local run
+        command = "dsm train " + shlex.join([config or "", *overrides])
+        hint = resuming.continue_hint(p.cfg, p.out.parent, p.name, command)
+        if hint:
+            print(hint, flush=True)
+    with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder (else Busy: exit 2)
+        export = train(p, address, register=register)
+    print_summary(p, export)
+    return 0
+
+
+def _config(config: str | None, overrides: list[str], workers: int | None, gpu: bool,
+            resume: str | None) -> TrainConfig:
+    """The config of ``dsm train``'s command line: the file, the overrides, then the options' fields."""
+    from dsm.plumbing.config import load_config
+
     extra = list(overrides)
     if workers is not None:
         extra.append(f"scaling.workers={workers}")
     if gpu:
         extra.append("scaling.gpu=true")
-    cfg = load_config(TrainConfig, config, extra)
-    stem = Path(config).stem if config else "train"
-    p = plan(cfg, workspace, stem, progress=not quiet, storage=storage)
-    print(f"dsm train: run {p.name!r}, {p.cfg.steps} steps on {p.cfg.scaling.workers} worker(s), data {p.shape}; "
-          f"outputs in {p.run_dir}" + (f", checkpoints in {p.out}" if p.published_elsewhere else ""), flush=True)
-    with exclusive(p.run_dir, f"run {p.name!r}"):  # one dsm train per run folder (else Busy: exit 2)
-        export = train(p, address, register=register)
-    print_summary(p, export)
-    return 0
+    if resume is not None:
+        extra.append(f"name={resume}")
+    return load_config(TrainConfig, config, extra)

@@ -24,11 +24,14 @@ class Param(StrictModel):
     uniform / loguniform: [low, high] drawn per trial; randint: integers in [low, high).
     """
 
-    grid: list[Any] | None = None
-    choice: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
+    grid: list[Any] | None = Field(None, description="values, each tried (every combination with the other grid "
+                                                     "fields)")
+    choice: list[Any] | None = Field(None, description="values, one drawn per trial (enumerated like grid under "
+                                                       "search grid)")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high]: a number drawn uniformly per trial")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], low > 0: a number drawn "
+                                                                     "uniformly in log per trial")
+    randint: tuple[int, int] | None = Field(None, description="[low, high): an integer drawn per trial")
 
     @model_validator(mode="after")
     def _one(self) -> Param:
@@ -71,9 +74,11 @@ class Param(StrictModel):
 class SchedulerSpec(StrictModel):
     """Early stopping. ASHA compares trials at equal training steps (``time_attr = step``)."""
 
-    kind: Literal["asha", "fifo"] = "asha"
+    kind: Literal["asha", "fifo"] = Field("asha", description="asha: stop trials that fall behind at equal "
+                                                              "steps; fifo: run every trial to the end")
     grace_period: int = Field(100, ge=1, description="steps before a trial can be stopped")
-    reduction_factor: int = Field(2, ge=2)
+    reduction_factor: int = Field(2, ge=2, description="ASHA: about 1 in reduction_factor trials goes on at each "
+                                                       "rung (rungs at grace_period x reduction_factor^k steps)")
 
 
 class ResourcesSpec(StrictModel):
@@ -88,13 +93,18 @@ class ResourcesSpec(StrictModel):
     trial_cpu: float = Field(0.0, ge=0, description="CPUs reserved by the function that drives one trial")
     trial_memory_mb: int = Field(256, ge=1, description="memory reserved by that function (MiB)")
     workers: int | None = Field(None, ge=1, description="Ray Train workers per trial (default: the base config's)")
-    cpus_per_worker: float | None = Field(None, gt=0)
-    gpu: bool | None = None
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs per Ray Train worker (default: the base "
+                                                                  "config's scaling.cpus_per_worker)")
+    gpu: bool | None = Field(None, description="one GPU per worker (default: the base config's scaling.gpu)")
 
 
 class TrackingSpec(StrictModel):
-    enabled: bool = True
-    experiment: str = "dsm-tune"
+    """MLflow tracking of the sweep: a parent run, with each trial's run nested under it."""
+
+    enabled: bool = Field(True, description="log the sweep's run and its trials' runs to MLflow (sets every "
+                                            "trial's tracking.enabled)")
+    experiment: str = Field("dsm-tune", description="MLflow experiment of the sweep and its trials (sets every "
+                                                    "trial's tracking.experiment)")
 
 
 class SweepSpec(StrictModel):
@@ -104,17 +114,21 @@ class SweepSpec(StrictModel):
     base: str = Field(..., description="training config (YAML), relative to the spec file")
     overrides: dict[str, Any] = Field(default_factory=dict, description="fixed dotted-key overrides for every trial")
     space: dict[str, Param] = Field(..., description="dotted training-config field -> distribution")
-    metric: str = "eval/nll_bpd"
-    mode: Literal["min", "max"] = "min"
+    metric: str = Field("eval/nll_bpd", description="reported metric the scheduler and search act on (the "
+                                                    "default: held-out NLL in bits/dim)")
+    mode: Literal["min", "max"] = Field("min", description="whether a lower (min) or higher (max) metric is better")
     samples: int = Field(1, ge=1, description="random draws (search random/optuna), or repeats of the grid "
                                               "with seeds seed, seed+1, ... (search grid)")
-    search: Literal["random", "grid", "optuna"] = "random"
-    seed: int = 0
-    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    search: Literal["random", "grid", "optuna"] = Field(
+        "random", description="random: values drawn independently; grid: every combination of the grid and "
+                              "choice lists; optuna: adaptive draws by Optuna (no grid lists)")
+    seed: int = Field(0, description="seed of the search's draws, and the training seed of the first grid repeat "
+                                     "(search grid with samples > 1)")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="early stopping")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="resources per trial")
     max_concurrent: int = Field(0, ge=0, description="trials training at once (0: as many as the cluster's "
                                                       "CPUs and GPUs hold, counting what its autoscaler can add)")
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking of the sweep")
 
     @model_validator(mode="after")
     def _space(self) -> SweepSpec:

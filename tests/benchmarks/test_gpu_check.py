@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("0_warm_up", "1_ops", "2_cpu_vs_device", "3_precision", "4_throughput", "5_ddp_one_rank",
             "6_two_ranks", "7_resume", "8_scoring")
@@ -24,6 +26,7 @@ def _numbers(value):
         yield value
 
 
+@pytest.mark.slow  # a subprocess that imports torch and trains a few steps (about 11 s): outside the quick loop
 def test_quick_cpu_run_passes_and_reports_every_section(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)

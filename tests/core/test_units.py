@@ -33,7 +33,20 @@ def test_dequantize():
     x = units.dequantize(k, generator=torch.Generator().manual_seed(0))
     assert ((x >= k.float() / 256) & (x < (k.float() + 1) / 256)).all()
     assert units.dequantize(k, u=torch.zeros(3)).tolist() == [0.0, 255 / 256, 0.5]
-    assert units.to_unit_interval(k).tolist() == pytest.approx([0.0, 1.0, 128 / 255])
     with pytest.raises(ValueError, match="uint8"):
         units.dequantize(k.float())
     assert set(units.CONVENTIONS) == {"continuous", "dequantized", "plain"}
+
+
+def test_to_unit_float_is_k_over_255_and_passes_floats_through():
+    k = torch.arange(256, dtype=torch.uint8)
+    before = k.float().div_(255.0)  # what the loader workers computed before handing over bytes
+    got = units.to_unit_float(k.reshape(4, 1, 8, 8))
+    assert got.dtype == torch.float32 and got.shape == (4, 1, 8, 8)
+    assert torch.equal(got.flatten().view(torch.int32), before.view(torch.int32))  # bit for bit
+    assert got.min() == 0.0 and got.max() == 1.0
+    table = units._unit_table(torch.device("cpu"))  # what other devices look k up in
+    assert torch.equal(table.view(torch.int32), before.view(torch.int32))
+    v = torch.randn(5, 3)
+    assert torch.equal(units.to_unit_float(v, "cpu"), v)
+    assert units.to_unit_float(k, "meta").device.type == "meta"  # converted on the device it is sent to

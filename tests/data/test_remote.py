@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from dsm.core.units import to_unit_float
 from dsm.data.shards import Manifest, ShardError, ShardSource, write_split
-from dsm.data.stream import EvalStream, TrainStream, make_loader, to_unit_float
+from dsm.data.stream import EvalStream, TrainStream, make_loader
 from dsm.data.verify import verify
 from dsm.plumbing.store import Location
 from tests import servers

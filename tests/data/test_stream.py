@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import dsm.data.stream as stream_module
+from dsm.core.units import to_unit_float
 from dsm.data.npy import NpySource
 from dsm.data.shards import ShardError
-from dsm.data.stream import EvalStream, TrainStream, make_loader, to_unit_float
+from dsm.data.stream import EvalStream, TrainStream, make_loader
 from tests.data._util import write_shards
 
 
@@ -188,20 +189,6 @@ def test_npy_bad_input(tmp_path):
     with pytest.raises(ShardError, match="a.npy: cannot tell the channel axis"):
         NpySource(tmp_path / "a.npy")
     assert NpySource(tmp_path / "a.npy", layout="nhwc").shape == (5, 5, 5)
-
-
-def test_to_unit_float_is_k_over_255_and_passes_floats_through():
-    k = torch.arange(256, dtype=torch.uint8)
-    before = k.float().div_(255.0)  # what the loader workers computed before handing over bytes
-    got = to_unit_float(k.reshape(4, 1, 8, 8))
-    assert got.dtype == torch.float32 and got.shape == (4, 1, 8, 8)
-    assert torch.equal(got.flatten().view(torch.int32), before.view(torch.int32))  # bit for bit
-    assert got.min() == 0.0 and got.max() == 1.0
-    table = stream_module._unit_table(torch.device("cpu"))  # what other devices look k up in
-    assert torch.equal(table.view(torch.int32), before.view(torch.int32))
-    v = torch.randn(5, 3)
-    assert torch.equal(to_unit_float(v, "cpu"), v)
-    assert to_unit_float(k, "meta").device.type == "meta"  # converted on the device it is sent to
 
 
 def test_eight_bit_batches_are_bytes_and_convert_as_before(shards):

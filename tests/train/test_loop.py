@@ -101,7 +101,8 @@ def test_training_batches_cross_epochs_and_resume_as_before_with_workers_started
     batches that one fresh loader per epoch gave (as before loader workers persisted), and its
     loader workers start once. 5 batches per epoch: with 2 workers one yields 3, the other 2."""
     import dsm.data.stream as stream_module
-    from dsm.data.stream import TrainStream, to_unit_float
+    from dsm.core.units import to_unit_float
+    from dsm.data.stream import TrainStream
     from dsm.train.loop import train_batches
     from tests.data._util import write_shards
 

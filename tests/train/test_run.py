@@ -287,21 +287,3 @@ def test_interrupted_driver_resumes_on_the_same_trajectory(ray_cluster, make_cfg
     h_int = client.get_metric_history(run_int.info.run_id, "train/loss")
     assert [m.step for m in h_int] == [m.step for m in h_ref] == list(range(10, 121, 10))
     np.testing.assert_allclose([m.value for m in h_int], [m.value for m in h_ref], rtol=1e-5)
-
-
-
-def test_a_resume_may_change_how_it_waits_for_the_cluster_not_its_workers(make_cfg, tmp_path):
-    """check_resumable reads the config in the run's last checkpoint: a resumed run may wait longer
-    for its GPUs or survive more failures, but not change its world size (the data order)."""
-    from dsm.plumbing.config import ConfigError
-    from dsm.train.run import check_resumable
-
-    cfg = make_cfg("name=resumable")
-    (tmp_path / "checkpoint_000000").mkdir()
-    torch.save({"config": cfg.model_dump(mode="json")}, tmp_path / "checkpoint_000000" / "state.pt")
-    waits = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"resource_timeout_s": 60.0,
-                                                                             "max_failures": 9})})
-    check_resumable(waits, tmp_path)
-    wider = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"workers": 1})})
-    with pytest.raises(ConfigError, match=r"another config: scaling\.workers \(2 -> 1\)"):
-        check_resumable(wider, tmp_path)

@@ -56,16 +56,23 @@ class UNetConfig:
 
     channels: int = 3
     image_size: int = 64
-    base_width: Annotated[int, Field(ge=1)] = 64
-    scales: Annotated[int, Field(ge=0)] = 3
-    convs_per_block: Annotated[int, Field(ge=2)] = 3
-    kernel_size: Annotated[int, Field(ge=1)] = 3
-    activation: Literal[tuple(ACTIVATIONS)] = "gelu"
-    embedding: Literal[tuple(TIME_EMBEDDINGS)] = "linear"
-    n_freq: Annotated[int, Field(ge=1)] = 32
-    emb_dim: Annotated[int, Field(ge=1)] = 256
-    group_size: Annotated[int, Field(ge=1)] = 1
-    eps: Annotated[float, Field(gt=0)] = 1e-5
+    base_width: Annotated[int, Field(ge=1, description="channels of the first block; block s has "
+                                                       "base_width * 2**s")] = 64
+    scales: Annotated[int, Field(ge=0, description="encoder blocks (and as many decoder blocks): the image side is "
+                                                   "halved scales times, so it must be divisible by 2**scales")] = 3
+    convs_per_block: Annotated[int, Field(ge=2, description="(convolution, normalization, nonlinearity) layers "
+                                                            "per block")] = 3
+    kernel_size: Annotated[int, Field(ge=1, description="side of the convolution kernels in pixels (odd)")] = 3
+    activation: Annotated[Literal[tuple(ACTIVATIONS)], Field(
+        description="nonlinearity (relu keeps the network homogeneous in y)")] = "gelu"
+    embedding: Annotated[Literal[tuple(TIME_EMBEDDINGS)], Field(
+        description="time embedding: log (Fourier features of log t), linear (sin/cos of t, floored at t_min) or "
+                    "official (the paper's code's, unfloored)")] = "linear"
+    n_freq: Annotated[int, Field(ge=1, description="frequencies of the time embedding")] = 32
+    emb_dim: Annotated[int, Field(ge=1, description="features of the time MLP's output, which scales every "
+                                                    "normalization")] = 256
+    group_size: Annotated[int, Field(ge=1, description="channels per normalization group (1: per channel)")] = 1
+    eps: Annotated[float, Field(gt=0, description="epsilon of the normalization's division (see norm_eps)")] = 1e-5
     norm_eps: Annotated[Literal[NORM_EPS_FORMS], Field(
         description="normalization epsilon: relative sqrt(m/(var+eps m)) (dsm) or official sqrt(m/(var+eps)+eps)")
     ] = "relative"
