@@ -1,5 +1,5 @@
-"""Issue #16's acceptance table for one trained model: held-out log p against classical baselines,
-and the model's agreement with itself.
+"""The CPU recipes' acceptance table (docs/recipes.md) for one trained model: held-out log p
+against classical baselines, and the model's agreement with itself.
 
 For a model file (``dsm train``'s model.pt or model-best.pt) and its training and held-out shard
 folders, prints a markdown table of

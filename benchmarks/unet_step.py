@@ -1,6 +1,6 @@
 """UNet training-step cost: energy (dual score matching) vs score network (denoising).
 
-Same UNet preset, same batch, both through dsm.core.step.train_step with Adam. The issue's
+Same UNet preset, same batch, both through dsm.core.step.train_step with Adam. The
 reference: the paper's own code, `paper` UNet at 32x32x3, batch 16, on a 2-core CPU:
 1.80 s per energy step, 0.89 s per score step (2.0x). ``--stock`` also times both models
 with PyTorch's stock convolutions, GELU and var_mean (dsm.core.nets.stock), in the same run, so

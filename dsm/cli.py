@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Fit an energy to an exact Gaussian mixture and compare normalized log p "
                                       "with the exact one. Settings: dsm.demo.DemoConfig, as key=value.")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. dim=16 steps=4000 form=scalar")
-    demo.add_argument("--config", help="YAML file with DemoConfig fields")
+    demo.add_argument("--config", help="YAML file with DemoConfig fields (default: DemoConfig's defaults)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     add_workspace(demo)
     demo.set_defaults(func=_demo)

@@ -38,6 +38,30 @@ def add_storage(parser: argparse.ArgumentParser, help: str = STORAGE_HELP) -> No
     parser.add_argument("--storage", metavar="URL", default=None, help=help)
 
 
+class _RenamedOption(argparse.Action):
+    """An option's old name, kept for one release: it sets what the new name sets and says so on
+    stderr. Hidden from --help."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"dsm: {option_string} is now {self.new}; the old name goes in the next release",
+              file=sys.stderr, flush=True)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_old_name(parser: argparse.ArgumentParser, old: str, new: argparse.Action, const=None) -> None:
+    """Accept ``old`` for the option ``new`` (the action ``add_argument`` returned) for one more
+    release; ``const``: the value an old switch stands for (it then takes no value)."""
+    switch = {"nargs": 0, "const": const} if const is not None else {"type": new.type, "metavar": new.metavar}
+    parser.add_argument(old, dest=new.dest, action=_RenamedOption, new=new.option_strings[-1],
+                        help=argparse.SUPPRESS, **switch)
+
+
 def csv_list(text: str) -> list[str]:
     """An argparse ``type``: ``"a, b,"`` -> ``["a", "b"]``."""
     return [t.strip() for t in text.split(",") if t.strip()]

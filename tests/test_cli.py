@@ -15,7 +15,7 @@ from dsm.runtime.cluster import free_port
 
 @pytest.mark.slow
 def test_ui_stops_its_whole_process_group_on_sigterm(tmp_path):
-    """Issue #17: `dsm ui` stopped with SIGTERM must take MLflow's server and every process it
+    """`dsm ui` stopped with SIGTERM must take MLflow's server and every process it
     forked along, and start none of MLflow's GenAI job consumers. Served on every address
     (--host 0.0.0.0), which it says is unauthenticated."""
     port = free_port()
@@ -95,3 +95,39 @@ def test_a_wildcard_ui_address_prints_one_that_others_can_reach():
     assert host not in ("0.0.0.0", "127.0.0.1", "") and url.endswith("?workflowType=machine_learning")
     assert ui_url(5000, "x", None, host="::1").startswith("http://[::1]:5000/")
 
+
+
+def _options(parser, path):
+    """(command, flag, help) of every option of every subcommand that takes a value."""
+    import argparse
+
+    flags = (argparse._HelpAction, argparse._VersionAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, [*path, name])
+        elif (action.option_strings and not isinstance(action, flags) and not action.required
+              and action.help != argparse.SUPPRESS):  # an old name kept for a release is not shown
+            yield " ".join(path), action.option_strings[-1], action.help or ""
+
+
+def test_every_option_says_its_default():
+    from dsm.cli import build_parser
+
+    silent = [f"{cmd} {flag}" for cmd, flag, text in _options(build_parser(), ["dsm"]) if "default" not in text]
+    assert not silent, silent
+    assert len(list(_options(build_parser(), ["dsm"]))) > 60  # the walk reaches every subcommand
+
+
+def test_an_old_option_name_still_works_for_a_release_and_says_the_new_one(capsys):
+    from dsm.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["report", "scores", "--n-noise", "3", "--t-min", "1e-3"])
+    assert (args.noise_samples, args.smooth_t) == (3, 1e-3)
+    err = capsys.readouterr().err
+    assert "--n-noise is now --noise-samples" in err and "--t-min is now --smooth-t" in err
+    assert parse_args(parser, ["sample", "m.pt", "--n", "1", "--seed", "0", "--gpu"]).device == "cuda"
+    assert "--gpu is now --device" in capsys.readouterr().err
+    assert parse_args(parser, ["sample", "m.pt", "--n", "1", "--seed", "0"]).device == "cpu"
+    assert "--n-noise" not in parser._subparsers._group_actions[0].choices["report"].format_help()

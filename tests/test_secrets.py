@@ -1,4 +1,4 @@
-"""A secret in the environment never reaches a file, an MLflow param or tag, or a log line (issue #19).
+"""A secret in the environment never reaches a file, an MLflow param or tag, or a log line.
 
 dsm trains from and into a bucket and scores into it, as two real CLI processes, each with its
 own local Ray whose temporary folder (every Ray log) is the test's. The AWS secret access key

@@ -1,4 +1,4 @@
-"""`dsm ui` in a real browser (issue #20): headless Chromium (Debian's, installed by
+"""`dsm ui` in a real browser: headless Chromium (Debian's, installed by
 `scripts/setup.sh --dev`) driven by Playwright, on a real `dsm ui` over a workspace that a real
 `dsm train` filled. The screenshots are kept in test-artifacts/ui/ (or $DSM_TEST_ARTIFACTS/ui/).
 

@@ -50,18 +50,19 @@ from dsm.core.seeding import key_seed, keyed_normal, keyed_rademacher, keyed_uni
 PREFIX = "consistency/"
 
 # log Z is compared at these fractions of the training t_max: t = 100, 333 and 1000 for every
-# shipped config (issue #16 found log Z = 140.17, 141.35, 142.40 there), and dsm normalize's
-# agreement check (t/10, t/3, t).
+# shipped config (a 16x16 patches model had log Z = 140.17, 141.35, 142.40 there), and
+# dsm normalize's agreement check (t/10, t/3, t).
 LOG_Z_T_FRACTIONS: tuple[float, ...] = (0.1, 1 / 3, 1.0)
 
-# Bounds (issue #16's targets). Each is a limit on the absolute value of one metric.
+# Bounds (the targets of the CPU recipes study, docs/recipes.md). Each is a limit on the absolute
+# value of one metric.
 LOG_Z_SPREAD_MAX_NATS = 0.1  # max - min of log Z over the log Z t's
 ODE_GAP_ABS_MAX_NATS_PER_DIM = 0.05  # mean |energy - ODE| log p over the ODE images
 # The heat residual integrates to the ODE gap (int R dt = int t R d log t): a residual of one
 # sign and this RMS across the shipped configs' training range [1e-4, 1e3] (16.1 units of
 # log t) would integrate to exactly the ODE-gap bound, 0.05 / 16.1 = 0.0031 nats/dim.
 HEAT_RESIDUAL_RMS_MAX_NATS_PER_DIM = ODE_GAP_ABS_MAX_NATS_PER_DIM / math.log(1e3 / 1e-4)
-# The issue's ">= 0.997" for t Laplacian U / d, as a distance from the data's Gaussian limit
+# The required ">= 0.997" for t Laplacian U / d, as a distance from the data's Gaussian limit
 # (about 1 - mean var / t: above 0.9997 for images in [0, 1] at t = 1e3).
 NEAR_GAUSSIAN_DEVIATION_MAX = 0.003
 

@@ -160,8 +160,8 @@ def _register_convert(dsub) -> None:
     fold.add_argument("out", help="output folder or URL (s3://, gs://, file://)")
     fold.add_argument("--split", default="train", help="split name (default train)")
     fold.add_argument("--crop", choices=["center", "none"], default="center",
-                      help="center: central square first; none: squash the whole image")
-    fold.add_argument("--seed", type=int, default=0, help="file order shuffle seed")
+                      help="center: central square first; none: squash the whole image (default center)")
+    fold.add_argument("--seed", type=int, default=0, help="file order shuffle seed (default 0)")
     fold.add_argument("--workers", type=int, help="decoding processes (default min(8, CPUs))")
     fold.add_argument("--skip-bad", action="store_true", help="warn about unreadable images instead of stopping")
     _conversion_options(fold)
@@ -170,7 +170,7 @@ def _register_convert(dsub) -> None:
 
 def _conversion_options(p: argparse.ArgumentParser) -> None:
     """The output options every ``dsm data convert`` kind takes."""
-    p.add_argument("--size", type=int, help="output side in pixels (box down-sampling)")
+    p.add_argument("--size", type=int, help="output side in pixels (box down-sampling; default: the images' own)")
     p.add_argument("--gray", action="store_true", default=None, help="convert to grayscale (BT.601 luma)")
     p.add_argument("--shard-size", type=int, help="samples per shard (default: up to 2000, at least 16 shards)")
     p.add_argument("--force", action="store_true", help="replace existing shards of the same split")

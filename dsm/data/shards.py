@@ -52,7 +52,7 @@ class ShardError(ValueError):
 
     def __reduce__(self):
         # Ray carries a worker's exception to the driver by pickling it; the default reduction
-        # would call ShardError(full_text) and fail, losing the worker's real error (issue #17).
+        # would call ShardError(full_text) and fail, losing the worker's real error.
         return type(self), (self.path, self.message)
 
 

@@ -65,22 +65,25 @@ class PrepareConfig(StrictModel):
     and ``data.prepare`` in a training config takes the same names."""
 
     splits: list[Literal["train", "test"]] = Field(["train", "test"], description="comma-separated: train,test")
-    size: int | None = Field(None, gt=0, description="output side in pixels, by box down-sampling")
+    size: int | None = Field(None, gt=0, description="output side in pixels, by box down-sampling "
+                                                      "(default: the data set's own)")
     gray: bool = Field(False, description="convert to grayscale (BT.601 luma)")
     seed: int = Field(0, description="shuffle (and patch positions) seed")
-    first: int | None = Field(None, gt=0, description="keep the first N training samples (after the shuffle)")
+    first: int | None = Field(None, gt=0, description="keep the first N training samples (after the shuffle; "
+                                                      "default: all)")
     last: int | None = Field(None, gt=0, description="keep the last N training samples (disjoint from first N "
-                                                     "when 2N <= the training set size)")
+                                                     "when 2N <= the training set size; default: all)")
     shard_size: int | None = Field(None, gt=0, description="samples per shard (default: up to 2000, at least 16 "
                                                            "shards)")
     src: str | None = Field(None, description="source file/folder when not installed where expected "
-                                              "(fashion-mnist: IDX folder; mnist: mnist.pkl.gz)")
+                                              "(fashion-mnist: IDX folder; mnist: mnist.pkl.gz; default: where "
+                                              "scripts/setup.sh installs it)")
     # patches only
     patch: int = Field(32, gt=0, description="patches: crop side in photo pixels, before down-sampling")
     count: int = Field(10000, gt=0, description="patches: training patches")
     test_count: int | None = Field(None, gt=0, description="patches: test patches (default count // 5)")
     test_photos: list[str] | None = Field(None, description="patches: comma-separated photos held out for the "
-                                                            "test split")
+                                                            "test split (default: the built-in choice)")
 
     @model_validator(mode="after")
     def _one_subset(self) -> PrepareConfig:

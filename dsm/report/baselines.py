@@ -34,7 +34,7 @@ class BaselineOptions:
     max_train: int = MAX_TRAIN
     reg_covar: float = bl.REG_COVAR
     t_min: float | None = None  # noise variance of the smoothed columns
-    t_min_source: str = "no --model and no --t-min"
+    t_min_source: str = "no --model and no --smooth-t"
     seed: int = bl.SEED
 
     def check(self) -> None:
@@ -44,7 +44,7 @@ class BaselineOptions:
             raise ValueError("--baselines needs the training split: pass --train-data PATH (or --model, whose "
                              "config names it as data.path)")
         if self.max_train < 2 or not self.reg_covar >= 0 or (self.t_min is not None and not self.t_min > 0):
-            raise ValueError(f"need --baseline-max-train >= 2, --reg-covar >= 0 and --t-min > 0; got "
+            raise ValueError(f"need --baseline-max-train >= 2, --reg-covar >= 0 and --smooth-t > 0; got "
                              f"{self.max_train}, {self.reg_covar:g}, {self.t_min}")
 
 
@@ -209,7 +209,7 @@ def _pm(m: dict, key: str, bits: bool = False) -> str:
 
 def _lines(m: dict, fitted: Fitted, opts: BaselineOptions, note: str, data) -> list[str]:
     t = (f"t_min = {opts.t_min:g} ({opts.t_min_source})" if opts.t_min is not None
-         else f"not computed: {opts.t_min_source} (pass --t-min)")
+         else f"not computed: {opts.t_min_source} (pass --smooth-t)")
     md = [f"**{m['verdict']}**", "",
           f"Held-out log p in nats/dim (+- standard error over the {m['n']} scored images), and the paired "
           "difference model - baseline per image (+- paired standard error; positive: the model gives the "

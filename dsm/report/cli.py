@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from dsm.cliopts import add_workspace
+from dsm.cliopts import add_old_name, add_workspace
 from dsm.scoring.cli import add_precision
 
 
@@ -85,7 +85,7 @@ def _studies(args: argparse.Namespace, t_range: tuple[float, float] | None):
         from dsm.api import load
 
         model = load(args.model)
-    return Studies(model=model, n_refs=args.ref_images, n_noise=args.n_noise, affine_grid=args.affine_grid,
+    return Studies(model=model, n_refs=args.ref_images, n_noise=args.noise_samples, affine_grid=args.affine_grid,
                    t_range=t_range)
 
 
@@ -104,8 +104,8 @@ def _baseline_options(args: argparse.Namespace, t_range: tuple[float, float] | N
         opts.train_data, opts.train_source = model_data, "the model's config data.path"
     elif args.model:
         opts.train_source = "the model's config names no data.path (a built-in data.dataset)"
-    if args.t_min is not None:
-        opts.t_min, opts.t_min_source = args.t_min, "--t-min"
+    if args.smooth_t is not None:
+        opts.t_min, opts.t_min_source = args.smooth_t, "--smooth-t"
     elif t_range is not None:
         opts.t_min, opts.t_min_source = t_range[0], "the model's noise.t_min"
     if opts.ks and not opts.train_data and args.model:
@@ -159,7 +159,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--n, --steps and --batch-size must be >= 1, got {args.n}, {args.steps}, {args.batch_size}")
     if not 0 <= args.eta <= 1:
         raise ValueError(f"--eta must be in [0, 1], got {args.eta}")
-    device = "cuda" if args.gpu else "cpu"
+    device = args.device
     bundle = load_model(args.model, map_location=device)
     model = from_bundle(bundle, args.model)
     t_min = args.t_min if args.t_min is not None else bundle.t_range[0]
@@ -214,20 +214,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="dsm score's --out folder (or its parts/ folder), or its s3:// / gs:// URL")
     rep.add_argument("--model", default=None, help="the scored model: its shape (for vector-stored images), "
                                                    "training run (MLflow nesting), and the model-based sections "
-                                                   "(affine transforms, log p along the noise, histogram markers)")
+                                                   "(affine transforms, log p along the noise, histogram markers; "
+                                                   "default: none, so no model-based sections)")
     rep.add_argument("--train-scores", default=None, metavar="DIR",
                      help="a dsm score folder of training images scored by the same model: train vs test "
-                          "cross-entropy (the paper's Table 2)")
+                          "cross-entropy (the paper's Table 2; default: none)")
     rep.add_argument("--ref-images", type=int, default=15,
                      help="reference images evenly spaced in log p for the model-based sections "
                           "(default 15, the paper's)")
-    rep.add_argument("--n-noise", type=int, default=16,
-                     help="noise draws per reference image for E[log p(y, t) | x] (default 16; the paper: 1000)")
+    noise_samples = rep.add_argument("--noise-samples", type=int, default=16,
+                                     help="noise draws per reference image for E[log p(y, t) | x] (default 16; "
+                                          "the paper: 1000)")
+    add_old_name(rep, "--n-noise", noise_samples)
     rep.add_argument("--affine-grid", type=int, default=21,
                      help="points per axis of the contrast/offset grid on [0, 1] (default 21; the paper: 101)")
     rep.add_argument("--baselines", default=None, metavar="K,K,...",
                      help="classical baselines to fit and compare on the same images: Gaussian mixtures with "
-                          "these numbers of full-covariance components (1 = the full Gaussian), e.g. 1,10")
+                          "these numbers of full-covariance components (1 = the full Gaussian), e.g. 1,10 "
+                          "(default: none)")
     rep.add_argument("--train-data", default=None, metavar="PATH",
                      help="training split the baselines are fitted on (shards, .npy or image folder; "
                           "default: the --model config's data.path)")
@@ -236,9 +240,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="fit on a seeded subsample of at most N training images (default 10000)")
     rep.add_argument("--reg-covar", type=float, default=None,
                      help="added to each baseline covariance's diagonal (default 1e-6, scikit-learn's)")
-    rep.add_argument("--t-min", type=float, default=None,
-                     help="noise variance of the baselines' smoothed columns (default: the --model config's "
-                          "noise.t_min; without either they are left out)")
+    smooth_t = rep.add_argument("--smooth-t", type=float, default=None, metavar="T",
+                                help="noise variance the baselines are smoothed to for their smoothed columns "
+                                     "(default: the --model config's noise.t_min; without either they are left out)")
+    add_old_name(rep, "--t-min", smooth_t)
     rep.add_argument("--data", default=None, help="the scored data, when it moved (default: scores.json's)")
     rep.add_argument("--out", default=None,
                      help="report folder (default SCORES_DIR/report; for a URL, ./report-NAME here)")
@@ -265,8 +270,10 @@ def _register_sample(sub: argparse._SubParsersAction) -> None:
     smp.add_argument("--t-max", type=float, default=None, help="start noise variance (default: training t_max)")
     smp.add_argument("--t-min", type=float, default=None, help="last noise variance (default: training t_min)")
     smp.add_argument("--mean", type=float, default=None, help="centre of the start noise (default 0.5 for images, 0)")
-    smp.add_argument("--batch-size", type=int, default=64)
-    smp.add_argument("--gpu", action="store_true", help="run on cuda")
+    smp.add_argument("--batch-size", type=int, default=64, help="samples drawn at once (default 64)")
+    device = smp.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                              help="where this process draws the samples (default cpu)")
+    add_old_name(smp, "--gpu", device, const="cuda")
     add_precision(smp, "the denoiser evaluations")
     smp.add_argument("--out", default=None, help="output folder (default MODEL_DIR/samples/seed..-n..-steps..)")
     smp.add_argument("--quiet", action="store_true", help="no progress bar")

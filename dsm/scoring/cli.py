@@ -197,7 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     norm.add_argument("--data", required=True, help="held-out data: shard split folder, .npy or image folder")
     norm.add_argument("--samples", type=int, default=2000, help="held-out examples used (default 2000)")
     norm.add_argument("--t", type=float, default=None, help="noise variance (default: the model's t_max)")
-    norm.add_argument("--batch-size", type=int, default=256)
+    norm.add_argument("--batch-size", type=int, default=256, help="examples per forward pass (default 256)")
     add_precision(norm, "log Z")
     add_gpu_options(norm, "estimate in a Ray task holding one GPU (of --address's cluster, or a local Ray)")
     add_address(norm)
@@ -220,7 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "the paper: 1e-12:1e3:100)")
     sc.add_argument("--noise-samples", type=int, default=4, help="K noise draws per image and t (default 4)")
     sc.add_argument("--dequantize", action="store_true", help="also the dequantized NLL (8-bit images)")
-    sc.add_argument("--batch-size", type=int, default=64)
+    sc.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     sc.add_argument("--restart", action="store_true",
                     help="discard the scores OUT holds (another model, another log Z or other data) and start afresh; "
                          "without it a re-run resumes the same job and refuses a different one")

@@ -23,11 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("config", help="YAML training config (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 optim.lr=1e-3")
     add_address(train)
-    train.add_argument("--workers", type=int, default=None, help="training workers (scaling.workers)")
+    train.add_argument("--workers", type=int, default=None,
+                       help="training workers (scaling.workers; default: the config's)")
     train.add_argument("--gpu", action="store_true", help="one GPU per worker (scaling.gpu=true)")
     train.add_argument("--register", metavar="NAME", default=None,
                        help="register the exported model in MLflow's model registry as a new version of NAME "
-                            "(then `dsm score models:/NAME/VERSION ...`)")
+                            "(then `dsm score models:/NAME/VERSION ...`; default: not registered)")
     add_workspace(train)
     add_storage(train)
     train.add_argument("--quiet", action="store_true", help="no data-preparation progress bar")

@@ -415,9 +415,9 @@ def _keep_best(w: Worker, res, step: int) -> None:
     """Rank 0 after an evaluation: when the held-out NLL is the lowest so far, export the model
     (normalized with the evaluation's log Z) as ``model-best.pt`` beside ``model.pt``.
 
-    The held-out NLL is not monotone in training (issue #16: 6.10, 5.35, 4.86, 5.09, 5.18
-    bits/dim at steps 500 to 2500 on patches while the loss kept falling), so the last
-    model is not always the one to score.
+    The held-out NLL is not monotone in training (a patches run went 6.10, 5.35, 4.86, 5.09,
+    5.18 bits/dim at steps 500 to 2500 while the loss kept falling), so the last model is not
+    always the one to score.
     """
     state, value = w.state, res.metrics.get(SELECTED_BY)
     if res.log_z is None or value is None or not math.isfinite(value):

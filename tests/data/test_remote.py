@@ -1,4 +1,4 @@
-"""Shards in a bucket and behind a web server (issue #19): the streams read them as they read a
+"""Shards in a bucket and behind a web server: the streams read them as they read a
 local folder, writers write straight to a URL, and verify checks remote objects. Real servers:
 moto's S3 server and http.server on 127.0.0.1 (tests/servers.py)."""
 

@@ -47,7 +47,7 @@ def test_a_shard_error_keeps_its_path_and_message():
 
 
 def test_hints_quote_paths_with_spaces(tmp_path):
-    """A command printed for the user to paste must survive a path with spaces (issue #17)."""
+    """A command printed for the user to paste must survive a path with spaces."""
     import shlex
 
     import torch
@@ -93,7 +93,7 @@ class _RayTaskError(Exception):  # the attribute Ray's task errors have; dsm.plu
 
 
 def test_bad_input_in_any_rank_stops_the_run_and_other_errors_retry():
-    """Issue #17 item 9: a worker's bad-input error (a shard corrupt at its full size) ends the run
+    """A worker's bad-input error (a shard corrupt at its full size) ends the run
     at once, whichever rank hit it, even when rank 0's error is the collateral of it; a lost worker
     or a torn-down collective is retried."""
     from dsm.plumbing.errors import BadInputFailure, bad_input_among, short_cause
@@ -116,7 +116,7 @@ def test_bad_input_in_any_rank_stops_the_run_and_other_errors_retry():
 
 
 def test_one_way_from_an_exception_to_an_exit_status(capsys):
-    """dsm.plumbing.errors.exit_code, which dsm.cli.main runs every command through (issue #18)."""
+    """dsm.plumbing.errors.exit_code, which dsm.cli.main runs every command through."""
     from pathlib import Path
 
     from dsm.plumbing.config import ConfigError

@@ -206,7 +206,7 @@ def test_report_command_with_a_model_file_and_train_scores(digits_scores, tmp_pa
     normalized = save_bundle(tmp_path / "normalized.pt", b.model, b.config, b.shape, b.is_image,
                              normalization={"value": 0.0, "stderr": 0.0, "method": "test"})
     opts = ["--train-scores", str(scores), "--data", str(data),
-            "--ref-images", "3", "--n-noise", "2", "--affine-grid", "5"]
+            "--ref-images", "3", "--noise-samples", "2", "--affine-grid", "5"]
     assert main(["report", str(scores), "--model", str(normalized), "--out", str(tmp_path / "a"), *opts]) == 0
     out = capsys.readouterr().out
     assert "test - train +0.0000" in out and "GEV: xi" in out
@@ -250,7 +250,7 @@ def test_report_classical_baselines(digits_scores, tmp_path, capsys, monkeypatch
     train = _digits_train(tmp_path / "train.npy")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     rep = tmp_path / "rep"
-    assert main(["report", str(scores), "--baselines", "1,2", "--train-data", str(train), "--t-min", "1e-3",
+    assert main(["report", str(scores), "--baselines", "1,2", "--train-data", str(train), "--smooth-t", "1e-3",
                  "--reg-covar", "1e-5", "--out", str(rep)]) == 0
     out = capsys.readouterr().out
     m = json.loads((rep / "metrics.json").read_text())["baselines"]
@@ -259,7 +259,7 @@ def test_report_classical_baselines(digits_scores, tmp_path, capsys, monkeypatch
     assert "## Classical baselines" in md and m["verdict"] in md and "](baselines.png)" in md
     assert (rep / "baselines.png").stat().st_size > 1000
     assert m["n"] == 1200 and m["n_train"] == m["n_train_total"] == 597 and m["ks"] == [1, 2]
-    assert m["t_min"] == 1e-3 and m["t_min_source"] == "--t-min" and m["reg_covar"] == 1e-5
+    assert m["t_min"] == 1e-3 and m["t_min_source"] == "--smooth-t" and m["reg_covar"] == 1e-5
 
     as_read = lambda a: (a.astype(np.float32) / 255).astype(np.float64)  # dsm score's reader: float32 k/255
     xt = as_read(np.load(train).reshape(597, 64))
@@ -294,7 +294,7 @@ def test_report_classical_baselines(digits_scores, tmp_path, capsys, monkeypatch
 def test_report_baselines_defaults_from_the_model_and_errors(digits_scores, tmp_path, capsys, monkeypatch,
                                                              one_blas_thread):
     """--model supplies the training split (config data.path) and t_min (noise.t_min); without a model
-    or --t-min the smoothed columns are left out with the reason; no training split exits 2."""
+    or --smooth-t the smoothed columns are left out with the reason; no training split exits 2."""
     from dsm.core.bundle import load_model, save_bundle
 
     scores, data, _ = digits_scores
@@ -335,7 +335,7 @@ def test_baselines_section_subsample_and_no_t_min(digits_scores, tmp_path, one_b
     m = metrics["baselines"]
     assert m["n_train"] == 100 and m["n_train_total"] == 597 and m["t_min"] is None and m["n"] == 1200
     assert "k1_smoothed_logp_nats_per_dim" not in m and m["verdict_column"] == "as fitted"
-    assert "not computed: no --model and no --t-min (pass --t-min)" in md and "subsample of 100 of its 597" in md
+    assert "not computed: no --model and no --smooth-t (pass --smooth-t)" in md and "subsample of 100 of its 597" in md
     # Moved images: fitted, not evaluated, and said so.
     assert "not evaluated: could not read" in "\n".join(rb.section(sc, tmp_path, fitted, opts, tmp_path / "moved.npy",
                                                                    None, {}))

@@ -1,6 +1,6 @@
-"""The local Ray that dsm starts: who can reach it, and what is left of it after a killed driver
-(issue #17). The slow tests' Ray is started in a child process, with RAY_AUTH_MODE unset as
-a user's shell has it (the test session disables it for its own cluster). One child serves both
+"""The local Ray that dsm starts: who can reach it, and what is left of it after a killed driver.
+The slow tests' Ray is started in a child process, with RAY_AUTH_MODE unset as a user's shell
+has it (the test session disables it for its own cluster). One child serves both
 (a local Ray's start is 5-10 s): the probe only asks and is refused, which leaves the child as it
 was; the kill test, which ends it, comes last, and a test that finds it ended starts another."""
 
@@ -150,7 +150,7 @@ def _probe(host: str, port: int) -> list[str]:
 
 @pytest.mark.slow
 def test_a_local_ray_refuses_unauthenticated_clients(live_child):
-    """Issue #17 item 3. Ray 2.60 cannot bind a local Ray to loopback (it maps 127.0.0.1 to the
+    """Ray 2.60 cannot bind a local Ray to loopback (it maps 127.0.0.1 to the
     host's address), so its GCS, raylet and worker ports listen on the host's address; what must
     hold is that none of them serves a client without the cluster's token. The only answers to
     an unauthenticated client may be refusals, errors, or Prometheus's read-only metrics text."""
@@ -169,7 +169,7 @@ def test_a_local_ray_refuses_unauthenticated_clients(live_child):
 
 @pytest.mark.slow
 def test_a_killed_driver_leaves_no_ray_process(live_child):
-    """Issue #17 item 15a: SIGKILL the process that started a local Ray (as a killed `dsm train`
+    """SIGKILL the process that started a local Ray (as a killed `dsm train`
     or `dsm score`; Ctrl-C of `dsm train` also skips Ray's shutdown). Ray stops its GCS, raylet
     and workers itself, but its dashboard and runtime-env agents hang after saying they exit
     (over a minute here); dsm's watchdog stops them."""

@@ -101,7 +101,7 @@ def test_a_registered_name_that_would_not_round_trip_is_refused_before_ray(name,
 
 @pytest.mark.slow
 def test_a_trained_run_shows_its_data_and_model_and_is_scored_by_its_registered_name(registered_run, capsys):
-    """Issue #20's round trip: `dsm train --register` -> the registry -> `dsm score models:/...`
+    """The model registry's round trip: `dsm train --register` -> the registry -> `dsm score models:/...`
     and mlflow.pyfunc, with equal log p, and the lineage on every run."""
     from mlflow.entities import LoggedModelStatus
 

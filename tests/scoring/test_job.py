@@ -125,7 +125,7 @@ def test_bad_input_fails_clearly(tmp_path, capsys, case):
     elif case == "empty_folder":
         data = tmp_path / "images"
         data.mkdir()
-    elif case == "bad_image":  # checked before Ray starts (issue #17): no actor traceback, no half-made --out
+    elif case == "bad_image":  # checked before Ray starts: no actor traceback, no half-made --out
         from PIL import Image
 
         data = tmp_path / "images"
@@ -145,7 +145,7 @@ def test_bad_input_fails_clearly(tmp_path, capsys, case):
 
 
 def test_a_changed_model_or_data_makes_a_new_job(tmp_path, capsys):
-    """Issue #17: parts of a job killed midway, then `dsm normalize` rewrites the model's log Z in
+    """Parts of a job killed midway, then `dsm normalize` rewrites the model's log Z in
     place (or the data file is rewritten): the re-run must refuse before Ray starts, naming what
     changed, instead of mixing two log Z in one table; --restart discards the old parts."""
     from dsm.api import load
@@ -248,7 +248,7 @@ def test_interrupted_job_finishes_with_one_row_per_key(ray_cluster, tmp_path):
 
 
 def test_an_actor_error_is_one_line_naming_the_file(ray_cluster, tmp_path, capsys):
-    """Issue #17: an image whose header reads but whose pixels are cut off fails in the actor that
+    """An image whose header reads but whose pixels are cut off fails in the actor that
     decodes it; the user sees that image's path in one line, not the actor's traceback."""
     from PIL import Image
 

@@ -1,4 +1,4 @@
-"""`dsm score --data URL --out URL` (issue #19) against a real S3 server (moto, tests/servers.py)
+"""`dsm score --data URL --out URL` against a real S3 server (moto, tests/servers.py)
 and the session's real Ray: parts written in one PUT each, resumption by one listing, the
 scores equal to a local run's, figures uploaded, and a 2-node cluster that refuses a
 node-local --out but takes an s3:// one."""

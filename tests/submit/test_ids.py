@@ -84,7 +84,7 @@ def test_addresses():
 
 
 def test_the_upload_holds_code_not_data_outputs_or_secrets(tmp_path):
-    """Issue #17: data shards, scores, arrays, a non-default workspace and .env files stay here;
+    """Data shards, scores, arrays, a non-default workspace and .env files stay here;
     .dsmignore adds or re-includes, but never re-includes a secret; an oversized upload is
     refused naming its biggest paths."""
     from dsm.submit.runtime_env import check_upload, upload_excludes, upload_size

@@ -115,7 +115,7 @@ def test_cli_failures_do_not_import_ray(tmp_path):
 
 @pytest.mark.parametrize("tail", [["--quiet", "steps=abc"], ["seed=1", "--quiet", "steps=abc"]])
 def test_overrides_are_taken_after_options(tmp_path, tail, capsys, monkeypatch):
-    """`dsm train CONFIG --workspace W steps=...` (issue #17): the override after an option is
+    """`dsm train CONFIG --workspace W steps=...`: the override after an option is
     applied (here refused, naming its field), not rejected as an unrecognized argument."""
     from dsm.cli import main
 
@@ -130,7 +130,7 @@ def test_overrides_are_taken_after_options(tmp_path, tail, capsys, monkeypatch):
 
 
 def test_a_fixed_name_refuses_another_config_before_ray(make_cfg, digits_workspace):
-    """Issue #17: `name=fixed`, then the same name with another architecture. The run folder's
+    """`name=fixed`, then the same name with another architecture. The run folder's
     checkpoint says how it was trained; plan() refuses, naming the fields, and starts nothing.
     Fields a resume may change (steps, evaluation, checkpointing) pass."""
     import torch
@@ -157,7 +157,7 @@ def test_a_fixed_name_refuses_another_config_before_ray(make_cfg, digits_workspa
 
 
 def test_two_commands_on_one_run_folder_or_fresh_data(tmp_path):
-    """Issue #17: a second `dsm train` on a run folder in use says which process holds it, before
+    """A second `dsm train` on a run folder in use says which process holds it, before
     Ray starts; two commands preparing the same built-in data on a fresh workspace both succeed
     (the second waits for the first's preparation instead of racing it)."""
     import threading

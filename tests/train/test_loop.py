@@ -33,7 +33,7 @@ def test_ray_train_report_lines_are_silenced():
 
 
 def test_ray_train_tracebacks_are_dropped_other_errors_kept():
-    """Issue #17 item 15b: the per-rank "Error in training function" page and the controller's
+    """The per-rank "Error in training function" page and the controller's
     teardown warning are dropped (dsm prints the cause in one line); other errors still show."""
     import ray.train.v2._internal.callbacks.backend_setup as backend_setup
     import ray.train.v2._internal.util as util

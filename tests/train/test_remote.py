@@ -1,5 +1,5 @@
 """``dsm train`` on data in a bucket and behind a web server, with checkpoints, exports and MLflow
-artifacts in the bucket (issue #19). Real servers on 127.0.0.1 (tests/servers.py), real Ray Train."""
+artifacts in the bucket. Real servers on 127.0.0.1 (tests/servers.py), real Ray Train."""
 
 from __future__ import annotations
 

@@ -127,7 +127,7 @@ def test_killed_worker_restarts_from_checkpoint(ray_cluster, make_cfg, digits_wo
 
 @pytest.mark.slow
 def test_a_killed_worker_is_one_line_on_the_console(digits_workspace, tmp_path):
-    """Issue #17 item 15b: `dsm train` on its own local Ray (console logs forwarded, as a user
+    """`dsm train` on its own local Ray (console logs forwarded, as a user
     sees them), one worker SIGKILLed after the first checkpoint. The console says so in one
     line instead of the surviving rank's traceback and the controller's teardown (about 60
     lines); the run resumes and the export path is still the last line."""
@@ -184,7 +184,7 @@ def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
 @pytest.mark.slow
 def test_a_corrupt_shard_fails_in_one_line_and_closes_the_run(ray_cluster, make_cfg, digits_workspace, tmp_path,
                                                            capsys):
-    """Issue #17: a truncated training shard is refused before Ray starts (its size disagrees with
+    """A truncated training shard is refused before Ray starts (its size disagrees with
     the manifest). One corrupted at its full size fails in the worker, once: not retried (it
     would fail the same way), though retries are allowed; the worker's ShardError reaches the
     user as the last line, naming the shard (not Ray's pages), exit 2; the full traceback is in

@@ -88,7 +88,7 @@ def test_checkpoint_without_ema_restarts_it_from_the_weights(make_cfg, tmp_path)
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_on_resume(make_cfg, tmp_path):
-    """A state.pt whose pending metric rows hold an object with __reduce__ (issue #17): resuming
+    """A state.pt whose pending metric rows hold an object with __reduce__: resuming
     must refuse it, naming the file, and never run the call."""
     import os
 

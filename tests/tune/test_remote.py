@@ -1,5 +1,5 @@
 """``dsm tune --storage s3://...``: a sweep whose trials read shards from a bucket and keep their
-checkpoints, exports and Tune's experiment state there (issue #19), so that a multi-node sweep
+checkpoints, exports and Tune's experiment state there, so that a multi-node sweep
 needs no shared folder. A real moto S3 server on 127.0.0.1 (tests/servers.py), real Ray Tune."""
 
 from __future__ import annotations

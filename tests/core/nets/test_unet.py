@@ -30,7 +30,7 @@ def test_paper_presets_have_the_published_size(preset, channels, count):
 
 
 def _official_forward(net: UNet, y: torch.Tensor, t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """The paper's UNet recomputed from its formulas (issue #15), reusing only the weights and
+    """The paper's UNet recomputed from its formulas, reusing only the weights and
     the wiring of ``net``: embedding [cos(t f), sin(t f)] with f = exp(-linspace(log 1, log 100,
     F)) in float32 and t unfloored; time MLP Linear-SiLU-Linear-SiLU; normalization factor
     sqrt(mean_c(var) / (var + eps) + eps) per channel."""
