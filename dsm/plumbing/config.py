@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 C = TypeVar("C", bound=BaseModel)
 
+# The shipped training configs, package data of an installed dsm (in a checkout, a link to configs/)
+BUILT_IN_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 class StrictModel(BaseModel):
     """Base for every dsm config: unknown fields are errors, values are validated on assignment."""
@@ -90,15 +93,30 @@ def flatten_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def built_in_configs() -> dict[str, Path]:
+    """The configs that come with dsm, by name (``digits-smoke`` for ``digits-smoke.yaml``)."""
+    return {f.stem: f for f in sorted(BUILT_IN_CONFIGS.glob("*.yaml"))}
+
+
+def config_file(ref: str | Path) -> Path:
+    """A config file: the path itself, else a built-in config of that name (``dsm train
+    digits-smoke``). ConfigError listing the built-in names when it is neither."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    shipped = built_in_configs()
+    if p.name == str(ref) and p.stem in shipped and p.suffix in ("", ".yaml"):
+        return shipped[p.stem]
+    raise ConfigError(f"config file {str(p)!r} does not exist (built-in configs, by name: {', '.join(shipped)})")
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] = (),
                 values: dict[str, Any] | None = None) -> C:
     """Read YAML at ``path`` (or start from defaults), apply ``key=value`` overrides, then
     dotted-key ``values`` (already typed), and validate into ``cls``."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
+        p = config_file(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

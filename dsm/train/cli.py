@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Train on Ray Train (DDP across workers), tracked in MLflow. Re-running "
                                        "the same command resumes the run from its last checkpoint. The last line "
                                        "printed is the exported model's path.")
-    train.add_argument("config", help="YAML training config (see configs/)")
+    train.add_argument("config", help="a training config: a YAML file, or the name of a built-in one (digits-smoke, "
+                       "mnist-cpu, imagenet64-paper, ...: see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. steps=500 optim.lr=1e-3")
     add_address(train)
     train.add_argument("--workers", type=int, default=None,

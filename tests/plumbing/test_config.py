@@ -61,3 +61,22 @@ def test_additive_normalization_is_an_energy_option():
 
     with pytest.raises(ConfigError, match="additive_normalization is an energy option"):
         load_config(TrainConfig, None, ["data.path=x", "model.kind=score", "model.additive_normalization=true"])
+
+
+def test_a_built_in_config_is_found_by_name_and_an_unknown_one_lists_them(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from dsm.plumbing.config import ConfigError, built_in_configs, config_file
+
+    repo = Path(__file__).resolve().parents[2]
+    shipped = built_in_configs()
+    assert sorted(shipped) == sorted(p.stem for p in (repo / "configs").glob("*.yaml"))  # what the wheel ships
+    monkeypatch.chdir(tmp_path)  # outside the checkout, as an installed dsm runs
+    assert config_file("digits-smoke").read_text() == (repo / "configs" / "digits-smoke.yaml").read_text()
+    assert config_file("digits-smoke.yaml") == shipped["digits-smoke"]
+    (tmp_path / "digits-smoke.yaml").write_text("steps: 5\n")
+    assert config_file("digits-smoke.yaml") == Path("digits-smoke.yaml")  # a file here wins over a built-in
+    with pytest.raises(ConfigError, match=r"'nope' does not exist \(built-in configs, by name: digits-smoke, "):
+        config_file("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        config_file("sub/digits-smoke")  # a path is a path
