@@ -158,6 +158,7 @@ def test_a_killed_worker_is_one_line_on_the_console(digits_workspace, tmp_path):
     assert lines[-1] == str(run_dir / "model.pt"), lines[-3:]
 
 
+@pytest.mark.slow  # a second Ray Train group start (about 15 s): the quick loop keeps the two-worker run
 def test_non_finite_data_stops_with_a_clear_error(ray_cluster, tmp_path):
     from dsm.plumbing.config import load_config
     from dsm.train.build import resolve_data
