@@ -84,6 +84,7 @@ def test_secure_on_the_local_ray(ray_cluster):
     assert said == []
 
 
+@pytest.mark.slow  # a fresh interpreter importing dsm's CLI (about 5 s): outside the quick loop
 def test_gpu_without_a_cluster_or_cuda_is_refused_before_ray(tmp_path):
     """Its own process: the pytest process may hold the session's Ray, which a command reuses."""
     import os

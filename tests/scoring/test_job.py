@@ -78,6 +78,7 @@ def _vector_bundle(tmp_path, d=4, normalized=True, width=64, log_z=0.0):
     return path
 
 
+@pytest.mark.slow  # a second scoring job (about 7 s): the quick loop keeps the exact Gaussian's
 def test_score_warns_about_an_inconsistent_model(ray_cluster, tmp_path, capsys, one_thread):
     """An untrained MLP energy (U = |y|^2 / (2 (1 + t)), no learned c(t) yet): its Z grows with t,
     so `dsm score` prints the warning line, and logs the consistency/* metrics to its MLflow run."""
