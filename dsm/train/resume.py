@@ -24,35 +24,35 @@ RESUME_MAY_CHANGE = ("name", "steps", "log_every", "checkpoint", "eval", "tracki
                      "scaling.max_failures", "scaling.resource_timeout_s", "scaling.memory_per_worker_gb")
 
 
-def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> None:
+def check_resumable(cfg: TrainConfig, run_dir: Path | Location) -> tuple[dict, str | None]:
     """A run folder (local or a URL) that holds checkpoints resumes only under the config that
     wrote them (up to RESUME_MAY_CHANGE). Otherwise ConfigError, one line naming the differing
     fields, before Ray starts: a fixed ``name=`` reused for another architecture would else fail
-    in every worker with pages of size mismatches."""
+    in every worker with pages of size mismatches. Returns what :func:`last_checkpoint` read."""
     run_dir = Location.of(run_dir)
     state, where = last_checkpoint(run_dir)
     if where is None:
-        return
+        return state, where
     try:
         stored = TrainConfig.model_validate(state.get("config") or {})
     except ValueError as e:
         raise ConfigError(f"{where}: its config is not one this dsm reads ({str(e).splitlines()[0]}); "
                           f"give another name= or delete {run_dir}") from None
-    now, then = flatten(cfg.model_dump(mode="json")), flatten(stored.model_dump(mode="json"))
     differ = _beyond_a_resume(cfg, stored)
     if differ:
-        shown = (", ".join(f"{k} ({then.get(k)} -> {now.get(k)})" for k in differ[:4])
+        shown = (", ".join(f"{k} ({then} -> {now})" for k, (then, now) in list(differ.items())[:4])
                  + (" ..." if len(differ) > 4 else ""))
         raise ConfigError(f"run {run_dir.name!r} in {run_dir} was trained with another config: {shown}; "
                           f"give another name=, or delete that folder to start afresh")
+    return state, where
 
 
-def _beyond_a_resume(cfg: TrainConfig, stored: TrainConfig) -> list[str]:
-    """The dotted fields where ``cfg`` differs from a run's ``stored`` config that a resume may not change."""
+def _beyond_a_resume(cfg: TrainConfig, stored: TrainConfig) -> dict[str, tuple]:
+    """The dotted fields where ``cfg`` differs from a run's ``stored`` config that a resume may not
+    change, sorted: {field: (stored value, new value)}."""
     now, then = flatten(cfg.model_dump(mode="json")), flatten(stored.model_dump(mode="json"))
-    return sorted(k for k in now.keys() | then.keys()
-                  if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE
-                  and k not in RESUME_MAY_CHANGE)
+    return {k: (then.get(k), now.get(k)) for k in sorted(now.keys() | then.keys())
+            if now.get(k) != then.get(k) and k.split(".")[0] not in RESUME_MAY_CHANGE and k not in RESUME_MAY_CHANGE}
 
 
 def last_checkpoint(run_dir: Location) -> tuple[dict, str | None]:
@@ -145,8 +145,7 @@ def describe(cfg: TrainConfig, workspace: Path, stem: str, storage: str | None) 
     name = resolved.run_name(stem)
     run_dir = workspace / "runs" / name
     out = RunOutputs.of(name, run_dir, Location.of(storage) if storage else None).out
-    check_resumable(resolved, out)
-    state, where = last_checkpoint(out)
+    state, where = check_resumable(resolved, out)  # read once: a bucket's checkpoint is downloaded
     lines = [f"run: {name!r}, " + (f"resumed from step {int(state.get('step', 0))} of {resolved.steps}"
                                    if where else f"new, {resolved.steps} steps")]
     if unprepared:

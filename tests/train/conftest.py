@@ -45,3 +45,15 @@ def two_worker_run(ray_cluster, digits_workspace):
 
     p = plan(smoke_cfg(digits_workspace, *TWO_WORKERS), digits_workspace, progress=False)
     return p, train(p, log_to_driver=False)
+
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """ray.init fails the test: for commands that must start no Ray (print-config, dry-run)."""
+    import ray
+
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", refuse)

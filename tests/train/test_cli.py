@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 import yaml
 
 from dsm.cli import main
@@ -11,15 +10,6 @@ from dsm.train.config import TrainConfig
 
 SMOKE = "configs/digits-smoke.yaml"
 
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    import ray
-
-    def refuse(*a, **k):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(ray, "init", refuse)
 
 
 def test_print_config_shows_every_field_resolved_and_starts_and_writes_nothing(tmp_path, capsys, no_ray,

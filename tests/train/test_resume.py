@@ -16,15 +16,6 @@ from dsm.train.resume import check_resumable
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "digits-smoke.yaml")
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    import ray
-
-    def refuse(*a, **k):
-        raise AssertionError("Ray was started")
-
-    monkeypatch.setattr(ray, "init", refuse)
-
 
 @pytest.fixture
 def given_data(digits_workspace):
